@@ -1,0 +1,46 @@
+"""The ``priorsam`` command line (python-fire). Each group lives in its own module and is imported lazily."""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from .errors import PriorSAMError
+
+# group name -> "module:attribute"; kept lazy so `priorsam --help` does not import torch.
+_GROUPS = {
+    "segment-box": "priorsam.engine.box_segment:segment_box_cli",
+    "segment": "priorsam.engine.segment:segment_cli",
+    "priors": "priorsam.priors.cli:PriorsCLI",
+    "batch": "priorsam.batch.runner:batch_cli",
+    "train": "priorsam.training.cli:train_cli",
+    "evaluate": "priorsam.evaluation.cli:evaluate_cli",
+    "samples": "priorsam.data.samples:samples_cli",
+}
+
+
+def _load(spec: str):
+    module, attr = spec.split(":")
+    obj = getattr(importlib.import_module(module), attr)
+    return obj() if isinstance(obj, type) else obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    import fire
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in _GROUPS:
+        print("usage: priorsam {" + ",".join(_GROUPS) + "} [args]\n  priorsam GROUP --help for details")
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    try:
+        fire.Fire(_load(_GROUPS[argv[0]]), command=argv[1:], name=f"priorsam {argv[0]}")
+    except PriorSAMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

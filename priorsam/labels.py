@@ -1,0 +1,63 @@
+"""The organ label table (ids, names, colours, SNOMED CT codes), read from one JSON file.
+
+Everything that names or colours an organ (reports, DICOM SEG, the Slicer module) reads it
+from here so the convention lives in one place.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Label:
+    id: int
+    name: str
+    display: str
+    color: tuple[int, int, int]
+    snomed_code: str
+    snomed_meaning: str
+    single_component: bool
+
+
+@lru_cache(maxsize=1)
+def _table() -> dict:
+    return json.loads(resources.files("priorsam.resources").joinpath("labels.json").read_text())
+
+
+def labels() -> list[Label]:
+    """Foreground labels in id order (background, id 0, is implicit)."""
+    out = []
+    for e in _table()["labels"]:
+        out.append(Label(e["id"], e["name"], e["display"], tuple(e["color"]), e["snomed"]["CodeValue"],
+                         e["snomed"]["CodeMeaning"], bool(e.get("single_component", True))))
+    return out
+
+
+def label_names() -> list[str]:
+    return [lab.name for lab in labels()]
+
+
+def category() -> dict:
+    return dict(_table()["category"])
+
+
+def typical_volume_ml() -> dict[str, tuple[float, float]]:
+    return {k: tuple(v) for k, v in _table()["typical_volume_ml"].items()}
+
+
+def mapping(name: str) -> dict[int, int]:
+    """A raw-id → our-id mapping stored in the table, e.g. ``totalsegmentator`` or ``synapse_raw``."""
+    return {int(k): int(v) for k, v in _table()[f"{name}_to_ours"].items()}
+
+
+def remap(label_array: np.ndarray, table: dict[int, int]) -> np.ndarray:
+    """Map raw label ids to ours; ids not in ``table`` become background."""
+    lut = np.zeros(max(int(label_array.max(initial=0)), max(table, default=0)) + 1, dtype=np.uint8)
+    for raw, ours in table.items():
+        lut[raw] = ours
+    return lut[np.clip(label_array, 0, None).astype(np.int64)]
