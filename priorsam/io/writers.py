@@ -1,0 +1,94 @@
+"""Writers that put label maps back on exactly the input's grid, atomically."""
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .volume import Volume, to_source_grid
+
+
+def check_writable(path: str | Path) -> Path:
+    """Fail early, before any model work, if ``path`` cannot be written."""
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise InputError(f"output path is a folder: {p}")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"output folder cannot be created: {parent} ({exc.strerror})") from exc
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"output folder is not writable: {parent}")
+    return p
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temp path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    p = check_writable(path)
+    suffix = "".join(p.suffixes[-2:]) if p.name.endswith(".nii.gz") else p.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=f".part{suffix}", dir=p.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, p)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise InputError(f"could not write {p}: {exc.strerror or exc}") from exc
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_label_map(volume: Volume, labels_ras: np.ndarray, path: str | Path) -> Path:
+    """Write a canonical-RAS label array on the input's own grid (.nii/.nii.gz or .nrrd/.seg.nrrd)."""
+    if tuple(labels_ras.shape) != volume.shape:
+        raise ValueError(f"label shape {labels_ras.shape} does not match volume {volume.shape}")
+    stored = to_source_grid(volume, labels_ras.astype(np.uint8))
+    p = Path(path)
+    name = p.name.lower()
+    with atomic_path(p) as tmp:
+        if name.endswith((".nii", ".nii.gz")):
+            _write_nifti(volume, stored, tmp)
+        elif name.endswith((".nrrd", ".nhdr")):
+            _write_itk(volume, stored, tmp)
+        else:
+            raise InputError(f"{p}: unsupported output type (use .nii.gz, .nii or .nrrd)")
+    return p
+
+
+def _write_nifti(volume: Volume, stored: np.ndarray, tmp: Path) -> None:
+    import nibabel as nib
+
+    header = volume.source.header.copy() if volume.source.header is not None else None
+    img = nib.Nifti1Image(stored, volume.source.affine, header)
+    img.set_data_dtype(np.uint8)
+    # Keep the input's qform/sform codes so viewers place the labels where they place the CT.
+    if header is not None:
+        img.set_qform(volume.source.affine, int(header["qform_code"]) or 1)
+        img.set_sform(volume.source.affine, int(header["sform_code"]) or 1)
+    else:
+        img.set_qform(volume.source.affine, 1)
+        img.set_sform(volume.source.affine, 1)
+    img.header["scl_slope"], img.header["scl_inter"] = 1, 0
+    img.header["descrip"] = b"PriorSAM label map"
+    nib.save(img, str(tmp))
+
+
+def _write_itk(volume: Volume, stored: np.ndarray, tmp: Path) -> None:
+    import itk
+
+    ras = volume.source.affine
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras
+    spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
+    image = itk.image_from_array(np.ascontiguousarray(np.transpose(stored, (2, 1, 0))))
+    image.SetSpacing(spacing.tolist())
+    image.SetOrigin(lps[:3, 3].tolist())
+    image.SetDirection(itk.matrix_from_array(lps[:3, :3] / spacing))
+    # ITK picks the writer from the final suffix; the temp name ends in the real one.
+    itk.imwrite(image, str(tmp), compression=True)
