@@ -95,13 +95,9 @@ def encode_texts(texts: list[str], encoder_path: str | os.PathLike | None = None
 def encoder_identity(encoder_path: str | os.PathLike | None = None) -> tuple[str, str]:
     """``(encoder_id, encoder_sha256)``: a readable id and a hash over the files that define the encoder."""
     path = _resolve(encoder_path)
-    digest = hashlib.sha256()
-    from ..assets import sha256_file
-
-    for name in _IDENTITY_FILES:
-        f = path / name
-        if f.is_file():
-            digest.update(f"{name}:{sha256_file(f)}\n".encode())
+    stamp = tuple((n, (path / n).stat().st_size, (path / n).stat().st_mtime_ns) for n in _IDENTITY_FILES
+                  if (path / n).is_file())
+    digest = _files_digest(str(path), stamp)
     if encoder_path is None:
         try:
             from importlib.metadata import version
@@ -112,4 +108,15 @@ def encoder_identity(encoder_path: str | os.PathLike | None = None) -> tuple[str
         enc_id = f"sentence-transformers/all-MiniLM-L6-v2 ({pkg})"
     else:
         enc_id = f"local:{path.name}"
-    return enc_id, digest.hexdigest()
+    return enc_id, digest
+
+
+@lru_cache(maxsize=4)
+def _files_digest(path: str, stamp: tuple) -> str:
+    """Hash of the identity files; ``stamp`` (name, size, mtime) keys the cache so edits are re-hashed."""
+    from ..assets import sha256_file
+
+    digest = hashlib.sha256()
+    for name, _, _ in stamp:
+        digest.update(f"{name}:{sha256_file(Path(path) / name)}\n".encode())
+    return digest.hexdigest()
