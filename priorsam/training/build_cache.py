@@ -1,0 +1,52 @@
+"""Fill the feature cache with the clean view and N augmented views of the training cases.
+
+python -m priorsam.training.build_cache --cache DIR --views 16 [--context 0] [--spacing 1.5]
+With no --datalist the sample CT (example_ct) is the one training case.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from ..data.samples import sample_ct
+from ..models.image_encoder import build_image_encoder
+from .cache import FeatureCache, build_cache
+from .views import Case, ViewSpec
+
+ENCODER_ID = "litemedsam-tinyvit-79d8c9dc"
+
+
+def default_cases() -> list[Case]:
+    s = sample_ct()
+    return [Case("example_ct", str(s.image), str(s.raw_label), "totalsegmentator", str(s.raw_label))]
+
+
+def view_specs(views: int, spacing: float, context: int, seed: int = 1234) -> list[ViewSpec]:
+    specs = [ViewSpec(0, seed, spacing, context, augment=False, organ_fraction=1.0, empty_fraction=0.25)]
+    specs += [ViewSpec(v, seed + v, spacing, context, augment=True, organ_fraction=0.6, empty_fraction=0.15)
+              for v in range(1, views + 1)]
+    return specs
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--cache", required=True)
+    ap.add_argument("--views", type=int, default=16)
+    ap.add_argument("--spacing", type=float, default=1.5)
+    ap.add_argument("--context", type=int, default=0)
+    ap.add_argument("--datalist", default=None, help="JSON list of {case_id,image,label,label_map,group_label}")
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cases = [Case(**c) for c in json.load(open(args.datalist))] if args.datalist else default_cases()
+    encoder = build_image_encoder("lite")
+    n = build_cache(cases, view_specs(args.views, args.spacing, args.context), FeatureCache(args.cache),
+                    encoder, ENCODER_ID, log=lambda m: print(m, flush=True))
+    print(f"added {n} entries")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""On-disk cache of frozen-encoder features per slice and per augmented view.
+
+Keyed by content hash: (case pixels + labels, view spec, slice, encoder id), so a changed
+scan, view or encoder never reuses stale features. Entries are fp16 and written atomically;
+``index.jsonl`` lists them for the training dataset.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from ..models.image_encoder import EncoderFeatures
+from .views import Case, ViewSpec, content_hash, iter_view, load_case
+
+
+def entry_key(case_hash: str, spec: ViewSpec, z: int, encoder_id: str) -> str:
+    return hashlib.sha256(f"{case_hash}|{spec.key()}|{z}|{encoder_id}".encode()).hexdigest()[:24]
+
+
+class FeatureCache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.index_path = self.root / "index.jsonl"
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.pt"
+
+    def has(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def put(self, key: str, feats: EncoderFeatures, label: torch.Tensor, record: dict) -> None:
+        p = self.path(key)
+        p.parent.mkdir(exist_ok=True)
+        blob = {"embedding": feats.embedding.half().contiguous(), "label": label.to(torch.uint8).contiguous()}
+        for i, s in enumerate(feats.skips):
+            blob[f"skip{i}"] = s.half().contiguous()
+        tmp = p.with_suffix(".part")
+        torch.save(blob, tmp)
+        os.replace(tmp, p)
+        with open(self.index_path, "a") as fh:
+            fh.write(json.dumps({"key": key, **record}) + "\n")
+
+    def records(self) -> list[dict]:
+        if not self.index_path.is_file():
+            return []
+        seen, out = set(), []
+        for line in self.index_path.read_text().splitlines():
+            r = json.loads(line)
+            if r["key"] not in seen and self.has(r["key"]):
+                seen.add(r["key"])
+                out.append(r)
+        return out
+
+    def load(self, key: str) -> tuple[EncoderFeatures, torch.Tensor]:
+        blob = torch.load(self.path(key), map_location="cpu", weights_only=True)
+        skips = tuple(blob[k].float() for k in sorted(k for k in blob if k.startswith("skip")))
+        return EncoderFeatures(blob["embedding"].float(), skips), blob["label"].long()
+
+
+@torch.inference_mode()
+def build_cache(cases: list[Case], specs: list[ViewSpec], cache: FeatureCache, encoder, encoder_id: str,
+                batch_size: int = 4, log=print) -> int:
+    """Encode every slice of every view not yet cached; returns how many entries were added."""
+    added = 0
+    for case in cases:
+        loaded = load_case(case)
+        chash = content_hash(case)
+        for spec in specs:
+            t0 = time.time()
+            pending = []
+            n_view = 0
+
+            def flush():
+                nonlocal added
+                if not pending:
+                    return
+                feats = encoder(torch.stack([p[1].image for p in pending]))
+                for i, (key, fs) in enumerate(pending):
+                    one = EncoderFeatures(feats.embedding[i], tuple(s[i] for s in feats.skips))
+                    rec = {"case": case.case_id, "view": spec.view, "view_key": spec.key(), "z": fs.z,
+                           "context": spec.context, "spacing_mm": spec.spacing_mm, "augment": spec.augment,
+                           "present": sorted(set(fs.label.unique().tolist()) - {0}), **fs.meta}
+                    cache.put(key, one, fs.label, rec)
+                    added += 1
+                pending.clear()
+
+            for fs in iter_view(case, spec, loaded):
+                key = entry_key(chash, spec, fs.z, encoder_id)
+                n_view += 1
+                if cache.has(key):
+                    continue
+                pending.append((key, fs))
+                if len(pending) == batch_size:
+                    flush()
+            flush()
+            log(f"[cache] {case.case_id} view {spec.view} ({spec.key()}): {n_view} slices, "
+                f"{time.time() - t0:.0f} s, total added {added}")
+    return added
+
+
+class CachedSlices(Dataset):
+    """Training samples from the cache: (EncoderFeatures without batch dim, label (256, 256))."""
+
+    def __init__(self, cache: FeatureCache, records: list[dict]):
+        self.cache = cache
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        feats, label = self.cache.load(self.records[i]["key"])
+        return feats.embedding, feats.skips, label
+
+
+def collate(batch):
+    emb = torch.stack([b[0] for b in batch])
+    skips = tuple(torch.stack([b[1][i] for b in batch]) for i in range(len(batch[0][1])))
+    return EncoderFeatures(emb, skips), torch.stack([b[2] for b in batch])
