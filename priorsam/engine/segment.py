@@ -1,0 +1,204 @@
+"""Prompt-free 8-organ segmentation of a CT volume: the one entry point used by the CLI,
+the MONAI bundle, batch jobs and the Slicer module.
+
+Per batch of axial slices: fixed-scale trunk framing → frozen encoder → PriorSAM heads
+(semantic masks + presence) → coarse-to-fine: each present organ's box (from its coarse
+mask) goes through the pretrained SAM prompt encoder + mask decoder for the final boundary,
+conflicts resolved by the semantic probabilities → back to the slice grid. Then in 3D:
+largest connected component per organ and hole filling.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.preprocess import fixed_scale_frame, stack_channels, window
+from ..io import Volume, display_spacing, from_display
+from .device import resolve_device
+from .progress import ProgressFn
+from .slices import run_over_slices
+
+
+@dataclass
+class SegmentOptions:
+    """Inference switches (the ablations of the evaluation table flip these)."""
+
+    spacing_mm: float | None = None     # None: the spacing the weights were trained at
+    context: int | None = None          # None: as trained (0 = 2D, 1 = 2.5D)
+    batch_size: int = 4
+    presence_gating: bool = True
+    presence_threshold: float = 0.5
+    sam_refine: bool = True             # coarse-to-fine through the pretrained binary path
+    refine_iterations: int = 1          # box → mask → box rounds of the binary path
+    mask_round: int | None = None       # which iterative-optimizer round to use (None: last)
+    min_pixels: int = 12                # coarse masks smaller than this (model px) are dropped
+    largest_component: bool = True
+    fill_holes: bool = True
+
+
+@dataclass
+class SegmentationResult:
+    labels: np.ndarray                  # canonical RAS (X, Y, Z) uint8, our label ids
+    seconds: float
+    device: str
+    options: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+
+
+def _boxes_from_masks(masks: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, H, W) bool → (N, 4) boxes [x0, y0, x1, y1] with margin, and a validity flag."""
+    n, h, w = masks.shape
+    rows, cols = masks.any(2), masks.any(1)
+    valid = rows.any(1)
+    ar = torch.arange(h, device=masks.device)
+    ac = torch.arange(w, device=masks.device)
+    big = 10 ** 6
+    y0 = torch.where(rows, ar, big).amin(1)
+    y1 = torch.where(rows, ar, -1).amax(1)
+    x0 = torch.where(cols, ac, big).amin(1)
+    x1 = torch.where(cols, ac, -1).amax(1)
+    boxes = torch.stack([x0 - margin, y0 - margin, x1 + margin, y1 + margin], 1).float()
+    return boxes.clamp(0, max(h, w) - 1), valid
+
+
+class Segmenter:
+    """Holds the model and options; :meth:`segment` runs one volume."""
+
+    def __init__(self, weights: str | None = None, device: str = "auto", options: SegmentOptions | None = None,
+                 model=None):
+        from .weights import load_priorsam
+
+        self.device = resolve_device(device)
+        self.model = model if model is not None else load_priorsam(weights, str(self.device))
+        cfg = getattr(self.model, "config", {}) or {}
+        self.options = options or SegmentOptions()
+        if self.options.spacing_mm is None:
+            self.options.spacing_mm = float(cfg.get("spacing_mm", 1.5))
+        if self.options.context is None:
+            self.options.context = int(cfg.get("context", 0))
+
+    def model_info(self) -> dict:
+        version, digest = self.model.prior_identity
+        return {"weights": getattr(self.model, "weights_path", None), "prior_version": version,
+                "prior_embedding_sha256": digest, "config": getattr(self.model, "config", {})}
+
+    def _predict_model_space(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, 256, 256) → (N, C, 256, 256) one-hot-like class scores in model space."""
+        o = self.options
+        m = self.model
+        feats = m.encode(images.to(self.device))
+        out = m(features=feats)
+        logits = out["semantic_logits"] if o.mask_round is None else out["round_logits"][o.mask_round]
+        probs = logits.float().softmax(1)
+        c = probs.shape[1]
+        if o.presence_gating:
+            present = out["presence_logits"].float().sigmoid() >= o.presence_threshold
+            present[:, 0] = True
+            probs = probs * present[:, :, None, None]
+        coarse = probs.argmax(1)
+        if not o.sam_refine or m.binary is None:
+            return F.one_hot(coarse, c).permute(0, 3, 1, 2).float()
+        emb = feats.embedding
+        if tuple(emb.shape[-2:]) != (64, 64):
+            emb = F.interpolate(emb, size=(64, 64), mode="bilinear", align_corners=False)
+        n = images.shape[0]
+        fg = torch.zeros_like(probs)
+        for k in range(1, c):
+            masks = coarse == k
+            keep = masks.flatten(1).sum(1) >= o.min_pixels
+            if not keep.any():
+                continue
+            idx = torch.nonzero(keep).flatten()
+            cur = masks[idx]
+            for _ in range(max(1, o.refine_iterations)):
+                boxes, valid = _boxes_from_masks(cur, margin=3.0)
+                logits_b, _ = m.binary(emb[idx], boxes)
+                cur = logits_b[:, 0] > 0
+                if not valid.all():
+                    cur[~valid] = False
+            fg[idx, k] = cur.float()
+        # Conflicts between organs: the semantic probability decides; no organ → background.
+        score = fg * (probs + 1e-6)
+        score[:, 0] = (fg[:, 1:].amax(1) == 0).float()
+        return F.one_hot(score.argmax(1), c).permute(0, 3, 1, 2).float()
+
+    def segment(self, volume: Volume, progress: ProgressFn | None = None, show_bar: bool = True) -> SegmentationResult:
+        t0 = time.time()
+        o = self.options
+        slices = volume.axial_slices()
+        row_mm, col_mm = display_spacing(volume)
+        frame = fixed_scale_frame(slices, row_mm, col_mm, o.spacing_mm)
+
+        def predict(idx: np.ndarray) -> np.ndarray:
+            lo, hi = max(0, idx[0] - o.context), min(len(slices), idx[-1] + o.context + 1)
+            windowed = window(slices[lo:hi])
+            images = frame.images(stack_channels(windowed, idx - lo, o.context))
+            onehot = self._predict_model_space(images).cpu()
+            return frame.maps_from_model(onehot).argmax(1).numpy().astype(np.uint8)
+
+        display = run_over_slices(len(slices), slices.shape[1], slices.shape[2], predict, o.batch_size,
+                                  progress=progress, show_bar=show_bar, desc="segmenting")
+        labels = from_display(display)
+        labels = clean_labels(labels, largest_component=o.largest_component, fill_holes=o.fill_holes)
+        return SegmentationResult(labels, time.time() - t0, str(self.device), asdict(o), self.model_info())
+
+
+def clean_labels(labels: np.ndarray, largest_component: bool = True, fill_holes: bool = True) -> np.ndarray:
+    """3D clean-up: keep each single-component organ's largest connected component; fill holes per slice."""
+    from scipy import ndimage
+
+    from ..labels import labels as label_table
+
+    out = labels.copy()
+    for lab in label_table():
+        mask = out == lab.id
+        if not mask.any():
+            continue
+        box = ndimage.find_objects(mask.astype(np.uint8))[0]
+        sub = mask[box]
+        if largest_component and lab.single_component:
+            cc, n = ndimage.label(sub)
+            if n > 1:
+                sizes = np.bincount(cc.ravel())[1:]
+                sub = cc == (int(np.argmax(sizes)) + 1)
+        if fill_holes:
+            for z in range(sub.shape[2]):
+                sub[:, :, z] = ndimage.binary_fill_holes(sub[:, :, z])
+        region = out[box]
+        region[(region == lab.id) & ~sub] = 0
+        region[sub & (region == 0)] = lab.id
+    return out
+
+
+def segment_volume(volume: Volume, weights: str | None = None, device: str = "auto",
+                   progress: ProgressFn | None = None, show_bar: bool = True, **options) -> SegmentationResult:
+    """Segment the 8 organs of ``volume``; see :class:`SegmentOptions` for ``options``."""
+    return Segmenter(weights, device, SegmentOptions(**options)).segment(volume, progress, show_bar)
+
+
+def segment_cli(image: str, out: str, device: str = "auto", series: str | None = None, weights: str | None = None,
+                progress: bool = False):
+    """Segment the 8 abdominal organs of a CT (NIfTI/NRRD file or DICOM series folder) with no prompts.
+
+    Args:
+        image: input CT.
+        out: output label map (.nii.gz or .nrrd) on the input's grid.
+        device: auto, cuda or cpu.
+        series: DICOM SeriesInstanceUID when the folder holds several series.
+        weights: PriorSAM checkpoint (default: the bundle's models/model.pt).
+        progress: print machine-readable PRIORSAM_PROGRESS lines (for a parent process).
+    """
+    from ..io import check_writable, read_volume, write_label_map
+    from .progress import StdoutProgress
+
+    check_writable(out)
+    volume = read_volume(image, series_uid=series)
+    result = segment_volume(volume, weights, device, StdoutProgress() if progress else None)
+    write_label_map(volume, result.labels, out)
+    counts = np.bincount(result.labels.ravel(), minlength=9)
+    return {"output": str(out), "seconds": round(result.seconds, 1), "device": result.device,
+            "voxels_per_label": {int(i): int(c) for i, c in enumerate(counts) if i > 0}}
