@@ -57,7 +57,9 @@ class LocalCausalLM:
     def __init__(self, path: str | os.PathLike, max_new_tokens: int = 1024, device: str = "cpu") -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         self.path = Path(path).expanduser()
         if not (self.path / "config.json").is_file():
             raise AssetError(f"language model folder {self.path} has no config.json; give a local transformers model folder")
