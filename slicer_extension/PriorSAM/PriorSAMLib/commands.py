@@ -1,0 +1,189 @@
+"""Build the inference subprocess command lines (one place for the engine's CLI contract).
+
+Organ segmentation has two equivalent back ends running the same engine:
+
+* ``bundle`` — ``python -m monai.bundle run --config_file <repo>/bundle/configs/inference.json
+  --dataset_dir IN --output_dir OUT --device DEV``; writes ``<case>_seg.nii.gz`` under OUT.
+* ``cli`` — ``python -m priorsam segment --image IN --out OUT --device DEV --progress``.
+
+``auto`` picks the bundle when its inference config exists in the repository, else the CLI.
+Both print ``PRIORSAM_PROGRESS <done> <total>`` lines on stdout.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# "auto" picks the bundle whenever bundle/configs/inference.json exists; until the bundle is committed
+# the module defaults to the library CLI (same engine, same progress lines).
+DEFAULT_BACKEND = "cli"
+CASE_NAME = "input"                     # the exported volume is <tmp>/in/input.nii.gz
+DEVICES = {"auto": "auto", "gpu": "cuda", "cuda": "cuda", "cpu": "cpu"}
+
+
+def repo_root() -> Path:
+    """The repository holding this module: slicer_extension/PriorSAM/PriorSAMLib → three levels up."""
+    return Path(__file__).resolve().parents[3]
+
+
+def bundle_config(root: Path | None = None) -> Path:
+    return (root or repo_root()) / "bundle" / "configs" / "inference.json"
+
+
+def default_weights(root: Path | None = None) -> Path:
+    return (root or repo_root()) / "bundle" / "models" / "model.pt"
+
+
+def python_executable() -> str:
+    """Slicer's ``PythonSlicer`` when running inside Slicer, else this interpreter."""
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    exe_dir = Path(sys.executable).parent
+    for cand in (exe_dir / "PythonSlicer", exe_dir / "PythonSlicer.exe"):
+        if cand.is_file():
+            return str(cand)
+    return sys.executable
+
+
+def engine_device(choice: str) -> str:
+    """UI choice (auto, GPU, CPU) → the engine's ``--device`` value."""
+    key = (choice or "auto").strip().lower()
+    if key not in DEVICES:
+        raise ValueError(f"unknown device {choice!r}: use auto, GPU or CPU")
+    return DEVICES[key]
+
+
+def choose_backend(backend: str = "auto", root: Path | None = None) -> str:
+    if backend == "auto":
+        return "bundle" if bundle_config(root).is_file() else "cli"
+    if backend not in ("bundle", "cli"):
+        raise ValueError(f"unknown backend {backend!r}: use auto, bundle or cli")
+    return backend
+
+
+@dataclass
+class Job:
+    """One subprocess run: its command, extra environment and where its result will appear."""
+
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    input_path: Path | None = None
+    output_dir: Path | None = None
+    output_path: Path | None = None     # exact output file when known in advance
+
+    def find_output(self) -> Path | None:
+        """The label map the run wrote (bundle output names depend on its saver settings)."""
+        if self.output_path is not None:
+            return self.output_path if self.output_path.is_file() else None
+        if self.output_dir is None or not self.output_dir.is_dir():
+            return None
+        hits = sorted(self.output_dir.rglob(f"{CASE_NAME}_seg.nii*")) or sorted(self.output_dir.rglob("*_seg.nii*"))
+        return hits[0] if hits else None
+
+
+def subprocess_env(root: Path | None = None, weights: str | None = None, base: dict | None = None) -> dict[str, str]:
+    """Environment additions: the repo on PYTHONPATH (so ``-m priorsam`` is this checkout), no hub access."""
+    root = root or repo_root()
+    base = os.environ if base is None else base
+    parts = [str(root)] + [p for p in base.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {"PYTHONPATH": os.pathsep.join(parts), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "PYTHONUNBUFFERED": "1"}
+    if weights:
+        env["PRIORSAM_WEIGHTS"] = str(weights)
+    return env
+
+
+def organ_job(work_dir: Path, device: str = "auto", backend: str = "auto", python: str | None = None,
+              root: Path | None = None, weights: str | None = None) -> Job:
+    """Command for prompt-free 8-organ segmentation of ``work_dir/in/input.nii.gz``."""
+    root = root or repo_root()
+    python = python or python_executable()
+    dev = engine_device(device)
+    in_dir, out_dir = Path(work_dir) / "in", Path(work_dir) / "out"
+    image = in_dir / f"{CASE_NAME}.nii.gz"
+    env = subprocess_env(root, weights)
+    if choose_backend(backend, root) == "bundle":
+        cmd = [python, "-m", "monai.bundle", "run", "--config_file", str(bundle_config(root)),
+               "--dataset_dir", str(in_dir), "--output_dir", str(out_dir), "--device", dev]
+        return Job(cmd, env, image, out_dir)
+    out = out_dir / f"{CASE_NAME}_seg.nii.gz"
+    cmd = [python, "-m", "priorsam", "segment", "--image", str(image), "--out", str(out), "--device", dev,
+           "--progress"]
+    return Job(cmd, env, image, out_dir, out)
+
+
+def format_box(bounds_ras) -> str:
+    """``[x0, y0, z0, x1, y1, z1]`` RAS mm → the CLI's ``x0,y0,z0,x1,y1,z1``."""
+    vals = [float(v) for v in bounds_ras]
+    if len(vals) != 6:
+        raise ValueError("a box needs six numbers x0,y0,z0,x1,y1,z1")
+    return ",".join(f"{v:.3f}" for v in vals)
+
+
+def box_job(work_dir: Path, bounds_ras, label: str = "auto", device: str = "auto", python: str | None = None,
+            root: Path | None = None, progress: bool = False) -> Job:
+    """Command for one organ from a 3D box (RAS mm) on ``work_dir/in/input.nii.gz``.
+
+    ``label='auto'`` asks the semantic decoder to name the organ (needs an engine that supports it
+    and prints a ``PRIORSAM_LABEL`` line); an organ name fixes the label. ``progress`` adds
+    ``--progress`` for engines whose ``segment-box`` prints progress lines.
+    """
+    root = root or repo_root()
+    python = python or python_executable()
+    image = Path(work_dir) / "in" / f"{CASE_NAME}.nii.gz"
+    out = Path(work_dir) / "out" / f"{CASE_NAME}_box.nii.gz"
+    cmd = [python, "-m", "priorsam", "segment-box", "--image", str(image), "--box", format_box(bounds_ras),
+           "--space", "ras", "--label", str(label), "--out", str(out), "--device", engine_device(device)]
+    if progress:
+        cmd.append("--progress")
+    return Job(cmd, subprocess_env(root), image, out.parent, out)
+
+
+# Printed as one JSON line by the device probe; run in the subprocess Python, never in Slicer's.
+PROBE_CODE = (
+    "import json\n"
+    "info = {'torch': None, 'cuda': False, 'name': None, 'cuda_build': None}\n"
+    "try:\n"
+    "    import torch\n"
+    "    info['torch'] = torch.__version__\n"
+    "    info['cuda_build'] = torch.version.cuda\n"
+    "    info['cuda'] = bool(torch.cuda.is_available())\n"
+    "    if info['cuda']:\n"
+    "        info['name'] = torch.cuda.get_device_name(0)\n"
+    "except Exception as exc:\n"
+    "    info['error'] = type(exc).__name__ + ': ' + str(exc)\n"
+    "print('PRIORSAM_DEVICE ' + json.dumps(info), flush=True)\n"
+)
+
+
+def probe_job(python: str | None = None) -> Job:
+    """A short subprocess that reports whether torch sees a CUDA GPU (never import torch in Slicer's UI)."""
+    return Job([python or python_executable(), "-c", PROBE_CODE])
+
+
+def parse_probe(line: str) -> dict | None:
+    import json
+
+    if not line.startswith("PRIORSAM_DEVICE "):
+        return None
+    try:
+        return json.loads(line[len("PRIORSAM_DEVICE "):])
+    except ValueError:
+        return None
+
+
+def describe_probe(info: dict | None) -> str:
+    """One line for the UI: what was detected and what 'auto' will use."""
+    if not info:
+        return "Device: not checked yet"
+    if not info.get("torch"):
+        return "PyTorch is not installed (install the PyTorch extension); cannot run"
+    if info.get("cuda"):
+        return f"GPU detected: {info.get('name')} (PyTorch {info['torch']})"
+    build = info.get("cuda_build")
+    why = "CUDA build but no usable GPU/driver" if build else "CPU-only PyTorch build"
+    return f"No CUDA GPU ({why}): will run on the CPU (PyTorch {info['torch']})"

@@ -1,0 +1,73 @@
+"""A clearly labelled run-time estimate shown before a run: slices × seconds per slice + start-up.
+
+The constants come from this project's measurements (docs/slicer.md, "Run time"):
+
+* CPU: the LiteMedSAM TinyViT encoder costs 2.3–3 s per 256×256 slice in PyTorch eager on a
+  2-core AVX2 machine (DESIGN.md §8), plus ≈ 50 ms per organ for the box refinement through
+  SAM's decoder (8 organs) → 3.5 s/slice on an idle 2-core CPU. Measured for this module on the
+  shared, heavily loaded 2-core development machine: 11.7 s/slice (3-slice run, 35.4 s).
+* GPU: not measured in this project yet (no GPU was available); 0.15 s/slice is an assumption
+  to be replaced by a benchmark.
+* Start-up: importing torch/MONAI and loading the weights, measured 9 s on the same machine.
+
+A run that finishes records its own seconds per slice; later estimates on that computer use it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SECONDS_PER_SLICE = {"cpu": 3.5, "cuda": 0.15}
+STARTUP_SECONDS = {"cpu": 9.0, "cuda": 15.0}
+SOURCE = {"cpu": "project benchmark (2-core CPU)", "cuda": "assumed, not yet benchmarked"}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    seconds: float
+    per_slice: float
+    slices: int
+    device: str
+    source: str
+
+    def text(self) -> str:
+        return (f"Estimated time: about {format_duration(self.seconds)} for {self.slices} slices on "
+                f"{'GPU' if self.device == 'cuda' else 'CPU'} ({self.per_slice:.2g} s/slice, {self.source}; "
+                "an estimate, not a promise)")
+
+
+def axial_slice_count(dims, ijk_to_ras) -> int:
+    """Number of axial slices: the size of the voxel axis that points most along S.
+
+    ``dims``: (I, J, K) sizes; ``ijk_to_ras``: 4×4 (or 3×3) direction×spacing matrix as nested lists.
+    """
+    s_row = [abs(float(ijk_to_ras[2][c])) for c in range(3)]
+    return int(dims[max(range(3), key=lambda c: s_row[c])])
+
+
+def estimate_seconds(slices: int, device: str, measured_per_slice: float | None = None) -> Estimate:
+    """``device``: 'cpu' or 'cuda' (what the run will actually use, after the auto fallback)."""
+    dev = "cuda" if device in ("cuda", "gpu") else "cpu"
+    if measured_per_slice and measured_per_slice > 0:
+        per, source = float(measured_per_slice), "measured on this computer"
+    else:
+        per, source = SECONDS_PER_SLICE[dev], SOURCE[dev]
+    return Estimate(STARTUP_SECONDS[dev] + per * max(0, int(slices)), per, int(slices), dev, source)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    if h:
+        return f"{h} h {m:02d} min"
+    if m:
+        return f"{m} min {s:02d} s"
+    return f"{s} s"
+
+
+def per_slice_from_run(elapsed: float, slices: int, device: str) -> float | None:
+    """Seconds per slice of a finished run, start-up removed; None when it cannot be told."""
+    dev = "cuda" if device in ("cuda", "gpu") else "cpu"
+    if slices <= 0 or elapsed <= 0:
+        return None
+    return max(0.01, (elapsed - STARTUP_SECONDS[dev]) / slices)
