@@ -1,0 +1,147 @@
+"""Pieces for training PriorSAM's heads with MONAI's ``SupervisedTrainer`` from the bundle.
+
+The frozen encoder's features come from the library's feature cache (``priorsam.training``:
+the same views, augmentations and framing as the library's own training); the trainer
+then only runs the light heads. Saving writes the library's checkpoint format
+(``trainable_state_dict`` + ``meta.config``) so ``load_priorsam`` and the inference bundle
+read the result directly.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..engine.weights import CONFIG_KEY, encode_config
+from ..errors import InputError
+from ..models.image_encoder import EncoderFeatures
+from ..models.losses import PriorSAMLoss
+from ..models.priorsam import PriorSAM
+from ..training.build_cache import ENCODER_ID, view_specs
+from ..training.cache import CachedSlices, FeatureCache, build_cache, collate
+from ..training.views import Case, content_hash
+from .paths import case_name
+
+
+def training_cases(items: Sequence[Mapping[str, str]], label_map: str | None = None) -> list[Case]:
+    """Datalist entries ``{"image", "label"}`` → library :class:`Case` objects (ids carry a content hash)."""
+    cases = []
+    for it in items:
+        case = Case(case_name(it["image"]), str(it["image"]), str(it["label"]), label_map or None)
+        cases.append(Case(f"{case.case_id}-{content_hash(case)}", case.image, case.label, case.label_map))
+    return cases
+
+
+def cached_training_dataset(items: Sequence[Mapping[str, str]], cache_dir: str, views: int = 0,
+                            spacing_mm: float = 1.5, context: int = 0, label_map: str | None = None,
+                            device: str | torch.device = "cpu", seed: int = 1234) -> CachedSlices:
+    """Encode (once, cached on disk) the clean view and ``views`` augmented views of every case; the
+    dataset yields ``(embedding, skips, label)`` per slice."""
+    from ..models.image_encoder import build_image_encoder
+
+    cases = training_cases(items, label_map)
+    specs = view_specs(int(views), float(spacing_mm), int(context), seed=int(seed))
+    cache = FeatureCache(cache_dir)
+    encoder = build_image_encoder("lite").to(device)
+    build_cache(cases, specs, cache, _EncoderOn(encoder, device), ENCODER_ID)
+    wanted = {(c.case_id, s.key()) for c in cases for s in specs}
+    records = [r for r in cache.records() if (r["case"], r["view_key"]) in wanted]
+    if not records:
+        raise InputError(f"no training slices were produced for {len(cases)} case(s)")
+    return CachedSlices(cache, records)
+
+
+class _EncoderOn(nn.Module):
+    """Runs the encoder on ``device`` and returns CPU features (the cache stores them)."""
+
+    def __init__(self, encoder: nn.Module, device: str | torch.device):
+        super().__init__()
+        self.encoder, self.device = encoder, torch.device(device)
+
+    def forward(self, images: torch.Tensor) -> EncoderFeatures:
+        return self.encoder(images.to(self.device)).to("cpu")
+
+
+def feature_collate(batch):
+    """Collate cached slices into ``(EncoderFeatures, labels (B, 256, 256))``."""
+    return collate(batch)
+
+
+def prepare_feature_batch(batchdata, device=None, non_blocking: bool = False, **kwargs: Any):
+    """``prepare_batch`` for MONAI engines: → (EncoderFeatures on device, long labels (B, 256, 256))."""
+    feats, labels = batchdata
+    return feats.to(device, non_blocking=non_blocking), labels.to(device, non_blocking=non_blocking).long()
+
+
+class FeatureInferer:
+    """``inferer(features, network)`` → the PriorSAM output dict (the network runs from features)."""
+
+    def __call__(self, inputs: EncoderFeatures, network: nn.Module, *args: Any, **kwargs: Any) -> dict:
+        return network(features=inputs)
+
+
+class PriorSAMTrainLoss(nn.Module):
+    """:class:`PriorSAMLoss` returning only the scalar total (what ``SupervisedTrainer`` expects)."""
+
+    def __init__(self, **loss_kwargs: Any):
+        super().__init__()
+        self.loss = PriorSAMLoss(**loss_kwargs)
+
+    def forward(self, outputs: Mapping[str, Any], labels: torch.Tensor) -> torch.Tensor:
+        total, _ = self.loss(outputs, labels)
+        return total
+
+
+def build_heads_model(prior_version: str = "v1", **model_kwargs: Any) -> PriorSAM:
+    """PriorSAM without encoder or binary path (they are frozen and load from their packages at inference)."""
+    from ..priors.bank import load_prior_bank
+
+    model = PriorSAM(encoder=None, prior_bank=load_prior_bank(prior_version), binary_path=False,
+                     pretrained=False, **model_kwargs)
+    model.build_config = {"prior_version": prior_version, "model": dict(model_kwargs)}
+    return model
+
+
+def save_checkpoint(network: nn.Module, path: str | os.PathLike, spacing_mm: float, context: int,
+                    note: str = "") -> Path:
+    """Write ``network``'s trainable weights and ``meta.config`` atomically (the library's checkpoint format)."""
+    net = getattr(network, "module", network)  # unwrap DistributedDataParallel
+    config = {**net.build_config, "spacing_mm": float(spacing_mm), "context": int(context)}
+    if note:
+        config["note"] = note
+    state = net.trainable_state_dict()
+    state[CONFIG_KEY] = encode_config(config)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".part")
+    torch.save(state, tmp)
+    os.replace(tmp, p)
+    return p
+
+
+class PriorSAMCheckpointSaver:
+    """Ignite handler: save the checkpoint every ``save_interval`` epochs and when training completes.
+
+    Only rank 0 writes under ``torch.distributed``.
+    """
+
+    def __init__(self, network: nn.Module, ckpt_path: str, spacing_mm: float = 1.5, context: int = 0,
+                 save_interval: int = 1, note: str = "trained with the MONAI bundle train.json"):
+        self.network, self.ckpt_path = network, ckpt_path
+        self.spacing_mm, self.context, self.note = spacing_mm, context, note
+        self.save_interval = max(1, int(save_interval))
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self._save)
+        engine.add_event_handler(Events.COMPLETED, self._save)
+
+    def _save(self, engine) -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
+            return
+        path = save_checkpoint(self.network, self.ckpt_path, self.spacing_mm, self.context, self.note)
+        engine.logger.info(f"saved PriorSAM checkpoint {path} (epoch {engine.state.epoch})")
