@@ -87,6 +87,15 @@ def scan_dicom(folder: Path, exclude: Path | None = None) -> dict[str, dict]:
     return series
 
 
+def _series_uid_of(p: Path) -> str | None:
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(p, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"]).SeriesInstanceUID)
+    except Exception:  # unreadable: the case fails later with the reader's message
+        return None
+
+
 def _walk(root: Path, exclude: Path | None):
     """Files under ``root`` in sorted order, skipping hidden entries (our temp files) and ``exclude``."""
     exclude_r = exclude.resolve() if exclude is not None else None
@@ -160,6 +169,10 @@ def read_case_list(csv_path: Path) -> list[Case]:
             raise InputError(f"{csv_path}:{i}: duplicate case_id {case_id!r}")
         ids.add(case_id)
         uid = row.get("series_uid") or None
+        if path.is_file() and _is_dicom_file(path):
+            # One instance named: the case is its series, in the instance's folder.
+            uid = uid or _series_uid_of(path)
+            path = path.parent
         kind = "dicom" if path.is_dir() or uid else "file"
         cases.append(Case(case_id, str(path), uid, kind))
     if not cases:

@@ -198,6 +198,14 @@ class _Distributed:
         if self.active:
             self.dist.barrier()
 
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank (picklable objects)."""
+        if not self.active:
+            return obj
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def sum(self, value: int) -> int:
         if not self.active:
             return value
@@ -224,7 +232,8 @@ class BatchJob:
             the others) or ``both``.
         device: auto, cuda, cuda:N or cpu. Under torchrun on GPUs, auto/cuda mean cuda:LOCAL_RANK.
         weights: PriorSAM checkpoint (default: the bundle's ``models/model.pt``).
-        options: :class:`~priorsam.engine.segment.SegmentOptions` (default: as trained).
+        options: :class:`~priorsam.engine.segment.SegmentOptions` or a dict of its fields
+            (default: as trained).
         show_progress: progress bars over cases and slices on stderr (rank 0 only).
         raise_on_failure: raise :class:`BatchIncomplete` after the batch if any case failed.
         timeout_hours: process-group timeout when this job creates the group.
@@ -240,6 +249,10 @@ class BatchJob:
         self.format = format
         self.device = str(device)
         self.weights = weights
+        if isinstance(options, dict):
+            from ..engine.segment import SegmentOptions
+
+            options = SegmentOptions(**options) if options else None
         self.options = options
         self.show_progress = show_progress
         self.raise_on_failure = raise_on_failure
@@ -331,7 +344,7 @@ class BatchJob:
             rank, world = dist.rank, dist.world_size
             device = dist.device_for(self.device)
             with _logging(self.output, rank, world, console=True) as log_path:
-                cases = discover_cases(self.input, self.output)
+                cases = self._discover(rank, dist)
                 self._weights = self._weights_path()
                 self._weights_sha = sha256_file(self._weights)
                 mine = partition(cases, rank, world)
@@ -384,6 +397,20 @@ class BatchJob:
             raise BatchIncomplete(f"{result.total_failed} of {result.cases} cases failed; "
                                   f"see {self.output / 'failures.csv'}")
         return result
+
+    def _discover(self, rank: int, dist: _Distributed) -> list[Case]:
+        """Rank 0 lists the cases and sends the list to all ranks, so every rank partitions the
+        very same list even if files appear while the job starts (and all fail alike on bad input)."""
+        found: tuple[str, object] = ("ok", [])
+        if rank == 0:
+            try:
+                found = ("ok", discover_cases(self.input, self.output))
+            except PriorSAMError as exc:
+                found = ("error", str(exc))
+        status, payload = dist.broadcast(found)
+        if status == "error":
+            raise InputError(str(payload))
+        return list(payload)
 
     def _write_tables(self, rows: list[dict], failures: list[dict], rank: int, world: int, dist: _Distributed):
         fields = report.summary_fields()
