@@ -34,7 +34,9 @@ class IterativeMaskOptimizer(nn.Module):
             raise ValueError(f"refinement rounds must be >= 0, got {rounds}")
         self.rounds = rounds
         self.feat_conv = nn.Conv2d(feat_dim, hidden, kernel_size=3, padding=1)
-        self.mask_conv = nn.Conv2d(2, hidden, kernel_size=3, padding=1, bias=False)
+        # 1×1 on the per-class mask (a 2-channel 3×3 conv has a very slow CPU backward);
+        # spatial context comes from the 3×3 convs on the features and the hidden state.
+        self.mask_conv = nn.Conv2d(2, hidden, kernel_size=1, bias=False)
         self.hidden_conv = nn.Conv2d(hidden, hidden, kernel_size=3, padding=1)
         self.out = nn.Conv2d(hidden, 1, kernel_size=1)
         self.act = nn.GELU()
@@ -52,8 +54,9 @@ class IterativeMaskOptimizer(nn.Module):
         for _ in range(self.rounds):
             m = lows[-1]
             # Each class sees its softmax probability (what the other classes claim) and its logit.
-            inp = torch.stack([m.softmax(dim=1), m], dim=2).reshape(b * c, 2, h, w)
-            hid = self.act(f + self.mask_conv(inp).reshape(b, c, -1, h, w)).reshape(b * c, -1, h, w)
+            inp = torch.stack([m.softmax(dim=1), m], dim=2)  # (B, C, 2, h, w)
+            mask_part = torch.einsum("bckhw,jk->bcjhw", inp, self.mask_conv.weight[:, :, 0, 0])
+            hid = self.act(f + mask_part).reshape(b * c, -1, h, w)
             hid = self.act(self.hidden_conv(hid))
             delta = self.out(hid).reshape(b, c, h, w)
             lows.append(m + delta)

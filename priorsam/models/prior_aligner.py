@@ -25,15 +25,19 @@ class PriorAligner(nn.Module):
         use_text: False replaces the text by learned class embeddings (ablation baseline
             with the same downstream computation).
         init_temperature: initial scale of the cosine guide (learned, kept in [1, 100]).
+        out_dim: width of the text-enhanced features (default img_dim). PriorSAM sets it to
+            its decoder width: the image is then projected once by a 1×1 conv and the guide
+            terms are added at that width, instead of adding 256-wide maps and projecting
+            afterwards (same function class, a fraction of the CPU cost).
 
     Forward:
         text (C, K, D_text) float, text_mask (C, K) bool (True = real description),
         image (B, img_dim, h, w) ->
-        prototypes (B, C, img_dim), guide (B, C, h, w), enhanced (B, img_dim, h, w).
+        prototypes (B, C, img_dim), guide (B, C, h, w), enhanced (B, out_dim, h, w).
     """
 
     def __init__(self, num_classes: int, text_dim: int = 384, img_dim: int = 256, use_text: bool = True,
-                 init_temperature: float = 10.0) -> None:
+                 init_temperature: float = 10.0, out_dim: int | None = None) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.img_dim = img_dim
@@ -50,8 +54,11 @@ class PriorAligner(nn.Module):
         self.to_image_space = nn.Linear(img_dim, img_dim)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(init_temperature)))
         self.guide_bias = nn.Parameter(torch.zeros(num_classes))
-        self.guide_proj = nn.Conv2d(num_classes, img_dim, kernel_size=1)
-        self.value_proj = nn.Linear(img_dim, img_dim)
+        out_dim = out_dim or img_dim
+        self.out_dim = out_dim
+        self.image_proj = nn.Identity() if out_dim == img_dim else nn.Conv2d(img_dim, out_dim, kernel_size=1)
+        self.guide_proj = nn.Conv2d(num_classes, out_dim, kernel_size=1)
+        self.value_proj = nn.Linear(img_dim, out_dim)
         nn.init.zeros_(self.value_proj.bias)
 
     @property
@@ -84,12 +91,12 @@ class PriorAligner(nn.Module):
         # pull in the prototype of the class it resembles.
         attn = guide.softmax(dim=1)
         readout = torch.einsum("bchw,bcd->bdhw", attn, self.value_proj(protos))
-        enhanced = image + self.guide_proj(guide) + readout
+        enhanced = self.image_proj(image) + self.guide_proj(guide) + readout
         return protos, guide, enhanced
 
     def guide(self, protos: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Scaled cosine similarity: protos (B, C, D), image (B, D, h, w) -> (B, C, h, w)."""
         p = F.normalize(protos, dim=-1)
-        x = F.normalize(image, dim=1)
-        cos = torch.einsum("bcd,bdhw->bchw", p, x)
+        # Divide by the pixel norms after the product: avoids a normalised copy of the image.
+        cos = torch.einsum("bcd,bdhw->bchw", p, image) / image.norm(dim=1, keepdim=True).clamp_min(1e-6)
         return self.temperature * cos + self.guide_bias.view(1, -1, 1, 1)

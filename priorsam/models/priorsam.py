@@ -3,7 +3,7 @@
 Data flow per 2D slice (shapes for the default ``lite`` encoder, C classes incl. background):
 
     images (B,3,256,256) --encoder--> EncoderFeatures(embedding (B,256,64,64), skips)
-    embedding --PriorAligner(text)--> prototypes (B,C,256), guide (B,C,64,64), enhanced (B,256,64,64)
+    embedding --PriorAligner(text)--> prototypes (B,C,256), guide (B,C,64,64), enhanced (B,d,64,64)
     enhanced, prototypes[, box tokens] --SemanticAwareDecoder--> src (B,d,64,64), kernels, presence
     src, skips, guide --MultiLevelFusion--> low (B,d,64,64), full (B,f,256,256)
     kernels · features --> low_res_logits (B,C,64,64), origin logits (B,C,256,256)
@@ -105,8 +105,9 @@ class PriorSAM(nn.Module):
             skip_channels = tuple(encoder.skip_channels)
         skip_channels = tuple(skip_channels or (128, 160))
 
-        self.aligner = PriorAligner(self.num_classes, text_dim=int(text_dim), img_dim=256, use_text=use_text)
-        self.decoder = SemanticAwareDecoder(img_dim=256, dim=dim, full_dim=fusion_out, depth=decoder_depth,
+        self.aligner = PriorAligner(self.num_classes, text_dim=int(text_dim), img_dim=256, use_text=use_text,
+                                    out_dim=dim)
+        self.decoder = SemanticAwareDecoder(img_dim=dim, dim=dim, full_dim=fusion_out, depth=decoder_depth,
                                             num_heads=num_heads, mlp_dim=mlp_dim)
         self.fusion = MultiLevelFusion(in_dim=dim, skip_channels=skip_channels, num_classes=self.num_classes,
                                        mid_dim=fusion_mid, out_dim=fusion_out)

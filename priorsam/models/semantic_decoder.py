@@ -35,23 +35,25 @@ class DecoderOutput(NamedTuple):
 
 class SemanticAwareDecoder(nn.Module):
     """Args:
-        img_dim: width of the text-enhanced image features and prototypes (256).
-        dim: transformer width (image features are projected 256 -> dim by a 1×1 conv).
+        img_dim: width of the text-enhanced image features (projected to ``dim`` by a 1×1
+            conv unless it already equals ``dim``).
+        dim: transformer width.
+        proto_dim: width of the prototypes (256).
         full_dim: channels of the full-resolution fused features the kernels apply to.
         depth, num_heads, mlp_dim: TwoWayTransformer configuration.
         prompt_dim: width of SAM's prompt tokens (256).
 
     Forward:
-        image (B, img_dim, h, w), prototypes (B, C, img_dim), prompt_tokens (B, P, prompt_dim) or None
+        image (B, img_dim, h, w), prototypes (B, C, proto_dim), prompt_tokens (B, P, prompt_dim) or None
         -> :class:`DecoderOutput`.
     """
 
     def __init__(self, img_dim: int = 256, dim: int = 128, full_dim: int = 16, depth: int = 2,
-                 num_heads: int = 4, mlp_dim: int = 256, prompt_dim: int = 256) -> None:
+                 num_heads: int = 4, mlp_dim: int = 256, prompt_dim: int = 256, proto_dim: int = 256) -> None:
         super().__init__()
         self.dim = dim
-        self.in_proj = nn.Conv2d(img_dim, dim, kernel_size=1)
-        self.proto_proj = nn.Linear(img_dim, dim)
+        self.in_proj = nn.Identity() if img_dim == dim else nn.Conv2d(img_dim, dim, kernel_size=1)
+        self.proto_proj = nn.Linear(proto_dim, dim)
         self.prompt_proj = nn.Linear(prompt_dim, dim)
         self.pe = PositionEmbeddingRandom(dim // 2)
         # Type embeddings: [summary, classification, segmentation]
