@@ -8,7 +8,7 @@ from .errors import PriorSAMError
 
 # group name -> "module:attribute"; kept lazy so `priorsam --help` does not import torch.
 _GROUPS = {
-    "segment-box": "priorsam.engine.box_segment:segment_box_cli",
+    "segment-box": "priorsam.engine.box_cli:segment_box_cli",
     "segment": "priorsam.engine.segment:segment_cli",
     "priors": "priorsam.priors.cli:PriorsCLI",
     "batch": "priorsam.batch.runner:batch_cli",

@@ -7,69 +7,15 @@ when the mask vanishes or leaves the box's slice range. Framing is LiteMedSAM's 
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from ..data.preprocess import UpstreamFrame, stack_channels, window
-from ..errors import InputError
 from ..io import Volume, from_display
+from .box_cli import segment_box_cli  # noqa: F401  (the CLI lives in a torch-free module; old import path kept)
+from .boxes import DisplayBox, box_to_display, parse_box  # noqa: F401  (re-exported)
 from .device import resolve_device
 from .progress import ProgressFn, ProgressReporter
-
-
-@dataclass(frozen=True)
-class DisplayBox:
-    """A 3D box in display coordinates: slices z0..z1, rows r0..r1, columns c0..c1 (inclusive)."""
-
-    z0: int
-    z1: int
-    r0: float
-    r1: float
-    c0: float
-    c1: float
-
-    def xyxy(self) -> np.ndarray:
-        return np.array([self.c0, self.r0, self.c1, self.r1], dtype=np.float32)
-
-
-def parse_box(text) -> np.ndarray:
-    """``"x0,y0,z0,x1,y1,z1"`` (or a 6-sequence) → float array of 6."""
-    vals = text if isinstance(text, (list, tuple, np.ndarray)) else str(text).replace(" ", "").split(",")
-    try:
-        box = np.array([float(v) for v in vals], dtype=np.float64)
-    except ValueError as exc:
-        raise InputError(f"box {text!r}: expected six numbers x0,y0,z0,x1,y1,z1") from exc
-    if box.shape != (6,) or not np.isfinite(box).all():
-        raise InputError(f"box {text!r}: expected six finite numbers x0,y0,z0,x1,y1,z1")
-    return box
-
-
-def box_to_display(volume: Volume, box: np.ndarray, space: str = "voxel") -> DisplayBox:
-    """Convert a user box (stored-voxel indices or RAS mm corners) to display coordinates, clipped."""
-    lo, hi = box[:3], box[3:]
-    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-    if space == "voxel":
-        world = (volume.source.affine @ np.c_[corners, np.ones(len(corners))].T).T[:, :3]
-    elif space == "ras":
-        world = corners
-    else:
-        raise InputError(f"box space {space!r}: use voxel or ras")
-    canon = (np.linalg.inv(volume.affine) @ np.c_[world, np.ones(len(world))].T).T[:, :3]
-    cmin, cmax = canon.min(0), canon.max(0)
-    shape = np.array(volume.shape)
-    if np.any(cmax < -0.5) or np.any(cmin > shape - 0.5):
-        raise InputError(f"box {box.tolist()} ({space}) lies outside the volume of shape {volume.source.shape}")
-    cmin = np.clip(cmin, 0, shape - 1)
-    cmax = np.clip(cmax, 0, shape - 1)
-    if np.any(cmax - cmin < 1):
-        raise InputError(f"box {box.tolist()} ({space}) is empty once clipped to the volume")
-    X, Y, _ = volume.shape
-    # display row = Y-1-y, column = X-1-x (see priorsam.io.volume.to_display)
-    return DisplayBox(int(round(cmin[2])), int(round(cmax[2])), Y - 1 - cmax[1], Y - 1 - cmin[1],
-                      X - 1 - cmax[0], X - 1 - cmin[0])
 
 
 class LiteMedSAMBoxPredictor:
@@ -154,30 +100,3 @@ def segment_box(volume: Volume, box, space: str = "voxel", device: str = "auto",
     mask = propagate_box(predictor, dbox, (margin_mm / sy, margin_mm / sx), progress=progress, show_bar=show_bar)
     return from_display(mask)
 
-
-def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label: str = "organ",
-                    device: str = "auto", series: str | None = None, margin_mm: float = 5.0):
-    """Segment one organ through the volume from a 3D box.
-
-    Args:
-        image: NIfTI/NRRD file or DICOM series folder.
-        box: x0,y0,z0,x1,y1,z1 — voxel indices of the file as stored (--space voxel) or RAS mm (--space ras).
-        out: output label map (.nii.gz or .nrrd), written on the input's grid.
-        label: organ name; one of the 8 organs gives its label id in the output, anything else gives 1.
-        device: auto, cuda or cpu.
-        series: DICOM SeriesInstanceUID when the folder holds several series.
-    """
-    from ..io import check_writable, read_volume, write_label_map
-    from ..labels import labels
-
-    check_writable(out)
-    parsed = parse_box(box)
-    t0 = time.time()
-    volume = read_volume(image, series_uid=series)
-    ids = {lab.name: lab.id for lab in labels()}
-    value = ids.get(str(label), 1)
-    mask = segment_box(volume, parsed, space=space, device=device, margin_mm=margin_mm)
-    write_label_map(volume, mask.astype(np.uint8) * value, out)
-    vox_ml = float(np.prod(volume.spacing)) / 1000.0
-    return {"output": str(out), "label": str(label), "value": value, "voxels": int(mask.sum()),
-            "volume_ml": round(float(mask.sum()) * vox_ml, 2), "seconds": round(time.time() - t0, 1)}

@@ -46,7 +46,11 @@ def read_nifti(p: Path, check: bool = True) -> Volume:
 
     try:
         img = nib.load(str(p))
+        if 0 in img.shape:  # nibabel flattens zero-size data to shape (0,); report the stored shape
+            raise InputError(f"{p}: empty volume of shape {tuple(img.shape)}")
         data = np.asarray(img.dataobj)
+    except InputError:
+        raise
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
         raise InputError(f"{p}: corrupt or truncated file ({type(exc).__name__}: {exc})") from exc
     except Exception as exc:  # nibabel raises several types for non-NIfTI content
@@ -100,8 +104,15 @@ def list_dicom_series(folder: Path) -> dict[str, list[str]]:
     names = itk.GDCMSeriesFileNames.New()
     names.SetUseSeriesDetails(False)  # one series per SeriesInstanceUID, as users identify them
     names.SetRecursive(True)
-    names.SetDirectory(str(folder))
-    return {uid: list(names.GetFileNames(uid)) for uid in names.GetSeriesUIDs()}
+    # ITK prints a multi-line "No Series were found" warning to stderr; callers report that themselves.
+    shown = itk.Object.GetGlobalWarningDisplay()
+    itk.Object.SetGlobalWarningDisplay(False)
+    try:
+        names.SetDirectory(str(folder))
+        uids = list(names.GetSeriesUIDs())
+    finally:
+        itk.Object.SetGlobalWarningDisplay(shown)
+    return {uid: list(names.GetFileNames(uid)) for uid in uids}
 
 
 def read_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:

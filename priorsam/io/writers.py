@@ -12,30 +12,46 @@ from ..errors import InputError
 from .volume import Volume, to_source_grid
 
 
-def check_writable(path: str | Path) -> Path:
-    """Fail early, before any model work, if ``path`` cannot be written."""
+LABEL_MAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd")  # .nhdr would detach its data under the temp name
+
+
+def check_writable(path: str | Path, suffixes: tuple[str, ...] | None = LABEL_MAP_SUFFIXES) -> Path:
+    """Fail early, before any model work, if ``path`` cannot be written (or, by default, is no label-map type).
+
+    Creates nothing: a run that then fails on its input must leave no new folders behind.
+    """
     p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
     if p.is_dir():
         raise InputError(f"output path is a folder: {p}")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"output folder cannot be created: {parent} ({exc.strerror})") from exc
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"output folder is not writable: {parent}")
+    if suffixes is not None and not p.name.lower().endswith(suffixes):
+        raise InputError(f"{p}: unsupported output type (use .nii.gz, .nii or .nrrd)")
+    ancestor = p.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"output folder cannot be created: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"output folder is not writable: {ancestor}")
     return p
 
 
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temp path beside ``path``; rename it over ``path`` only if the block succeeds."""
-    p = check_writable(path)
+    p = check_writable(path, suffixes=None)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"output folder cannot be created: {p.parent} ({exc.strerror})") from exc
     suffix = "".join(p.suffixes[-2:]) if p.name.endswith(".nii.gz") else p.suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=f".part{suffix}", dir=p.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes the file private (0600); give the result the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, p)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -47,6 +63,7 @@ def atomic_path(path: str | Path):
 
 def write_label_map(volume: Volume, labels_ras: np.ndarray, path: str | Path) -> Path:
     """Write a canonical-RAS label array on the input's own grid (.nii/.nii.gz or .nrrd/.seg.nrrd)."""
+    check_writable(path)
     if tuple(labels_ras.shape) != volume.shape:
         raise ValueError(f"label shape {labels_ras.shape} does not match volume {volume.shape}")
     stored = to_source_grid(volume, labels_ras.astype(np.uint8))
@@ -55,7 +72,7 @@ def write_label_map(volume: Volume, labels_ras: np.ndarray, path: str | Path) ->
     with atomic_path(p) as tmp:
         if name.endswith((".nii", ".nii.gz")):
             _write_nifti(volume, stored, tmp)
-        elif name.endswith((".nrrd", ".nhdr")):
+        elif name.endswith(".nrrd"):
             _write_itk(volume, stored, tmp)
         else:
             raise InputError(f"{p}: unsupported output type (use .nii.gz, .nii or .nrrd)")
