@@ -12,18 +12,43 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from ..data.preprocess import WINDOW_LEVEL, WINDOW_WIDTH, minmax
+from ..errors import InputError
 from ..models.priorsam import PriorSAM
 
 
-class PriorSAMSemanticNet(PriorSAM):
-    """(B, 3, 256, 256) slices in [0, 1] → (B, C, 256, 256) semantic logits of the last refinement round.
+def window_tensor(hu: torch.Tensor, level: float = WINDOW_LEVEL, width: float = WINDOW_WIDTH) -> torch.Tensor:
+    """Torch twin of :func:`priorsam.data.preprocess.window` (HU → [0, 255]); a test pins them equal."""
+    lo = level - width / 2
+    return ((hu - lo) / width).clamp(0.0, 1.0) * 255.0
 
+
+class PriorSAMSemanticNet(PriorSAM):
+    """(B, 1, 256, 256) axial CT slices in HU, already framed at the model's fixed in-plane spacing
+    → (B, C, 256, 256) semantic logits of the last refinement round.
+
+    The intensity step is the library's (window L40/W400, the slice thrice, per-image min-max);
     C = 9 (background + 8 organs, Synapse order) with the v1 priors.
     """
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(images=images)["semantic_logits"]
+        if images.ndim != 4 or images.shape[1] != 1:
+            raise InputError(f"expected (B,1,H,W) CT slices in HU, got {tuple(images.shape)}")
+        x = minmax(window_tensor(images.float()).expand(-1, 3, -1, -1))
+        return super().forward(images=x)["semantic_logits"]
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """A bundle checkpoint (it has ``meta.config``) loads through :meth:`load_trainable_state_dict`,
+        which checks the prior version/hash and the architecture; the frozen pretrained parts are
+        already in place. MONAI's ``ckpt_export`` loads strictly, so this is where that happens."""
+        from ..engine.weights import CONFIG_KEY
+
+        if CONFIG_KEY in state_dict:
+            self.load_trainable_state_dict({k: v for k, v in state_dict.items() if k != CONFIG_KEY})
+            return nn.modules.module._IncompatibleKeys([], [])
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def build_semantic_network(ckpt_path: str | None = None, encoder: str = "lite", pretrained: bool = True,

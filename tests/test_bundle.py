@@ -1,0 +1,186 @@
+"""Bundle files and the light pieces of priorsam.bundle_support / priorsam.evaluation (no model runs)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import save_nifti, synthetic_ct_array
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
+
+
+def test_bundle_files_present():
+    for rel in ["configs/metadata.json", "configs/inference.json", "configs/train.json", "configs/evaluate.json",
+                "configs/multi_gpu_train.json", "configs/multi_gpu_evaluate.json", "configs/logging.conf",
+                "configs/schema/meta_schema_priorsam.json", "large_files.yml", "docs/README.md",
+                "docs/data_license.txt", "LICENSE"]:
+        assert (BUNDLE / rel).is_file(), rel
+    assert (REPO / "LICENSE").read_text() == (BUNDLE / "LICENSE").read_text()
+    assert "Apache License" in (REPO / "LICENSE").read_text()
+
+
+def test_verify_metadata_offline(monkeypatch):
+    from monai.bundle import verify_metadata
+
+    monkeypatch.chdir(BUNDLE)  # the schema URL in metadata is relative to the bundle
+    verify_metadata(meta_file="configs/metadata.json", filepath="configs/schema/meta_schema_priorsam.json")
+
+
+def test_verify_metadata_rejects_missing_keys(tmp_path):
+    from monai.bundle import verify_metadata
+
+    meta = json.loads((BUNDLE / "configs/metadata.json").read_text())
+    del meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    bad = tmp_path / "metadata.json"
+    bad.write_text(json.dumps(meta))
+    with pytest.raises(ValueError):
+        verify_metadata(meta_file=str(bad), filepath=str(BUNDLE / "configs/schema/meta_schema_priorsam.json"))
+
+
+def test_metadata_channels_match_label_table():
+    from priorsam.labels import labels
+
+    meta = json.loads((BUNDLE / "configs/metadata.json").read_text())
+    out = meta["network_data_format"]["outputs"]["pred"]
+    assert out["num_channels"] == 9
+    assert out["channel_def"] == {"0": "background", **{str(l.id): l.name for l in labels()}}
+    inp = meta["network_data_format"]["inputs"]["image"]
+    assert (inp["num_channels"], inp["format"], inp["modality"]) == (1, "hounsfield", "CT")
+    assert meta["license"]["code"] == "Apache-2.0"
+    assert any("2503.18227" in r for r in meta["references"]) and any("SEG-SAM" in r for r in meta["references"])
+
+
+def test_large_files_names_sam_vit_b():
+    import yaml
+
+    entry = yaml.safe_load((BUNDLE / "large_files.yml").read_text())["large_files"][0]
+    assert entry["path"] == "models/sam_vit_b_01ec64.pth"
+    assert entry["url"] == "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
+    assert entry["hash_type"] == "sha256" and len(entry["hash_val"]) == 64
+
+
+def test_bundle_root_from_any_cwd(tmp_path, monkeypatch):
+    from priorsam.bundle_support import bundle_root
+
+    monkeypatch.delenv("PRIORSAM_BUNDLE", raising=False)
+    for cwd in (tmp_path, REPO, BUNDLE):
+        monkeypatch.chdir(cwd)
+        assert Path(bundle_root()) == BUNDLE
+    monkeypatch.setenv("PRIORSAM_BUNDLE", str(tmp_path))
+    assert Path(bundle_root()) == tmp_path
+
+
+def test_image_datalist_files_and_dicom_folders(tmp_path):
+    from priorsam.bundle_support import case_name, image_datalist
+    from priorsam.errors import InputError
+
+    save_nifti(tmp_path / "b.nii.gz", synthetic_ct_array((8, 8, 2)))
+    save_nifti(tmp_path / "a.nii", synthetic_ct_array((8, 8, 2)))
+    dcm = tmp_path / "series1"
+    dcm.mkdir()
+    (dcm / "1.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "empty_dir").mkdir()
+    items = image_datalist(tmp_path)
+    assert [case_name(i["image"]) for i in items] == ["a", "b", "series1"]
+    assert image_datalist(tmp_path / "b.nii.gz") == [{"image": str(tmp_path / "b.nii.gz")}]
+    with pytest.raises(InputError):
+        image_datalist(tmp_path / "empty_dir")
+    with pytest.raises(InputError):
+        image_datalist(tmp_path / "missing")
+
+
+def test_labelled_datalist_folder_and_json(tmp_path):
+    from priorsam.bundle_support import labelled_datalist
+    from priorsam.errors import InputError
+
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    save_nifti(tmp_path / "imagesTr" / "c1_0000.nii.gz", synthetic_ct_array((8, 8, 2)))
+    save_nifti(tmp_path / "labelsTr" / "c1.nii.gz", np.zeros((8, 8, 2), np.uint8))
+    assert labelled_datalist(tmp_path) == [{"image": str(tmp_path / "imagesTr" / "c1_0000.nii.gz"),
+                                            "label": str(tmp_path / "labelsTr" / "c1.nii.gz")}]
+    js = tmp_path / "list.json"
+    js.write_text(json.dumps({"validation": [{"image": "imagesTr/c1_0000.nii.gz", "label": "labelsTr/c1.nii.gz"}]}))
+    got = labelled_datalist(None, js, "validation")
+    assert got[0]["label"] == str(tmp_path / "labelsTr" / "c1.nii.gz")
+    with pytest.raises(InputError):
+        labelled_datalist(None, js, "training")
+    (tmp_path / "labelsTr" / "c1.nii.gz").unlink()
+    with pytest.raises(InputError):
+        labelled_datalist(tmp_path)
+
+
+def test_window_tensor_matches_library_window():
+    from priorsam.bundle_support.network import window_tensor
+    from priorsam.data.preprocess import window
+
+    hu = np.linspace(-1200, 1500, 1000, dtype=np.float32)
+    np.testing.assert_allclose(window_tensor(torch.from_numpy(hu)).numpy(), window(hu), rtol=0, atol=1e-4)
+
+
+def test_remap_labels_keeps_meta():
+    from monai.data import MetaTensor
+
+    from priorsam.bundle_support.evaluation import RemapLabelsd
+
+    lab = MetaTensor(torch.tensor([[[[0., 6.], [11., 5.]]]]), affine=torch.diag(torch.tensor([2., 2., 3., 1.])))
+    lab.applied_operations.append({"class": "Orientationd"})
+    out = RemapLabelsd("label", "synapse_raw")({"label": lab})["label"]
+    assert out.tolist() == [[[[0, 5], [8, 0]]]] and out.dtype == torch.uint8
+    assert torch.equal(out.affine, lab.affine) and len(out.applied_operations) == 1
+    with pytest.raises(ValueError):
+        RemapLabelsd("label", None)({"label": lab})  # 11 is not one of our ids
+
+
+def test_evaluate_case_known_geometry():
+    from priorsam.evaluation import evaluate_case, summarise
+
+    gt = np.zeros((30, 30, 12), np.uint8)
+    gt[5:15, 5:15, 2:10] = 1          # spleen cube
+    gt[20:26, 20:26, 3:7] = 5         # liver block
+    gt[2:4, 25:28, 1:3] = 4           # gallbladder, missed below
+    pred = gt.copy()
+    pred[gt == 4] = 0
+    pred[5:15, 15, 2:10] = 1           # spleen one voxel too wide along y (spacing 2 mm)
+    pred[1, 1, 1] = 7                  # aorta absent from the reference: a false positive
+    r = evaluate_case(pred, gt, (1.0, 2.0, 3.0), "c")["organs"]
+    assert r["spleen"]["dice"] == pytest.approx(2 * 800 / (800 + 880), abs=1e-6)
+    assert r["spleen"]["hd95_mm"] == pytest.approx(2.0) and r["spleen"]["hd95_vox"] == pytest.approx(1.0)
+    assert r["liver"]["dice"] == pytest.approx(1.0) and r["liver"]["hd95_mm"] == 0.0
+    assert r["gallbladder"]["missed"] and r["gallbladder"]["dice"] == 0.0 and math.isnan(r["gallbladder"]["hd95_mm"])
+    assert r["aorta"]["false_positive"] and math.isnan(r["aorta"]["dice"])
+    s = summarise([{"case": "c", "organs": r}])
+    assert s["mean"]["dice"] == pytest.approx((r["spleen"]["dice"] + 1.0 + 0.0) / 3)
+    with pytest.raises(ValueError):
+        evaluate_case(pred, gt[:, :, :5], (1, 1, 1))
+
+
+def test_synapse_averaging_per_organ_then_mean(tmp_path):
+    from priorsam.evaluation import summarise, write_report
+    from priorsam.labels import label_names
+
+    def case(name, dice_liver, dice_spleen):
+        organs = {n: {"dice": math.nan, "hd95_mm": math.nan, "hd95_vox": math.nan, "gt_voxels": 0,
+                      "pred_voxels": 0, "missed": False, "false_positive": False} for n in label_names()}
+        organs["liver"].update(dice=dice_liver, hd95_mm=4.0, hd95_vox=2.0, gt_voxels=10)
+        if dice_spleen is not None:
+            organs["spleen"].update(dice=dice_spleen, hd95_mm=2.0, hd95_vox=1.0, gt_voxels=10)
+        return {"case": name, "organs": organs}
+
+    cases = [case("a", 0.9, 0.5), case("b", 0.7, None)]
+    s = summarise(cases)
+    assert s["organs"]["liver"]["dice"] == pytest.approx(0.8)
+    assert s["organs"]["spleen"]["dice"] == pytest.approx(0.5) and s["organs"]["spleen"]["cases"] == 1
+    assert s["mean"]["dice"] == pytest.approx(0.65)  # organs averaged after cases, not pooled
+    paths = write_report(cases, tmp_path, note="labels are model output")
+    rows = paths["csv"].read_text().splitlines()
+    assert len(rows) == 1 + 2 * 8 and rows[0].startswith("case,organ,dice")
+    md = paths["markdown"].read_text()
+    assert "| liver | 2 | 0.800 |" in md and "**0.650**" in md and "labels are model output" in md
