@@ -186,3 +186,31 @@ def test_cancel_kills_the_process_tree_and_removes_temp_files(tmp_path):
     assert not run.group_alive()             # the grandchild went with it
     assert not work.exists()
     run.cancel()                             # idempotent
+
+
+# -- device choice: CUDA when present, a said-so CPU fallback otherwise ----------------------------------
+def test_auto_falls_back_to_cpu_and_says_so():
+    from PriorSAMLib.logic import SegmentationLogic
+
+    logic = SegmentationLogic(slicer=None, scene=None)
+    assert logic.resolved_device("auto")[0] == "auto"              # not probed yet: the engine decides
+    logic.device_info = {"torch": "2.14.1", "cuda": False, "cuda_build": "13.0"}
+    dev, note = logic.resolved_device("auto")
+    assert dev == "cpu" and "falling back to the CPU" in note
+    with pytest.raises(RuntimeError, match="no usable CUDA GPU"):
+        logic.resolved_device("GPU")
+    assert logic.resolved_device("CPU")[0] == "cpu"
+    logic.device_info = {"torch": "2.14.1", "cuda": True, "name": "H100"}
+    assert logic.resolved_device("auto") == ("cuda", "Using the GPU (H100).")
+
+
+def test_device_probe_runs_in_a_subprocess():
+    import torch
+
+    from PriorSAMLib.logic import SegmentationLogic
+
+    logic = SegmentationLogic(slicer=None, scene=None, python=sys.executable)
+    got = []
+    logic.start_probe(got.append).wait(timeout=120)
+    assert got and got[0]["torch"] == torch.__version__ and got[0]["cuda"] == torch.cuda.is_available()
+    assert logic.device_info == got[0]

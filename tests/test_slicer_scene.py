@@ -40,10 +40,10 @@ def sample_crop(tmp_path_factory):
 
 
 def _logic(slicer, scene, weights, kept):
+    """The module's default engine: the MONAI bundle once bundle/configs/inference.json exists, else the CLI."""
     from PriorSAMLib.logic import SegmentationLogic
 
-    return SegmentationLogic(slicer, scene, python=sys.executable, backend="cli", weights=str(weights),
-                             keep_results_in=kept)
+    return SegmentationLogic(slicer, scene, python=sys.executable, weights=str(weights), keep_results_in=kept)
 
 
 def _matrix(node):
@@ -69,6 +69,10 @@ def test_segment_organs_builds_named_coded_segmentation_on_input_geometry(slicer
 
     outcome = logic.segment_organs(volume, device="cpu", timeout=600)
     assert outcome.state == process.SUCCEEDED, outcome.message + "\n" + "\n".join(logic.run.lines[-10:])
+    from PriorSAMLib import commands
+
+    expected = "monai.bundle" if commands.bundle_config().is_file() else "priorsam"
+    assert logic.run.command[2] == expected
     seg = outcome.segmentation
     assert seg.IsA("vtkMRMLSegmentationNode")
     assert not logic.run.work_dir.exists()                       # temp files gone after import

@@ -81,6 +81,7 @@ class PriorSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateEstimate)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.updateEstimate)
+        self.ui.roiSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
         self.ui.backendComboBox.connect("currentIndexChanged(int)", self.onBackendChanged)
         self.ui.weightsPathLineEdit.connect("currentPathChanged(QString)", self.onWeightsChanged)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
@@ -130,7 +131,7 @@ class PriorSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.estimateLabel.text = str(exc)
         self.updateButtons()
 
-    def updateButtons(self):
+    def updateButtons(self, *args):
         running = self.active in ("organs", "box")
         has_volume = self.ui.inputVolumeSelector.currentNode() is not None
         self.ui.segmentButton.text = "Cancel" if self.active == "organs" else "Segment organs"

@@ -17,9 +17,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# "auto" picks the bundle whenever bundle/configs/inference.json exists; until the bundle is committed
-# the module defaults to the library CLI (same engine, same progress lines).
-DEFAULT_BACKEND = "cli"
+# "auto" picks the MONAI bundle whenever bundle/configs/inference.json exists, else the library CLI
+# (same engine, same progress lines).
+DEFAULT_BACKEND = "auto"
 CASE_NAME = "input"                     # the exported volume is <tmp>/in/input.nii.gz
 DEVICES = {"auto": "auto", "gpu": "cuda", "cuda": "cuda", "cpu": "cpu"}
 
@@ -109,6 +109,8 @@ def organ_job(work_dir: Path, device: str = "auto", backend: str = "auto", pytho
     if choose_backend(backend, root) == "bundle":
         cmd = [python, "-m", "monai.bundle", "run", "--config_file", str(bundle_config(root)),
                "--dataset_dir", str(in_dir), "--output_dir", str(out_dir), "--device", dev]
+        if weights:             # the bundle reads its weights from the config id ckpt_path
+            cmd += ["--ckpt_path", str(weights)]
         return Job(cmd, env, image, out_dir)
     out = out_dir / f"{CASE_NAME}_seg.nii.gz"
     cmd = [python, "-m", "priorsam", "segment", "--image", str(image), "--out", str(out), "--device", dev,

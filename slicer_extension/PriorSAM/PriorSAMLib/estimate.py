@@ -45,7 +45,7 @@ def axial_slice_count(dims, ijk_to_ras) -> int:
 
 
 def estimate_seconds(slices: int, device: str, measured_per_slice: float | None = None) -> Estimate:
-    """``device``: 'cpu' or 'cuda' (what the run will actually use, after the auto fallback)."""
+    """``device``: 'cpu' or 'cuda' (what the run will use); 'auto' before the device probe counts as CPU."""
     dev = "cuda" if device in ("cuda", "gpu") else "cpu"
     if measured_per_slice and measured_per_slice > 0:
         per, source = float(measured_per_slice), "measured on this computer"

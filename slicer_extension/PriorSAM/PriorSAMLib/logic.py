@@ -68,6 +68,8 @@ class SegmentationLogic:
             raise RuntimeError("GPU requested but no usable CUDA GPU was found: " + commands.describe_probe(info) +
                                ". Choose 'auto' or 'CPU'.")
         if dev == "auto":
+            if self.device_info is None:
+                return "auto", "Device not checked yet: the engine uses a CUDA GPU if it finds one, else the CPU."
             if has_cuda:
                 return "cuda", f"Using the GPU ({info.get('name')})."
             return "cpu", "No CUDA GPU found: falling back to the CPU (slower)."
