@@ -184,3 +184,26 @@ def test_synapse_averaging_per_organ_then_mean(tmp_path):
     assert len(rows) == 1 + 2 * 8 and rows[0].startswith("case,organ,dice")
     md = paths["markdown"].read_text()
     assert "| liver | 2 | 0.800 |" in md and "**0.650**" in md and "labels are model output" in md
+
+
+def test_bundle_preprocessing_reads_dicom_folder_like_the_library():
+    """A DICOM series folder goes through the bundle's LoadImaged + Orientationd to exactly the
+    volume the library reads (so the engine sees the same input), named after the folder."""
+    from monai.bundle import ConfigParser
+
+    from priorsam.bundle_support.inference import volume_from_image
+    from priorsam.data.samples import sample_ct
+    from priorsam.errors import AssetError
+    from priorsam.io import read_volume
+
+    try:
+        folder = sample_ct().dicom_dir
+    except AssetError as exc:
+        pytest.skip(f"sample CT unavailable offline: {exc}")
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs/inference.json"))
+    item = parser.get_parsed_content("preprocessing")({"image": str(folder)})
+    got, ref = volume_from_image(item["image"]), read_volume(folder)
+    assert np.array_equal(got.array, ref.array)
+    assert np.allclose(got.affine, ref.affine, atol=1e-6)
+    assert Path(item["image"].meta["filename_or_obj"]).name == folder.name
