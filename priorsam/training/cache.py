@@ -38,9 +38,10 @@ class FeatureCache:
     def put(self, key: str, feats: EncoderFeatures, label: torch.Tensor, record: dict) -> None:
         p = self.path(key)
         p.parent.mkdir(exist_ok=True)
-        blob = {"embedding": feats.embedding.half().contiguous(), "label": label.to(torch.uint8).contiguous()}
+        plain = lambda t: t.as_subclass(torch.Tensor) if isinstance(t, torch.Tensor) else torch.as_tensor(t)
+        blob = {"embedding": plain(feats.embedding).half().contiguous(), "label": plain(label).to(torch.uint8).contiguous()}
         for i, s in enumerate(feats.skips):
-            blob[f"skip{i}"] = s.half().contiguous()
+            blob[f"skip{i}"] = plain(s).half().contiguous()
         tmp = p.with_suffix(".part")
         torch.save(blob, tmp)
         os.replace(tmp, p)

@@ -123,5 +123,8 @@ def iter_view(case: Case, spec: ViewSpec, loaded=None) -> Iterator[FramedSlice]:
         lbl = frame.labels_to_model(lab_d[z:z + 1].astype(np.int64))[0]
         if aug is not None:
             o = aug({"image": img, "label": lbl[None].float()})
-            img, lbl = torch.as_tensor(o["image"]).float().clamp(0, 1), torch.as_tensor(o["label"])[0].round()
+            # MONAI returns MetaTensors; the cache stores plain tensors (loadable with weights_only=True).
+            img = o["image"].as_tensor() if hasattr(o["image"], "as_tensor") else o["image"]
+            lbl = o["label"].as_tensor() if hasattr(o["label"], "as_tensor") else o["label"]
+            img, lbl = img.float().clamp(0, 1), lbl[0].round()
         yield FramedSlice(int(z), img.contiguous(), lbl.to(torch.uint8), dict(meta))

@@ -1,0 +1,206 @@
+"""Train PriorSAM's heads from the on-disk feature cache (frozen encoder, CPU-practical).
+
+One step: a batch of cached (embedding, skips, label) entries → PriorSAM heads →
+PriorSAMLoss. Every ``prompt_every``-th step the batch is also prompted with a jittered box
+of one present organ per slice, so the semantic decoder learns to name a prompted object
+and the cross-mask alignment term ties binary and semantic masks (SEG-SAM).
+AdamW with linear warm-up and poly decay; resumable checkpoints; console and CSV logs.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from ..engine.weights import CONFIG_KEY, encode_config
+from ..models.losses import PriorSAMLoss
+from ..models.priorsam import PriorSAM
+from ..priors.bank import load_prior_bank
+from .cache import CachedSlices, FeatureCache, collate
+
+
+@dataclass
+class TrainConfig:
+    cache: str
+    out_dir: str
+    steps: int = 3000
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    poly_power: float = 0.9
+    seed: int = 1234
+    prompt_every: int = 2
+    box_jitter: float = 0.1
+    prior_version: str = "v1"
+    model: dict = field(default_factory=lambda: {"refine_rounds": 2})
+    loss: dict = field(default_factory=dict)
+    views: list | None = None          # restrict to these view ids (None: all cached)
+    augmented: bool | None = None      # True/False restricts to augmented/clean views
+    log_every: int = 25
+    ckpt_every: int = 250
+    snapshot_every: int = 0            # also keep model_step<N>.pt every N steps (0: never)
+    refresh_every: int = 0             # re-read the cache index every N steps (cache still filling)
+    resume: bool = True
+    threads: int = 0
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (1 - frac) ** cfg.poly_power
+
+
+def prompt_boxes(labels: torch.Tensor, gen: torch.Generator, jitter: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random present organ per slice → (B,4) jittered boxes and (B,) classes (−1 if none)."""
+    b, h, w = labels.shape
+    boxes = torch.zeros(b, 4)
+    classes = torch.full((b,), -1, dtype=torch.long)
+    for i in range(b):
+        present = [int(c) for c in labels[i].unique() if c > 0]
+        if not present:
+            boxes[i] = torch.tensor([0.0, 0.0, w - 1.0, h - 1.0])
+            continue
+        c = present[int(torch.randint(len(present), (1,), generator=gen))]
+        ys, xs = torch.nonzero(labels[i] == c, as_tuple=True)
+        x0, x1, y0, y1 = xs.min().item(), xs.max().item(), ys.min().item(), ys.max().item()
+        sw, sh = max(x1 - x0, 4), max(y1 - y0, 4)
+        j = (torch.rand(4, generator=gen) * 2 - 1) * jitter * torch.tensor([sw, sh, sw, sh])
+        boxes[i] = (torch.tensor([x0, y0, x1, y1], dtype=torch.float32) + j).clamp(0, max(h, w) - 1)
+        classes[i] = c
+    return boxes, classes
+
+
+def build_model(cfg: TrainConfig, bank) -> PriorSAM:
+    return PriorSAM(encoder=None, prior_bank=bank, binary_path=cfg.prompt_every > 0, **cfg.model)
+
+
+def export_weights(model: PriorSAM, cfg: TrainConfig, records_meta: dict, path: Path) -> Path:
+    """Tensors-only weights (+ meta.config) that inference and the bundle load."""
+    sd = model.trainable_state_dict()
+    meta = {"prior_version": cfg.prior_version, "model": cfg.model, "spacing_mm": records_meta["spacing_mm"],
+            "context": records_meta["context"], "train": {k: v for k, v in asdict(cfg).items() if k != "model"},
+            "cache_entries": records_meta["n"], "views": records_meta["views"]}
+    sd[CONFIG_KEY] = encode_config(meta)
+    tmp = path.with_suffix(".part")
+    torch.save(sd, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def select_records(cache: FeatureCache, cfg: TrainConfig) -> list[dict]:
+    recs = cache.records()
+    if cfg.views is not None:
+        recs = [r for r in recs if r["view"] in set(cfg.views)]
+    if cfg.augmented is not None:
+        recs = [r for r in recs if bool(r["augment"]) == cfg.augmented]
+    if not recs:
+        raise RuntimeError(f"no cached entries in {cfg.cache} match the selection")
+    ctx = {r["context"] for r in recs}
+    sp = {r["spacing_mm"] for r in recs}
+    if len(ctx) > 1 or len(sp) > 1:
+        raise RuntimeError(f"cache mixes contexts {ctx} or spacings {sp}; select one")
+    return recs
+
+
+def train(cfg: TrainConfig, log=print) -> Path:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _seed_all(cfg.seed)
+    bank = load_prior_bank(cfg.prior_version)
+    cache = FeatureCache(cfg.cache)
+    recs = select_records(cache, cfg)
+    meta = {"spacing_mm": recs[0]["spacing_mm"], "context": recs[0]["context"], "n": len(recs),
+            "views": sorted({r["view"] for r in recs})}
+    model = build_model(cfg, bank)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = PriorSAMLoss(**cfg.loss)
+    state_path = out / "last.pt"
+    step = 0
+    if cfg.resume and state_path.is_file():
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        model.load_trainable_state_dict(st["model"], bank)
+        opt.load_state_dict(st["optim"])
+        step = st["step"]
+        torch.set_rng_state(st["rng"])
+        log(f"[train] resumed at step {step}")
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    gen = torch.Generator().manual_seed(cfg.seed + step)
+
+    def make_loader(records):
+        ds = CachedSlices(cache, records)
+        sampler = RandomSampler(ds, replacement=True, num_samples=10 ** 9, generator=gen)
+        return iter(DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=0))
+
+    loader = make_loader(recs)
+    log_path = out / "log.csv"
+    new_log = not log_path.is_file() or step == 0
+    fh = open(log_path, "w" if new_log else "a", newline="")
+    writer = csv.writer(fh)
+    if new_log:
+        writer.writerow(["step", "lr", "loss", "full", "low", "presence", "contrast", "align", "prompt_class",
+                         "sec_per_step"])
+    model.train()
+    t_last = time.time()
+    try:
+        while step < cfg.steps:
+            if cfg.refresh_every and step and step % cfg.refresh_every == 0:
+                fresh = select_records(cache, cfg)
+                if len(fresh) != len(recs):
+                    recs = fresh
+                    meta.update(n=len(recs), views=sorted({r["view"] for r in recs}))
+                    loader = make_loader(recs)
+                    log(f"[train] step {step}: {len(recs)} cached entries from views {meta['views']}")
+            feats, labels = next(loader)
+            lr = _lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            boxes = classes = None
+            if cfg.prompt_every and step % cfg.prompt_every == 0:
+                boxes, classes = prompt_boxes(labels, gen, cfg.box_jitter)
+            outputs = model(features=feats, boxes=boxes)
+            loss, parts = loss_fn(outputs, labels, classes)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                dt = (time.time() - t_last) / cfg.log_every
+                t_last = time.time()
+                row = [step, f"{lr:.2e}", f"{loss.item():.4f}"] + [
+                    f"{parts[k].item():.4f}" if k in parts else "" for k in
+                    ("full", "low", "presence", "contrast", "align", "prompt_class")] + [f"{dt:.2f}"]
+                writer.writerow(row)
+                fh.flush()
+                log(f"[train] step {step}/{cfg.steps} lr {lr:.2e} loss {loss.item():.4f} "
+                    + " ".join(f"{k} {v.item():.3f}" for k, v in parts.items()) + f" ({dt:.2f} s/step)")
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                tmp = state_path.with_suffix(".part")
+                torch.save({"model": model.trainable_state_dict(), "optim": opt.state_dict(), "step": step,
+                            "rng": torch.get_rng_state()}, tmp)
+                os.replace(tmp, state_path)
+                export_weights(model, cfg, meta, out / "model.pt")
+            if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+                export_weights(model, cfg, meta, out / f"model_step{step}.pt")
+    finally:
+        fh.close()
+    return export_weights(model, cfg, meta, out / "model.pt")
