@@ -88,6 +88,16 @@ class UpstreamFrame:
         """Box [x0, y0, x1, y1] in slice pixels → model pixels."""
         return np.asarray(box_xyxy, dtype=np.float32) * self.scale
 
+    def labels_to_model(self, labels: np.ndarray) -> torch.Tensor:
+        """(N, H, W) integer labels → (N, 256, 256): nearest resize, zero pad (training targets)."""
+        import cv2
+
+        nh, nw = self.resized
+        out = np.zeros((labels.shape[0], self.size, self.size), dtype=np.int64)
+        for i, lab in enumerate(labels):
+            out[i, :nh, :nw] = cv2.resize(lab.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST)
+        return torch.from_numpy(out)
+
     def maps_from_model(self, maps: torch.Tensor) -> torch.Tensor:
         """(N, C, 256, 256) logits or probabilities → (N, C, H, W): crop the pad, bilinear upsample."""
         nh, nw = self.resized
@@ -206,6 +216,15 @@ def trunk_centre(slices_hu: np.ndarray, row_mm: float, col_mm: float, max_slices
         return (h - 1) / 2, (w - 1) / 2
     c = np.median(np.array(centres), axis=0)
     return float(c[0]), float(c[1])
+
+
+def make_frame(framing: str, slices_hu: np.ndarray, row_mm: float, col_mm: float, spacing: float = 1.5):
+    """The frame the prompt-free path uses: ``fixed`` (trunk-centred fixed spacing) or ``upstream``."""
+    if framing == "fixed":
+        return fixed_scale_frame(slices_hu, row_mm, col_mm, spacing)
+    if framing == "upstream":
+        return UpstreamFrame(slices_hu.shape[1], slices_hu.shape[2])
+    raise ValueError(f"unknown framing {framing!r}: use fixed or upstream")
 
 
 def fixed_scale_frame(slices_hu: np.ndarray, row_mm: float, col_mm: float, spacing: float = 1.5) -> FixedScaleFrame:

@@ -21,14 +21,21 @@ from .progress import ProgressFn, ProgressReporter
 class LiteMedSAMBoxPredictor:
     """Slice embeddings (cached per slice) and box → mask predictions with pretrained LiteMedSAM."""
 
-    def __init__(self, slices_hu: np.ndarray, device: str = "auto"):
+    def __init__(self, slices_hu: np.ndarray, device: str = "auto", encoder_backend: str = "auto"):
         from ..assets import load_litemedsam
+        from .segment import _has_onnxruntime
 
         self.device = resolve_device(device)
         self.net = load_litemedsam(str(self.device))
         self.slices = slices_hu
         self.frame = UpstreamFrame(slices_hu.shape[1], slices_hu.shape[2])
         self._cache: dict[int, torch.Tensor] = {}
+        self._onnx = None
+        if encoder_backend == "onnx" or (encoder_backend == "auto" and self.device.type == "cpu"
+                                         and _has_onnxruntime()):
+            from ..models.onnx_encoder import OnnxLiteEncoder
+
+            self._onnx = OnnxLiteEncoder()
 
     @torch.inference_mode()
     def embed(self, zs: list[int]) -> None:
@@ -36,7 +43,8 @@ class LiteMedSAMBoxPredictor:
         if not todo:
             return
         chans = stack_channels(window(self.slices[np.array(todo)]), np.arange(len(todo)), 0)
-        emb = self.net.image_encoder(self.frame.images(chans).to(self.device))
+        images = self.frame.images(chans)
+        emb = self._onnx(images).embedding if self._onnx is not None else self.net.image_encoder(images.to(self.device))
         for z, e in zip(todo, emb):
             self._cache[z] = e[None]
 
@@ -61,7 +69,8 @@ def mask_box(mask: np.ndarray) -> np.ndarray | None:
 
 
 def propagate_box(predictor: LiteMedSAMBoxPredictor, box: DisplayBox, margin_px: tuple[float, float],
-                  min_pixels: int = 4, progress: ProgressFn | None = None, show_bar: bool = True) -> np.ndarray:
+                  min_pixels: int = 4, progress: ProgressFn | None = None, show_bar: bool = True,
+                  rel_margin: float = 0.1) -> np.ndarray:
     """(Z, H, W) bool mask grown from the box's middle slice up and down (see module docstring)."""
     z_count, h, w = predictor.slices.shape
     out = np.zeros((z_count, h, w), dtype=bool)
@@ -78,8 +87,12 @@ def propagate_box(predictor: LiteMedSAMBoxPredictor, box: DisplayBox, margin_px:
                 b = mask_box(prev) if prev.sum() >= min_pixels else None
                 if b is None:
                     break
-                grown = b + np.array([-margin_px[1], -margin_px[0], margin_px[1], margin_px[0]], dtype=np.float32)
-                grown = np.clip(grown, 0, [w - 1, h - 1, w - 1, h - 1])
+                # The margin grows with the organ (organs widen fast between 3-mm slices), and the
+                # user's box bounds it, so propagation cannot wander onto a neighbour outside it.
+                mx = max(margin_px[1], rel_margin * (b[2] - b[0]))
+                my = max(margin_px[0], rel_margin * (b[3] - b[1]))
+                grown = b + np.array([-mx, -my, mx, my], dtype=np.float32)
+                grown = np.clip(grown, [box.c0, box.r0, box.c0, box.r0], [box.c1, box.r1, box.c1, box.r1])
                 prev = predictor.predict(z, grown)
                 out[z] = prev
                 reporter.advance(1)

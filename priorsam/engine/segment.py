@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.preprocess import fixed_scale_frame, stack_channels, window
+from ..data.preprocess import make_frame, stack_channels, window
 from ..io import Volume, display_spacing, from_display
 from .device import resolve_device
 from .progress import ProgressFn
@@ -29,6 +29,7 @@ class SegmentOptions:
 
     spacing_mm: float | None = None     # None: the spacing the weights were trained at
     context: int | None = None          # None: as trained (0 = 2D, 1 = 2.5D)
+    framing: str | None = None          # None: as trained ("fixed" trunk-centred spacing, or "upstream")
     batch_size: int = 4
     presence_gating: bool = True
     presence_threshold: float = 0.5
@@ -38,6 +39,10 @@ class SegmentOptions:
     min_pixels: int = 12                # coarse masks smaller than this (model px) are dropped
     largest_component: bool = True
     fill_holes: bool = True
+    encoder_backend: str = "auto"       # auto: ONNX Runtime on CPU when installed, PyTorch on GPU
+    skip_outside_body: bool = True      # slices with < 25 cm² of tissue are background, not run
+    z_stride: int = 1                   # >1: run every k-th slice, interpolate where neighbours agree
+    z_agree_dice: float = 0.85          # neighbours must agree this well (per organ) to interpolate
 
 
 @dataclass
@@ -76,21 +81,43 @@ class Segmenter:
         self.model = model if model is not None else load_priorsam(weights, str(self.device))
         cfg = getattr(self.model, "config", {}) or {}
         self.options = options or SegmentOptions()
+        self.feature_memo: dict | None = None   # image-hash → encoder features, shared by evaluation runs
+        self._onnx = None
+        backend = self.options.encoder_backend
+        if backend == "onnx" or (backend == "auto" and self.device.type == "cpu" and _has_onnxruntime()):
+            from ..models.onnx_encoder import OnnxLiteEncoder
+
+            self._onnx = OnnxLiteEncoder()
         if self.options.spacing_mm is None:
             self.options.spacing_mm = float(cfg.get("spacing_mm", 1.5))
         if self.options.context is None:
             self.options.context = int(cfg.get("context", 0))
+        if self.options.framing is None:
+            self.options.framing = str(cfg.get("framing", "fixed"))
 
     def model_info(self) -> dict:
         version, digest = self.model.prior_identity
         return {"weights": getattr(self.model, "weights_path", None), "prior_version": version,
                 "prior_embedding_sha256": digest, "config": getattr(self.model, "config", {})}
 
+    def _encode(self, images: torch.Tensor):
+        key = None
+        if self.feature_memo is not None:
+            import hashlib
+
+            key = hashlib.sha1(images.numpy().tobytes()).hexdigest()
+            if key in self.feature_memo:
+                return self.feature_memo[key]
+        feats = self._onnx(images) if self._onnx is not None else self.model.encode(images.to(self.device))
+        if key is not None:
+            self.feature_memo[key] = feats
+        return feats
+
     def _predict_model_space(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, 256, 256) → (N, C, 256, 256) one-hot-like class scores in model space."""
         o = self.options
         m = self.model
-        feats = m.encode(images.to(self.device))
+        feats = self._encode(images)
         out = m(features=feats)
         logits = out["semantic_logits"] if o.mask_round is None else out["round_logits"][o.mask_round]
         probs = logits.float().softmax(1)
@@ -131,7 +158,7 @@ class Segmenter:
         o = self.options
         slices = volume.axial_slices()
         row_mm, col_mm = display_spacing(volume)
-        frame = fixed_scale_frame(slices, row_mm, col_mm, o.spacing_mm)
+        frame = make_frame(o.framing, slices, row_mm, col_mm, o.spacing_mm)
 
         def predict(idx: np.ndarray) -> np.ndarray:
             lo, hi = max(0, idx[0] - o.context), min(len(slices), idx[-1] + o.context + 1)
@@ -140,11 +167,80 @@ class Segmenter:
             onehot = self._predict_model_space(images).cpu()
             return frame.maps_from_model(onehot).argmax(1).numpy().astype(np.uint8)
 
-        display = run_over_slices(len(slices), slices.shape[1], slices.shape[2], predict, o.batch_size,
-                                  progress=progress, show_bar=show_bar, desc="segmenting")
+        todo = body_slices(slices, row_mm, col_mm) if o.skip_outside_body else np.arange(len(slices))
+        if o.z_stride > 1 and len(todo) > 2:
+            display = self._strided(slices, todo, predict, progress, show_bar)
+        else:
+            display = run_over_slices(len(slices), slices.shape[1], slices.shape[2], predict, o.batch_size,
+                                      indices=todo, progress=progress, show_bar=show_bar, desc="segmenting")
         labels = from_display(display)
         labels = clean_labels(labels, largest_component=o.largest_component, fill_holes=o.fill_holes)
         return SegmentationResult(labels, time.time() - t0, str(self.device), asdict(o), self.model_info())
+
+
+    def _strided(self, slices, todo, predict, progress, show_bar) -> np.ndarray:
+        """Run every k-th body slice, then the gaps whose end slices disagree; interpolate the rest."""
+        o = self.options
+        anchors = np.unique(np.r_[todo[::o.z_stride], todo[-1]])
+        z, h, w = slices.shape
+        out = run_over_slices(z, h, w, predict, o.batch_size, indices=anchors, progress=progress,
+                              show_bar=show_bar, desc="segmenting (stride)")
+        gaps = [(a, b) for a, b in zip(anchors[:-1], anchors[1:]) if b - a > 1]
+        redo = [k for a, b in gaps if not labels_agree(out[a], out[b], o.z_agree_dice)
+                for k in range(a + 1, b) if k in set(todo.tolist())]
+        if redo:
+            out2 = run_over_slices(z, h, w, predict, o.batch_size, indices=redo, progress=progress,
+                                   show_bar=show_bar, desc="segmenting (gaps)")
+            out[redo] = out2[redo]
+        done = set(anchors.tolist()) | set(redo)
+        for a, b in gaps:
+            for k in range(a + 1, b):
+                if k not in done:
+                    out[k] = interpolate_labels(out[a], out[b], (k - a) / (b - a))
+        return out
+
+
+def _has_onnxruntime() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def body_slices(slices_hu: np.ndarray, row_mm: float, col_mm: float, min_cm2: float = 25.0) -> np.ndarray:
+    """Indices of slices with at least ``min_cm2`` of tissue (> −500 HU); the rest hold no organ."""
+    area_cm2 = (slices_hu > -500).reshape(len(slices_hu), -1).sum(1) * row_mm * col_mm / 100.0
+    keep = np.flatnonzero(area_cm2 >= min_cm2)
+    return keep if keep.size else np.arange(len(slices_hu))
+
+
+def labels_agree(a: np.ndarray, b: np.ndarray, min_dice: float) -> bool:
+    """True when every organ present in either slice overlaps with Dice ≥ ``min_dice``."""
+    for k in np.union1d(np.unique(a), np.unique(b)):
+        if k == 0:
+            continue
+        ma, mb = a == k, b == k
+        if 2.0 * np.logical_and(ma, mb).sum() / (ma.sum() + mb.sum()) < min_dice:
+            return False
+    return True
+
+
+def interpolate_labels(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """Label slice between ``a`` (t=0) and ``b`` (t=1): per-organ signed-distance blend."""
+    from scipy import ndimage
+
+    out = np.zeros_like(a)
+    best = np.full(a.shape, np.inf)
+    for k in np.union1d(np.unique(a), np.unique(b)):
+        if k == 0:
+            continue
+        sd = [ndimage.distance_transform_edt(~m) - ndimage.distance_transform_edt(m) for m in (a == k, b == k)]
+        d = (1 - t) * sd[0] + t * sd[1]
+        win = (d < 0) & (d < best)
+        out[win] = k
+        best[win] = d[win]
+    return out
 
 
 def clean_labels(labels: np.ndarray, largest_component: bool = True, fill_holes: bool = True) -> np.ndarray:

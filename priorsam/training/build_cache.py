@@ -23,10 +23,11 @@ def default_cases() -> list[Case]:
     return [Case("example_ct", str(s.image), str(s.raw_label), "totalsegmentator", str(s.raw_label))]
 
 
-def view_specs(views: int, spacing: float, context: int, seed: int = 1234) -> list[ViewSpec]:
-    specs = [ViewSpec(0, seed, spacing, context, augment=False, organ_fraction=1.0, empty_fraction=0.25)]
-    specs += [ViewSpec(v, seed + v, spacing, context, augment=True, organ_fraction=0.6, empty_fraction=0.15)
-              for v in range(1, views + 1)]
+def view_specs(views: int, spacing: float, context: int, seed: int = 1234, framing: str = "fixed") -> list[ViewSpec]:
+    extra = {} if framing == "fixed" else {"framing": framing}
+    specs = [ViewSpec(0, seed, spacing, context, augment=False, organ_fraction=1.0, empty_fraction=0.25, extra=extra)]
+    specs += [ViewSpec(v, seed + v, spacing, context, augment=True, organ_fraction=0.6, empty_fraction=0.15,
+                       extra=extra) for v in range(1, views + 1)]
     return specs
 
 
@@ -36,6 +37,7 @@ def main(argv=None) -> None:
     ap.add_argument("--views", type=int, default=16)
     ap.add_argument("--spacing", type=float, default=1.5)
     ap.add_argument("--context", type=int, default=0)
+    ap.add_argument("--framing", choices=["fixed", "upstream"], default="fixed")
     ap.add_argument("--datalist", default=None, help="JSON list of {case_id,image,label,label_map,group_label}")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--backend", choices=["onnx", "torch"], default="onnx",
@@ -50,7 +52,7 @@ def main(argv=None) -> None:
         encoder = OnnxLiteEncoder()
     else:
         encoder = build_image_encoder("lite")
-    n = build_cache(cases, view_specs(args.views, args.spacing, args.context), FeatureCache(args.cache),
+    n = build_cache(cases, view_specs(args.views, args.spacing, args.context, framing=args.framing), FeatureCache(args.cache),
                     encoder, ENCODER_ID, log=lambda m: print(m, flush=True))
     print(f"added {n} entries")
 

@@ -94,6 +94,7 @@ def export_weights(model: PriorSAM, cfg: TrainConfig, records_meta: dict, path: 
     """Tensors-only weights (+ meta.config) that inference and the bundle load."""
     sd = model.trainable_state_dict()
     meta = {"prior_version": cfg.prior_version, "model": cfg.model, "spacing_mm": records_meta["spacing_mm"],
+            "framing": records_meta.get("framing", "fixed"),
             "context": records_meta["context"], "train": {k: v for k, v in asdict(cfg).items() if k != "model"},
             "cache_entries": records_meta["n"], "views": records_meta["views"]}
     sd[CONFIG_KEY] = encode_config(meta)
@@ -113,8 +114,9 @@ def select_records(cache: FeatureCache, cfg: TrainConfig) -> list[dict]:
         raise RuntimeError(f"no cached entries in {cfg.cache} match the selection")
     ctx = {r["context"] for r in recs}
     sp = {r["spacing_mm"] for r in recs}
-    if len(ctx) > 1 or len(sp) > 1:
-        raise RuntimeError(f"cache mixes contexts {ctx} or spacings {sp}; select one")
+    fr = {r.get("framing", "fixed") for r in recs}
+    if len(ctx) > 1 or len(sp) > 1 or len(fr) > 1:
+        raise RuntimeError(f"cache mixes contexts {ctx}, spacings {sp} or framings {fr}; select one")
     return recs
 
 
@@ -127,7 +129,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
     bank = load_prior_bank(cfg.prior_version)
     cache = FeatureCache(cfg.cache)
     recs = select_records(cache, cfg)
-    meta = {"spacing_mm": recs[0]["spacing_mm"], "context": recs[0]["context"], "n": len(recs),
+    meta = {"spacing_mm": recs[0]["spacing_mm"], "context": recs[0]["context"],
+            "framing": recs[0].get("framing", "fixed"), "n": len(recs),
             "views": sorted({r["view"] for r in recs})}
     model = build_model(cfg, bank)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -18,7 +18,7 @@ import torch
 
 from ..data.augment import (TOTALSEG_GROUPS, RandContrastPhased, RandSliceThicknessd, RandWindowJitter,
                             slice_augmentation)
-from ..data.preprocess import fixed_scale_frame, stack_channels, window
+from ..data.preprocess import make_frame, stack_channels, window
 from ..io import display_spacing, read_label_map, read_volume
 from ..labels import mapping, remap
 
@@ -87,8 +87,11 @@ def iter_view(case: Case, spec: ViewSpec, loaded=None) -> Iterator[FramedSlice]:
     hu = vol.axial_slices()
     lab_d = _display(lab).astype(np.uint8)
     row_mm, col_mm = display_spacing(vol)
-    frame = fixed_scale_frame(hu, row_mm, col_mm, spec.spacing_mm)  # centre from the unaugmented scan
-    meta = {"phase": "non_contrast", "thickness_mm": float(vol.spacing[2]), "level": 40.0, "width": 400.0}
+    # The frame (and trunk centre) comes from the unaugmented scan. ``extra["framing"]`` switches to
+    # LiteMedSAM's upstream framing for the scale-normalisation ablation.
+    framing = spec.extra.get("framing", "fixed")
+    frame = make_frame(framing, hu, row_mm, col_mm, spec.spacing_mm)
+    meta = {"framing": framing, "phase": "non_contrast", "thickness_mm": float(vol.spacing[2]), "level": 40.0, "width": 400.0}
     level, width = 40.0, 400.0
     if spec.augment:
         grp = _display(groups) if groups is not None else None
