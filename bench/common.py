@@ -1,0 +1,162 @@
+"""Shared helpers of the benchmark parts: timing, statistics, machine info, fresh-process runs, tables.
+
+Every part runs in its own subprocess (``run_all.py --part NAME``) so that its peak resident
+memory is its own and one part's allocator or thread pools never colour the next one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def set_threads(threads: int) -> int:
+    """Pin torch's intra-op pool (and OpenMP's, for libraries started later) to ``threads``."""
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def time_runs(fn: Callable[[], object], runs: int, warmup: int = 1) -> list[float]:
+    """Wall seconds of ``runs`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def stats(xs: Sequence[float]) -> dict:
+    """Median, min, max and count of a list of seconds (the table shows the median)."""
+    a = np.asarray(list(xs), dtype=float)
+    if a.size == 0:
+        return {"median": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0, "runs": []}
+    return {"median": float(np.median(a)), "min": float(a.min()), "max": float(a.max()), "n": int(a.size),
+            "runs": [float(x) for x in a]}
+
+
+def machine_info(threads: int) -> dict:
+    """CPU model, cores, memory, library versions and the load average now (the machine is shared)."""
+    def first(path: str, key: str, default: str = "?") -> str:
+        try:
+            for ln in Path(path).read_text().splitlines():
+                if ln.startswith(key):
+                    return ln.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return default
+
+    versions = {}
+    for mod in ("torch", "onnxruntime", "openvino", "monai", "numpy"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception as exc:  # a missing optional backend is reported, not fatal
+            versions[mod] = f"unavailable ({type(exc).__name__})"
+    flags = first("/proc/cpuinfo", "flags", "")
+    mem_kb = first("/proc/meminfo", "MemTotal", "0 kB").split()[0]
+    return {"cpu": first("/proc/cpuinfo", "model name", platform.processor()), "cores": os.cpu_count(),
+            "avx2": "avx2" in flags.split(), "avx512f": "avx512f" in flags.split(),
+            "vnni": any(f in flags.split() for f in ("avx512_vnni", "avx_vnni")),
+            "mem_gb": round(int(mem_kb) / 2**20, 1), "threads_used": threads, "python": platform.python_version(),
+            "os": platform.platform(), **versions, "loadavg_start": list(os.getloadavg()),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def run_child(cmd: list[str], timeout: float | None = None, env: dict | None = None) -> dict:
+    """Run ``cmd``; wall seconds, exit code, peak RSS (MB) of that child alone, output tails.
+
+    ``os.wait4`` returns the child's own rusage, so its ``ru_maxrss`` is the peak of that
+    process (the encoder thread pools included), not of the benchmark driver.
+    """
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})}, cwd=REPO)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        timed_out = True
+    wall = time.perf_counter() - t
+    # Parts report their own peak RSS in their JSON; this runner keeps the wall time and output.
+    return {"wall_s": wall, "rc": proc.returncode, "timed_out": timed_out, "stdout": out, "stderr": err[-4000:]}
+
+
+def run_child_rss(cmd: list[str], timeout: float | None = None, env: dict | None = None) -> dict:
+    """Like :func:`run_child` but measures the child's own peak RSS with ``os.wait4`` (for CLI runs)."""
+    import signal
+
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, **(env or {})}, cwd=REPO)
+    deadline = None if timeout is None else t + timeout
+    status = rusage = None
+    while True:
+        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            break
+        if deadline is not None and time.perf_counter() > deadline:
+            proc.send_signal(signal.SIGKILL)
+            pid, status, rusage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.05)
+    wall = time.perf_counter() - t
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"wall_s": wall, "rc": proc.returncode, "peak_rss_mb": rusage.ru_maxrss / 1024.0,
+            "cpu_s": rusage.ru_utime + rusage.ru_stime, "stderr": err[-3000:]}
+
+
+def last_json(text: str) -> dict:
+    """The last line of a part's stdout is its JSON result."""
+    lines = [ln for ln in text.strip().splitlines() if ln.startswith("{")]
+    if not lines:
+        raise ValueError("no JSON result on stdout")
+    return json.loads(lines[-1])
+
+
+def fmt_s(x: float | None, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def fmt_stats(s: dict | None, digits: int = 2) -> str:
+    """``median (min–max, n=k)``; the range shows how much the shared machine moved the numbers."""
+    if not s or not s.get("n"):
+        return "n/a"
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f}, n={s['n']})"
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub markdown table; cells are str()-ed, pipes escaped."""
+    esc = lambda c: str(c).replace("|", "\\|")
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def python() -> str:
+    return sys.executable

@@ -1,0 +1,90 @@
+"""Smoke tests of the benchmark harness (bench/): only the cheap pieces, a few seconds in all.
+
+The heavy measurements (encoders, peers, volumes) are exercised by ``python bench/run_all.py --quick``,
+never here.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import report  # noqa: E402
+
+
+def test_stats_and_table_formatting():
+    s = common.stats([3.0, 1.0, 2.0])
+    assert (s["median"], s["min"], s["max"], s["n"]) == (2.0, 1.0, 3.0, 3)
+    assert common.fmt_stats(s) == "2.00 (1.00–3.00, n=3)"
+    assert common.fmt_stats(common.stats([])) == "n/a"
+    table = common.md_table(["a", "b|c"], [[1, "x|y"]])
+    assert table.splitlines() == ["| a | b\\|c |", "|---|---|", "| 1 | x\\|y |"]
+
+
+def test_time_runs_measures_each_call():
+    calls = []
+    times = common.time_runs(lambda: calls.append(sum(range(20000))), runs=3, warmup=1)
+    assert len(calls) == 4 and len(times) == 3 and all(t > 0 for t in times)
+
+
+def test_child_peak_memory_is_the_childs_own():
+    # A child that holds ~300 MB must report at least that; the parent's own peak is not mixed in.
+    code = "import numpy as np; a = np.ones(300 * 2**20 // 8); print(a.sum() > 0)"
+    res = common.run_child_rss([sys.executable, "-c", code], timeout=60)
+    assert res["rc"] == 0
+    assert 300 <= res["peak_rss_mb"] < 2000
+
+
+def test_vit_peer_counts_macs():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("segment_anything")
+    import peers
+
+    small = peers.build_vit(64, 2, 32, 2, (1,))
+    big = peers.build_vit(64, 4, 32, 2, (1, 3))
+    x = torch.zeros(1, 3, 64, 64)
+    assert 0 < peers.gmacs(small, x) < peers.gmacs(big, x)
+
+
+def _results(quick: bool = False) -> dict:
+    """A results dict as run_all assembles it (numbers are small literals: this tests the report only)."""
+    return {
+        "machine": {"cpu": "test cpu", "cores": 2, "threads_used": 2, "loadavg_start": [1.0, 1.0, 1.0],
+                    "loadavg_end": [2.0, 2.0, 2.0]},
+        "args": {"runs": 3, "quick": quick},
+        "encoders": {
+            "torch_eager": {"times_s": [2.0, 2.2, 2.1], "peak_rss_mb": 1000, "build_s": 3.0, "gmac": 37.5},
+            "onnxruntime": {"times_s": [1.0, 1.1, 0.9], "peak_rss_mb": 1100, "build_s": 2.0,
+                            "accuracy": {"embedding": {"cos_mean": 1.0, "cos_min": 1.0, "max_abs": 1e-6,
+                                                       "rel_l2": 1e-6}}},
+            "fast_but_wrong": {"times_s": [0.5, 0.5, 0.5], "peak_rss_mb": 900,
+                               "accuracy": {"embedding": {"cos_mean": 0.9, "cos_min": 0.5, "max_abs": 0.5,
+                                                          "rel_l2": 0.5}}},
+        },
+        "peers": {"pgsam_vith224": {"times_s": [8.0, 8.0, 8.0], "gmac_per_slice": 254.1}},
+        "volume": {"cli": {"large": {"runs": [{"wall_s": w, "peak_rss_mb": 2000, "dice": {"mean": 0.8}}
+                                              for w in (150.0, 160.0, 170.0)]}},
+                   "variants": [{"volume": "large", "backend": "openvino", "z_stride": 2,
+                                 "runs": [{"wall_s": 55.0, "peak_rss_mb": 1500, "slices": 150, "encoded_slices": 80,
+                                           "dice": {"mean": 0.79}, "backend": "openvino", "z_stride": 2,
+                                           "import_s": 1, "read_s": 1, "model_load_s": 3, "segment_s": 49,
+                                           "write_s": 1}]}]},
+    }
+
+
+def test_report_picks_fastest_accurate_backend_and_states_targets():
+    res = _results()
+    assert report.fastest_accurate(res) == "onnxruntime"  # the faster one fails the cosine bar
+    text = report.render(res)
+    assert "| torch_eager | 2.10 (2.00–2.20, n=3) | 1.00× |" in text
+    assert "**missed** by 100 s (2.7× the target)" in text
+    assert "openvino encoder and z_stride 2: 55.0 s (meets it" in text
+    # PG-SAM 8 s/slice vs our engine 160 s / 150 slices
+    assert "7.5× — **met**" in text
+    assert "not measurable here" in text
+    assert "QUICK" not in text and "QUICK" in report.render(_results(quick=True))
