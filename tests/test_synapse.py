@@ -1,0 +1,45 @@
+"""The TransUNet-format Synapse converter: HU restored, labels remapped, display order kept."""
+import json
+
+import h5py
+import numpy as np
+
+from priorsam.data.synapse import prepare
+from priorsam.io import read_label_map, read_volume
+
+
+def _write_dataset(root):
+    (root / "train_npz").mkdir(parents=True)
+    (root / "test_vol_h5").mkdir()
+    (root / "lists" / "lists_Synapse").mkdir(parents=True)
+    names = []
+    for z in range(3):
+        img = np.full((8, 10), 0.5, np.float32)
+        img[0, 0] = 1.0  # top-left marker: anterior, patient right
+        lab = np.zeros((8, 10), np.uint8)
+        lab[2:4, 2:4] = 7  # TransUNet 7 = spleen
+        lab[5:7, 5:7] = 1  # TransUNet 1 = aorta
+        np.savez(root / "train_npz" / f"case0005_slice{z:03d}.npz", image=img, label=lab)
+        names.append(f"case0005_slice{z:03d}")
+    (root / "lists" / "lists_Synapse" / "train.txt").write_text("\n".join(names) + "\n")
+    with h5py.File(root / "test_vol_h5" / "case0001.npy.h5", "w") as h5:
+        h5["image"] = np.zeros((2, 8, 10), np.float32)
+        h5["label"] = np.full((2, 8, 10), 5, np.uint8)  # liver
+    (root / "lists" / "lists_Synapse" / "test_vol.txt").write_text("case0001\n")
+
+
+def test_prepare_converts_and_remaps(tmp_path):
+    _write_dataset(tmp_path / "syn")
+    dl = prepare(tmp_path / "syn", tmp_path / "out", pixel_mm=0.8, slice_mm=3.0)
+    assert [c["case_id"] for c in dl["training"]] == ["case0005"]
+    assert json.loads((tmp_path / "out" / "datalist.json").read_text()) == dl
+    vol = read_volume(dl["training"][0]["image"])
+    assert vol.shape == (10, 8, 3)
+    np.testing.assert_allclose(vol.spacing, [0.8, 0.8, 3.0])
+    disp = vol.axial_slices()
+    assert disp[0, 0, 0] == 275.0 and disp[0, 1, 1] == 75.0  # [0,1] → HU, marker stays top-left
+    lab = read_label_map(dl["training"][0]["label"]).axial_slices()
+    assert set(np.unique(lab)) == {0, 1, 7}  # spleen → 1, aorta → 7 (our ids)
+    assert (lab[:, 2:4, 2:4] == 1).all() and (lab[:, 5:7, 5:7] == 7).all()
+    test = read_label_map(dl["validation"][0]["label"]).array
+    assert (test == 5).all()  # TransUNet 5 = liver = ours 5
