@@ -29,13 +29,17 @@ from .cache import CachedSlices, FeatureCache, collate
 
 @dataclass
 class TrainConfig:
+    """Defaults are the Synapse recipe (docs/training.md): 18 BTCV training cases, batch 8,
+    seed 1234, warm-up then poly decay 0.9 as in PG-SAM's code; the demo weights' one-scan run
+    overrides steps/lr/warm-up (bundle/docs/training/main_config.json)."""
+
     cache: str
     out_dir: str
-    steps: int = 3000
+    steps: int = 20000
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    warmup: int = 100
+    warmup: int = 250
     poly_power: float = 0.9
     seed: int = 1234
     prompt_every: int = 2
