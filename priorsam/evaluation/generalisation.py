@@ -39,9 +39,17 @@ def _validation_case(root: Path):
     return vol, gt
 
 
+def _run_key(run: dict) -> str:
+    from ..assets import sha256_file
+
+    return json.dumps([run["name"], sha256_file(run["weights"]), run.get("options", {})], sort_keys=True)
+
+
 def measure(runs: list[dict], validation: Path | None, device: str = "cpu", train_case: bool = True,
-            log=print) -> list[dict]:
+            log=print, previous: dict | None = None) -> list[dict]:
+    """Measure each run; ``previous`` maps run keys to stored rows (same weights and options) to reuse."""
     memo: dict = {}
+    previous = previous or {}
     val = _validation_case(validation) if validation is not None and validation.is_dir() else None
     train = None
     if train_case:
@@ -49,10 +57,15 @@ def measure(runs: list[dict], validation: Path | None, device: str = "cpu", trai
         train = (read_volume(s.image), read_label_map(s.label).array.astype(np.uint8))
     results = []
     for run in runs:
+        key = _run_key(run)
+        if key in previous:
+            results.append(previous[key])
+            log(f"[generalisation] {run['name']}: reused stored result")
+            continue
         seg = Segmenter(run["weights"], device, SegmentOptions(**run.get("options", {})))
         seg.feature_memo = memo
         row = {"name": run["name"], "what": run.get("what", ""), "weights": run["weights"],
-               "options": run.get("options", {})}
+               "options": run.get("options", {}), "key": key}
         if val is not None:
             t0 = time.time()
             pred = seg.segment(val[0], show_bar=False).labels == 5
@@ -114,18 +127,22 @@ def main(argv=None) -> None:
     ap.add_argument("--validation", default=str(DEFAULT_VALIDATION))
     ap.add_argument("--no-train-case", action="store_true")
     ap.add_argument("--notes", default=None, help="markdown file appended to the report")
+    ap.add_argument("--fresh", action="store_true", help="re-measure runs already stored in OUT.json")
     args = ap.parse_args(argv)
     runs = json.loads(Path(args.runs).read_text())
-    results = measure(runs, Path(args.validation), train_case=not args.no_train_case)
+    out = Path(args.out)
+    stored = out.with_suffix(".json")
+    previous = {r["key"]: r for r in json.loads(stored.read_text())} if stored.is_file() and not args.fresh else {}
+    results = measure(runs, Path(args.validation), train_case=not args.no_train_case, previous=previous)
     command = "python -m priorsam.evaluation.generalisation --runs " + args.runs
     notes = Path(args.notes).read_text() if args.notes else ""
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".part")
     tmp.write_text(render(results, command, notes))
     os.replace(tmp, out)
     with open(out.with_suffix(".json"), "w") as fh:
         json.dump(results, fh, indent=2, default=float)
+    # rows are reused by key on the next invocation, so the stored file mirrors the report
     print(out.read_text())
 
 

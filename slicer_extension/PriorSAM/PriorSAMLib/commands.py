@@ -127,12 +127,12 @@ def format_box(bounds_ras) -> str:
 
 
 def box_job(work_dir: Path, bounds_ras, label: str = "auto", device: str = "auto", python: str | None = None,
-            root: Path | None = None, progress: bool = False) -> Job:
+            root: Path | None = None, progress: bool = True) -> Job:
     """Command for one organ from a 3D box (RAS mm) on ``work_dir/in/input.nii.gz``.
 
     ``label='auto'`` asks the semantic decoder to name the organ (needs an engine that supports it
     and prints a ``PRIORSAM_LABEL`` line); an organ name fixes the label. ``progress`` adds
-    ``--progress`` for engines whose ``segment-box`` prints progress lines.
+    ``--progress`` (PRIORSAM_PROGRESS lines from segment-box; on by default).
     """
     root = root or repo_root()
     python = python or python_executable()

@@ -149,7 +149,7 @@ class SegmentationLogic:
                 self.slicer, self.scene, volume, f"{volume.GetName()} box organs (PriorSAM)")
             organ = self.organ_by_name(label) if label != "auto" else self._chosen_organ(self.run)
             sid = segmentation_io.import_single(self.slicer, self.scene, path, volume, seg, organ, self.category,
-                                                fallback_name="Unnamed organ (engine cannot name it yet)")
+                                                fallback_name="Unnamed organ")
             return seg, sid
 
         def done(run: process.Run) -> None:

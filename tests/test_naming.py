@@ -1,0 +1,30 @@
+"""`segment-box --label auto`: the semantic decoder names the boxed object (real pipeline, random heads)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import save_nifti, synthetic_ct_array
+
+
+@pytest.mark.slow
+def test_label_auto_prints_and_writes_a_named_organ(tmp_path, random_checkpoint):
+    ct = save_nifti(tmp_path / "ct.nii.gz", synthetic_ct_array(shape=(48, 40, 3)))
+    out = tmp_path / "mask.nii.gz"
+    env = {"PRIORSAM_WEIGHTS": str(random_checkpoint), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "priorsam", "segment-box", "--image", str(ct), "--box",
+                           "7,15,0,24,28,2", "--label", "auto", "--out", str(out), "--device", "cpu"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("PRIORSAM_LABEL ")]
+    assert len(line) == 1
+    _, name, value, prob = line[0].split()
+    from priorsam.labels import labels
+
+    assert (name, int(value)) in {(lab.name, lab.id) for lab in labels()}
+    assert 0.0 < float(prob) <= 1.0
+    import nibabel as nib
+
+    written = np.unique(np.asarray(nib.load(str(out)).dataobj))
+    assert set(written.tolist()) <= {0, int(value)} and int(value) in written
