@@ -66,7 +66,9 @@ def test_box_command():
     assert cmd[:4] == ["py", "-m", "priorsam", "segment-box"]
     assert cmd[cmd.index("--box") + 1] == "-10.000,20.500,30.000,40.000,50.000,60.250"
     assert cmd[cmd.index("--space") + 1] == "ras" and cmd[cmd.index("--label") + 1] == "liver"
-    assert "--progress" not in cmd
+    assert "--progress" in cmd  # segment-box prints PRIORSAM_PROGRESS lines for the progress bar
+    quiet = commands.box_job(Path("/t"), [0, 0, 0, 1, 1, 1], "auto", "cpu", python="py", progress=False).command
+    assert "--progress" not in quiet and quiet[quiet.index("--label") + 1] == "auto"
 
 
 def test_probe_description():
