@@ -148,25 +148,31 @@ def _volumes(results: dict) -> str:
     for name, v in vol.get("cli", {}).items():
         runs = [r for r in v["runs"] if "error" not in r]
         if not runs:
-            rows.append([name, "priorsam segment (defaults)", "failed", "", "", "", ""])
+            rows.append([name, "priorsam segment (defaults)", "failed", "", "", "", "", ""])
             continue
         n = _volume_slices(results, name)
         w = stats([r["wall_s"] for r in runs])
-        rows.append([name, "`priorsam segment` CLI, defaults (ONNX Runtime, body skip, z_stride 1)", fmt_stats(w, 1),
+        stopped = len(v["runs"]) - len(runs)
+        cfg = "`priorsam segment` CLI, defaults (ONNX Runtime, body skip, z_stride 1)"
+        if stopped:
+            cfg += f" — {stopped} further run(s) stopped or failed, see bench.json"
+        cpu = stats([r["cpu_s"] for r in runs if "cpu_s" in r])
+        rows.append([name, cfg, fmt_stats(w, 1), fmt_s(cpu["median"], 0),
                      "", fmt_s(w["median"] / n) if n else "n/a", f"{max(r['peak_rss_mb'] for r in runs):.0f}",
                      fmt_s(runs[0]["dice"]["mean"], 3)])
     for v in vol.get("variants", []):
         runs = [r for r in v["runs"] if "error" not in r]
         cfg = f"{v['backend']} encoder, z_stride {v['z_stride']}"
         if not runs:
-            rows.append([v["volume"], cfg, "failed", "", "", "", ""])
+            rows.append([v["volume"], cfg, "failed", "", "", "", "", ""])
             continue
         w = stats([r["wall_s"] for r in runs])
         r0 = runs[0]
-        rows.append([v["volume"], cfg, fmt_stats(w, 1), f"{r0['encoded_slices']} of {r0['slices']}",
+        rows.append([v["volume"], cfg, fmt_stats(w, 1), "n/a", f"{r0['encoded_slices']} of {r0['slices']}",
                      fmt_s(w["median"] / r0["slices"]), f"{max(r['peak_rss_mb'] for r in runs):.0f}",
                      fmt_s(r0["dice"]["mean"], 3)])
-    text = md_table(["volume", "configuration", "wall s, read→write, median (min–max, n)", "slices encoded",
+    text = md_table(["volume", "configuration", "wall s, read→write, median (min–max, n)",
+                     "CPU s used (user+sys)", "slices encoded",
                      "s / input slice", "peak RSS MB", "mean Dice vs labels"], rows)
     split = [r for v in vol.get("variants", []) for r in v["runs"][:1] if "error" not in r]
     if split:

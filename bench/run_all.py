@@ -169,6 +169,9 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], help="parts to leave out: encoders peers volumes savings training")
     ap.add_argument("--variant-runs", type=int, default=1, help="runs of each end-to-end variant (default 1)")
     ap.add_argument("--volume-timeout", type=float, default=1800.0)
+    ap.add_argument("--docs", default=None, help="also write the report here (e.g. docs/benchmarks.md)")
+    ap.add_argument("--render", default=None, metavar="BENCH_JSON",
+                    help="measure nothing: re-render the markdown of an earlier run's bench.json")
     # child-process arguments
     ap.add_argument("--part")
     ap.add_argument("--backend")
@@ -183,6 +186,15 @@ def main() -> None:
         args.runs = 2 if args.quick else 3
     if args.part:
         print(json.dumps(part_main(args)))
+        return
+    if args.render:
+        from report import render
+
+        text = render(json.loads(Path(args.render).read_text()))
+        Path(args.render).with_suffix(".md").write_text(text)
+        if args.docs:
+            Path(args.docs).write_text(text)
+        print(text)
         return
 
     from encoders import BACKENDS, QUICK_BACKENDS
@@ -248,6 +260,8 @@ def main() -> None:
     stem = "bench_quick" if args.quick else "bench"
     (out / f"{stem}.md").write_text(text)
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str))
+    if args.docs:
+        Path(args.docs).write_text(text)
     print(text)
     tmpdir.cleanup()
 
