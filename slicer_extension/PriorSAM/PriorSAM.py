@@ -170,11 +170,15 @@ class PriorSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = f"{note} {est.text()}"
         return volume, device
 
-    def onSegmentButton(self):
-        if self.active == "organs":
+    def _begin(self, kind):
+        """Cancel the running ``kind`` job, or return (volume, device) to start one (None: nothing to start)."""
+        if self.active == kind:
             self.logic.cancel()
-            return
-        prepared = self._prepare()
+            return None
+        return self._prepare()
+
+    def onSegmentButton(self):
+        prepared = self._begin("organs")
         if prepared is None:
             return
         volume, device = prepared
@@ -186,10 +190,7 @@ class PriorSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._started("organs")
 
     def onSegmentBoxButton(self):
-        if self.active == "box":
-            self.logic.cancel()
-            return
-        prepared = self._prepare()
+        prepared = self._begin("box")
         if prepared is None:
             return
         volume, device = prepared
