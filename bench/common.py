@@ -104,29 +104,51 @@ def run_child(cmd: list[str], timeout: float | None = None, env: dict | None = N
     return {"wall_s": wall, "rc": proc.returncode, "timed_out": timed_out, "stdout": out, "stderr": err[-4000:]}
 
 
-def run_child_rss(cmd: list[str], timeout: float | None = None, env: dict | None = None) -> dict:
-    """Like :func:`run_child` but measures the child's own peak RSS with ``os.wait4`` (for CLI runs)."""
-    import signal
+# Linux carries a process's peak RSS across fork and exec, so a child spawned straight from a big
+# parent (pytest, a bench driver holding a model) would report the parent's peak as its own. A tiny
+# launcher forks the command from its own ~10 MB image and reports only that grandchild's rusage.
+_RSS_LAUNCHER = """
+import json, os, sys
+out, cmd = sys.argv[1], sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(cmd[0], cmd)
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+with open(out, "w") as f:
+    json.dump({"rc": os.waitstatus_to_exitcode(status), "maxrss_kb": ru.ru_maxrss,
+               "cpu_s": ru.ru_utime + ru.ru_stime}, f)
+"""
 
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env={**os.environ, **(env or {})}, cwd=REPO)
-    deadline = None if timeout is None else t + timeout
-    status = rusage = None
-    while True:
-        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-        if pid == proc.pid:
-            break
-        if deadline is not None and time.perf_counter() > deadline:
-            proc.send_signal(signal.SIGKILL)
-            pid, status, rusage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.05)
-    wall = time.perf_counter() - t
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"wall_s": wall, "rc": proc.returncode, "peak_rss_mb": rusage.ru_maxrss / 1024.0,
-            "cpu_s": rusage.ru_utime + rusage.ru_stime, "stderr": err[-3000:]}
+
+def run_child_rss(cmd: list[str], timeout: float | None = None, env: dict | None = None) -> dict:
+    """Like :func:`run_child` but also measures the child's own peak RSS and CPU seconds (for CLI runs)."""
+    import signal
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="priorsam-rss-") as tmp:
+        out = os.path.join(tmp, "rusage.json")
+        t = time.perf_counter()
+        # Own session, so a timeout kills the launcher and the command together.
+        proc = subprocess.Popen([sys.executable, "-c", _RSS_LAUNCHER, out, *cmd], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, cwd=REPO,
+                                start_new_session=True)
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate()
+        wall = time.perf_counter() - t
+        err = err.decode(errors="replace") if err else ""
+        if os.path.exists(out):
+            with open(out) as f:
+                ru = json.load(f)
+            rc, peak, cpu = ru["rc"], ru["maxrss_kb"] / 1024.0, ru["cpu_s"]
+        else:  # killed before the command ended: nothing trustworthy to report
+            rc, peak, cpu = (proc.returncode if proc.returncode is not None else -9), float("nan"), float("nan")
+    return {"wall_s": wall, "rc": rc, "peak_rss_mb": peak, "cpu_s": cpu, "stderr": err[-3000:]}
 
 
 def last_json(text: str) -> dict:
