@@ -53,3 +53,39 @@ def test_generalisation_report_renders_every_run():
     md = render(rows, "cmd")
     assert "| a | x | 0.900 | 3.0 | 0.800 | 5.0 |" in md
     assert "| b | y | n/a |" in md and "Do not edit by hand" in md
+
+
+def test_generalisation_measures_only_what_a_stored_row_lacks(monkeypatch, tmp_path):
+    # A row stored from a --no-train-case run keeps its validation numbers; only the missing part is measured.
+    import types
+
+    import numpy as np
+
+    from priorsam.evaluation import generalisation as g
+    calls = []
+
+    class CountingSegmenter:
+        def __init__(self, weights, device, options):
+            self.feature_memo = None
+
+        def segment(self, volume, show_bar=False):
+            calls.append(volume)
+            return types.SimpleNamespace(labels=np.full((2, 4, 4), 5, np.uint8))
+
+    monkeypatch.setattr(g, "Segmenter", CountingSegmenter)
+    monkeypatch.setattr(g, "_run_key", lambda run: run["name"])
+    monkeypatch.setattr(g, "_validation_case", lambda root: ("val", np.ones((2, 4, 4), bool)))
+    monkeypatch.setattr(g, "organ_metrics", lambda pred, gt, spacing: {"dice": 1.0, "hd95_mm": 0.0})
+    monkeypatch.setattr(g, "read_volume", lambda p: types.SimpleNamespace(spacing=(1, 1, 1)))
+    monkeypatch.setattr(g, "read_label_map", lambda p: types.SimpleNamespace(array=np.zeros((2, 4, 4))))
+    monkeypatch.setattr(g, "sample_ct", lambda: types.SimpleNamespace(image="i", label="l"))
+    runs = [{"name": "a", "weights": "w"}, {"name": "b", "weights": "w"}]
+    stored = {"a": {"name": "a", "key": "a", "val_liver_dice": 0.5, "val_liver_hd95_mm": 9.0},
+              "b": {"name": "b", "key": "b", "val_liver_dice": 0.7, "val_liver_hd95_mm": 1.0,
+                    "train_mean_dice": 0.6, "train_mean_hd95_mm": 2.0, "train_organs": {}}}
+    (tmp_path / "v").mkdir()
+    rows = g.measure(runs, tmp_path / "v", previous=stored, log=lambda *a: None)
+    assert rows[0]["val_liver_dice"] == 0.5          # kept, not re-measured (the fake would give 1.0)
+    assert "train_mean_dice" in rows[0]              # the missing part was measured
+    assert rows[1] == stored["b"] | {"what": "", "weights": "w", "options": {}}
+    assert len(calls) == 1                           # one segment call: run a's training scan only

@@ -58,20 +58,25 @@ def measure(runs: list[dict], validation: Path | None, device: str = "cpu", trai
     results = []
     for run in runs:
         key = _run_key(run)
-        if key in previous:
-            results.append(previous[key])
+        row = {"name": run["name"], "what": run.get("what", ""), "weights": run["weights"],
+               "options": run.get("options", {}), "key": key}
+        # A stored row is reused part by part: only what it lacks (e.g. a run first measured with
+        # --no-train-case) is measured now.
+        row.update(previous.get(key, {}))
+        need_val = val is not None and "val_liver_dice" not in row
+        need_train = train is not None and "train_mean_dice" not in row
+        if not (need_val or need_train):
+            results.append(row)
             log(f"[generalisation] {run['name']}: reused stored result")
             continue
         seg = Segmenter(run["weights"], device, SegmentOptions(**run.get("options", {})))
         seg.feature_memo = memo
-        row = {"name": run["name"], "what": run.get("what", ""), "weights": run["weights"],
-               "options": run.get("options", {}), "key": key}
-        if val is not None:
+        if need_val:
             t0 = time.time()
             pred = seg.segment(val[0], show_bar=False).labels == 5
             m = organ_metrics(pred, val[1], val[0].spacing)
             row.update(val_liver_dice=m["dice"], val_liver_hd95_mm=m["hd95_mm"], val_seconds=time.time() - t0)
-        if train is not None:
+        if need_train:
             t0 = time.time()
             res = seg.segment(train[0], show_bar=False)
             case = evaluate_case(res.labels, train[1], train[0].spacing, "example_ct")
