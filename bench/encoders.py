@@ -4,9 +4,10 @@ Backends (each built here from the same pretrained weights; outputs are the engi
 tensors: embedding (1,256,64,64), skip0 (1,128,128,128), skip1 (1,160,64,64)):
 
 * ``torch_eager``       — :class:`priorsam.models.image_encoder.LiteImageEncoder`, fp32.
-* ``onnxruntime``       — :class:`priorsam.models.onnx_encoder.OnnxLiteEncoder` (the engine's CPU default).
-* ``openvino``          — the same ONNX graph compiled by OpenVINO for CPU (latency hint) at OpenVINO's default
-  inference precision, which is bf16 on CPUs with AVX512-BF16/AMX (recorded in the result).
+* ``onnxruntime``       — :class:`priorsam.models.onnx_encoder.OnnxLiteEncoder` (the engine's CPU fallback when OpenVINO is missing).
+* ``openvino``          — :class:`priorsam.models.openvino_encoder.OpenVinoLiteEncoder` (the engine's CPU default):
+  the same ONNX graph compiled by OpenVINO at its default inference precision, which is bf16 on CPUs with
+  AVX512-BF16/AMX (recorded in the result).
 * ``openvino_fp32``     — the same with ``INFERENCE_PRECISION_HINT=f32``.
 * ``torch_compile``     — ``torch.compile`` (inductor) of the eager encoder; compile time reported apart.
 * ``ort_int8_dynamic``  — ONNX Runtime dynamic quantization (int8 weights, per-tensor activations at run time)
@@ -120,22 +121,13 @@ def build(backend: str, threads: int, calib: np.ndarray | None = None) -> tuple[
         enc = OnnxLiteEncoder(threads=threads)
         run = lambda x: enc.session.run(None, {"image": x})
     elif backend in ("openvino", "openvino_fp32"):
-        import openvino as ov
+        from priorsam.models.openvino_encoder import OpenVinoLiteEncoder
 
-        from priorsam.models.onnx_encoder import export_onnx
-
-        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-        if backend == "openvino_fp32":
-            config["INFERENCE_PRECISION_HINT"] = "f32"
-        compiled = ov.Core().compile_model(str(export_onnx()), "CPU", config)
-        req = compiled.create_infer_request()
-        outs = compiled.outputs
-
-        def run(x: np.ndarray) -> list[np.ndarray]:
-            res = req.infer({0: x})
-            return [np.array(res[o]) for o in outs]
-
-        info["inference_precision"] = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        # The engine's own OpenVINO path (throughput mode: a batch's slices run as parallel requests).
+        enc = OpenVinoLiteEncoder(threads=threads, precision="f32" if backend == "openvino_fp32" else None)
+        run = enc._run
+        info["inference_precision"] = enc.precision
+        info["infer_requests"] = len(enc.requests)
     elif backend == "ort_int8_dynamic":
         run = _ort_runner(_quantized_path("int8_dynamic"), threads)
     elif backend == "ort_int8_static":

@@ -95,20 +95,31 @@ def _volume_slices(results: dict, name: str) -> int | None:
     return {"large": 150, "sample": 112}.get(name)
 
 
+def _stride(z) -> str:
+    return "auto" if z is None else str(z)
+
+
+def default_encoder(results: dict) -> str | None:
+    """The backend the engine picks on this CPU (OpenVINO, else ONNX Runtime), if it was measured."""
+    med = encoder_medians(results)
+    return next((b for b in ("openvino", "onnxruntime") if med.get(b)), None)
+
+
 def _peers(results: dict) -> str:
     peers = results.get("peers", {})
     med = encoder_medians(results)
-    ours_default = med.get("onnxruntime")
+    dflt = default_encoder(results)
+    ours_default = med.get(dflt) if dflt else None
     best = fastest_accurate(results)
     engine = _per_slice_engine(results)
     rows = []
     enc = results.get("encoders", {})
     eager_gmac = enc.get("torch_eager", {}).get("gmac")
     if ours_default:
-        rows.append(["PriorSAM encoder (TinyViT 256², engine default: ONNX Runtime)", fmt_s(eager_gmac, 1),
-                     fmt_stats(stats(enc["onnxruntime"]["times_s"])), fmt_s(ours_default * 150, 0) + " (extrapolated)",
+        rows.append([f"PriorSAM encoder (TinyViT 256², engine default: {dflt})", fmt_s(eager_gmac, 1),
+                     fmt_stats(stats(enc[dflt]["times_s"])), fmt_s(ours_default * 150, 0) + " (extrapolated)",
                      "1.00×", "measured"])
-    if best and best != "onnxruntime" and ours_default:
+    if best and best != dflt and ours_default:
         rows.append([f"PriorSAM encoder, fastest accurate backend ({best})", fmt_s(eager_gmac, 1),
                      fmt_stats(stats(enc[best]["times_s"])), fmt_s(med[best] * 150, 0) + " (extrapolated)",
                      f"{med[best] / ours_default:.2f}×", "measured"])
@@ -153,7 +164,7 @@ def _volumes(results: dict) -> str:
         n = _volume_slices(results, name)
         w = stats([r["wall_s"] for r in runs])
         stopped = len(v["runs"]) - len(runs)
-        cfg = "`priorsam segment` CLI, defaults (ONNX Runtime, body skip, z_stride 1)"
+        cfg = "`priorsam segment` CLI, defaults (OpenVINO encoder, body skip, z-stride auto ≈ 7 mm)"
         if stopped:
             cfg += f" — {stopped} further run(s) stopped or failed, see bench.json"
         cpu = stats([r["cpu_s"] for r in runs if "cpu_s" in r])
@@ -162,7 +173,7 @@ def _volumes(results: dict) -> str:
                      fmt_s(runs[0]["dice"]["mean"], 3)])
     for v in vol.get("variants", []):
         runs = [r for r in v["runs"] if "error" not in r]
-        cfg = f"{v['backend']} encoder, z_stride {v['z_stride']}"
+        cfg = f"{v['backend']} encoder, z_stride {_stride(v['z_stride'])}"
         if not runs:
             rows.append([v["volume"], cfg, "failed", "", "", "", "", ""])
             continue
@@ -177,7 +188,7 @@ def _volumes(results: dict) -> str:
     split = [r for v in vol.get("variants", []) for r in v["runs"][:1] if "error" not in r]
     if split:
         text += "\n\nStage split of the variant runs (s): " + "; ".join(
-            f"{r['backend']}/z{r['z_stride']}: import {r['import_s']:.1f}, read {r['read_s']:.1f}, model load "
+            f"{r['backend']}/z{_stride(r['z_stride'])}: import {r['import_s']:.1f}, read {r['read_s']:.1f}, model load "
             f"{r['model_load_s']:.1f}, segment {r['segment_s']:.1f}, write {r['write_s']:.1f}" for r in split) + "."
     return text
 
@@ -189,9 +200,10 @@ def _savings(results: dict) -> str:
     rows_in = sav["rows"]
     base = rows_in[0]["mean_dice"]
     organs = list(rows_in[0]["dice"])
-    rows = [[r["row"], f"{r['encoded_slices']} of {r['slices']}", f"{r['mean_dice']:.3f}",
+    rows = [[r["row"], r.get("z_stride_used", "") or "", f"{r['encoded_slices']} of {r['slices']}", f"{r['mean_dice']:.3f}",
              f"{r['mean_dice'] - base:+.3f}", *(f"{r['dice'].get(o, math.nan):.3f}" for o in organs)] for r in rows_in]
-    return md_table(["engine option", "slices encoded", "mean Dice", "Δ vs default", *organs], rows)
+    return md_table(["engine option", "z-stride used", "slices encoded", "mean Dice", f"Δ vs first row", *organs],
+                    rows)
 
 
 def _training(results: dict) -> str:
@@ -220,7 +232,7 @@ def _targets(results: dict) -> str:
             ok = [r for r in v["runs"] if "error" not in r]
             if ok and v["volume"] == "large":
                 vw = stats([r["wall_s"] for r in ok])["median"]
-                lines.append(f"  - with {v['backend']} encoder and z_stride {v['z_stride']}: {vw:.1f} s "
+                lines.append(f"  - with {v['backend']} encoder and z_stride {_stride(v['z_stride'])}: {vw:.1f} s "
                              f"({'meets' if vw <= TARGET_VOLUME_S else 'misses'} it; mean Dice "
                              f"{ok[0]['dice']['mean']:.3f} vs {runs[0]['dice']['mean']:.3f} with defaults, n={len(ok)}).")
     else:
@@ -228,9 +240,10 @@ def _targets(results: dict) -> str:
     pg = results.get("peers", {}).get("pgsam_vith224")
     med = encoder_medians(results)
     engine = _per_slice_engine(results)
-    if _ok(pg) and med.get("onnxruntime"):
+    dflt = default_encoder(results)
+    if _ok(pg) and dflt:
         m = stats(pg["times_s"])["median"]
-        r_enc = m / med["onnxruntime"]
+        r_enc = m / med[dflt]
         text = (f"- ≥ {TARGET_PGSAM_RATIO:.0f}× faster per slice than PG-SAM's configuration (ViT-H @224, two passes): "
                 f"encoder vs encoder {r_enc:.1f}×")
         if engine:
@@ -254,14 +267,19 @@ def render(results: dict) -> str:
         "a fresh process. **The machine is shared with other jobs**: the load average below shows how busy it was, "
         "and every time is inflated by an amount that varied during the run (the min–max ranges show it).", "",
         "## Machine", "", _machine(results), "",
-        "## Targets", "", _targets(results), "",
     ]
+    if results.get("measured"):
+        parts += ["Parts and when they were last measured (`run_all.py --update` re-measures some parts and keeps the "
+                  "others):", ""]
+        parts += [f"- {k}: {v['date']} (load average at its end {v['loadavg_end'][0]:.1f})"
+                  for k, v in results["measured"].items()] + [""]
+    parts += ["## Targets", "", _targets(results), ""]
     if "encoders" in results:
         parts += ["## Encoder latency per slice (batch 1, 256×256, sample-CT slices)", "", _encoders(results), ""]
     if "peers" in results:
         parts += ["## Peers side by side (same machine, same threads)", "",
                   "2D peers: measured per slice on a random 3-channel image, extrapolated ×150 slices (labelled). "
-                  "Ratios are peer time ÷ PriorSAM encoder time (ONNX Runtime, the engine's CPU default).", "",
+                  f"Ratios are peer time ÷ PriorSAM encoder time ({default_encoder(results)}, the engine's CPU default).", "",
                   _peers(results), ""]
     if "volume" in results:
         parts += ["## Whole volume, end to end (read → segment → write, fresh process each run)", "",

@@ -169,6 +169,8 @@ def main() -> None:
     ap.add_argument("--skip", nargs="*", default=[], help="parts to leave out: encoders peers volumes savings training")
     ap.add_argument("--variant-runs", type=int, default=1, help="runs of each end-to-end variant (default 1)")
     ap.add_argument("--volume-timeout", type=float, default=1800.0)
+    ap.add_argument("--update", action="store_true",
+                    help="start from OUT/bench.json and replace only the parts run now (see --skip)")
     ap.add_argument("--docs", default=None, help="also write the report here (e.g. docs/benchmarks.md)")
     ap.add_argument("--render", default=None, metavar="BENCH_JSON",
                     help="measure nothing: re-render the markdown of an earlier run's bench.json")
@@ -219,13 +221,18 @@ def main() -> None:
     s = sample_ct()
     if args.quick:
         volumes = {"sample_organs16": make_cropped_sample(data_dir, 16)}
-        args.variants = [("openvino", 2)]
+        args.variants = [("openvino", 1)]
     else:
         volumes = {"sample": (s.image, s.label), "large": make_large_volume(data_dir)}
-        args.variants = [("openvino", 1), ("onnxruntime", 2), ("openvino", 2)]
-    results: dict = {"machine": info, "args": {k: v for k, v in vars(args).items() if k in
-                                               ("quick", "runs", "threads", "variant_runs", "skip")},
-                     "volumes": {k: [str(v[0]), str(v[1])] for k, v in volumes.items()}}
+        # The defaults (OpenVINO, z-stride auto) run through the CLI above; these isolate each saving.
+        args.variants = [("openvino", 1), ("onnxruntime", None)]
+    stem = "bench_quick" if args.quick else "bench"
+    previous = Path(args.out) / f"{stem}.json"
+    results: dict = json.loads(previous.read_text()) if args.update and previous.is_file() else {}
+    measured = results.get("measured", {})   # part -> when and on what load it was measured
+    results.update({"machine": info, "args": {k: v for k, v in vars(args).items() if k in
+                                              ("quick", "runs", "threads", "variant_runs", "skip", "update")},
+                    "volumes": {k: [str(v[0]), str(v[1])] for k, v in volumes.items()}})
 
     if "encoders" not in args.skip:
         enc = {}
@@ -252,12 +259,17 @@ def main() -> None:
     if "savings" not in args.skip:
         img, lab = volumes["sample_organs16"] if args.quick else (s.image, s.label)
         results["savings"] = child("savings", args, timeout=3600, image=img, label=lab, weights=weights)
+    now = time.strftime("%Y-%m-%d %H:%M")
+    for part, key in (("encoders", "encoders"), ("peers", "peers"), ("training", "training"), ("volumes", "volume"),
+                      ("savings", "savings")):
+        if part not in args.skip:
+            measured[key] = {"date": now, "loadavg_end": list(os.getloadavg())}
+    results["measured"] = measured
     results["machine"]["loadavg_end"] = list(os.getloadavg())
     results["machine"]["bench_wall_s"] = time.time() - t_start
     text = render(results)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "bench_quick" if args.quick else "bench"
     (out / f"{stem}.md").write_text(text)
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str))
     if args.docs:

@@ -41,6 +41,7 @@ def segment_once(image: str, out: str, weights: str | None, backend: str, thread
     t0 = time.perf_counter()
     from encoders import feature_runner
     from priorsam.engine.segment import Segmenter, SegmentOptions, body_slices
+    from priorsam.engine.weights import load_priorsam
     from priorsam.io import display_spacing, read_volume, write_label_map
 
     t_import = time.perf_counter() - t0
@@ -49,9 +50,9 @@ def segment_once(image: str, out: str, weights: str | None, backend: str, thread
     t_read = time.perf_counter() - t
     t = time.perf_counter()
     opts = SegmentOptions(z_stride=z_stride, skip_outside_body=skip_body, encoder_backend="torch")
-    seg = Segmenter(weights, "cpu", opts)
-    counter = CountingEncoder(feature_runner(backend, threads) if backend != "torch_eager" else seg.model.encode)
-    seg._onnx = counter  # the engine calls this attribute for its encoder when set (segment.py)
+    model = load_priorsam(weights, "cpu")
+    counter = CountingEncoder(feature_runner(backend, threads) if backend != "torch_eager" else model.encode)
+    seg = Segmenter(weights, "cpu", opts, model=model, encoder=counter)
     t_load = time.perf_counter() - t
     t = time.perf_counter()
     res = seg.segment(vol, show_bar=False)

@@ -23,19 +23,14 @@ class LiteMedSAMBoxPredictor:
 
     def __init__(self, slices_hu: np.ndarray, device: str = "auto", encoder_backend: str = "auto"):
         from ..assets import load_litemedsam
-        from .segment import _has_onnxruntime
+        from ..models.encoder_backend import cpu_encoder
 
         self.device = resolve_device(device)
         self.net = load_litemedsam(str(self.device))
         self.slices = slices_hu
         self.frame = UpstreamFrame(slices_hu.shape[1], slices_hu.shape[2])
         self._cache: dict[int, torch.Tensor] = {}
-        self._onnx = None
-        if encoder_backend == "onnx" or (encoder_backend == "auto" and self.device.type == "cpu"
-                                         and _has_onnxruntime()):
-            from ..models.onnx_encoder import OnnxLiteEncoder
-
-            self._onnx = OnnxLiteEncoder()
+        self.encoder = cpu_encoder(encoder_backend, self.device)  # None: the network's PyTorch encoder
 
     @torch.inference_mode()
     def embed(self, zs: list[int]) -> None:
@@ -44,7 +39,8 @@ class LiteMedSAMBoxPredictor:
             return
         chans = stack_channels(window(self.slices[np.array(todo)]), np.arange(len(todo)), 0)
         images = self.frame.images(chans)
-        emb = self._onnx(images).embedding if self._onnx is not None else self.net.image_encoder(images.to(self.device))
+        emb = (self.encoder(images).embedding if self.encoder is not None
+               else self.net.image_encoder(images.to(self.device)))
         for z, e in zip(todo, emb):
             self._cache[z] = e[None]
 

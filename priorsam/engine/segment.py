@@ -21,6 +21,7 @@ from ..io import Volume, display_spacing, from_display
 from .device import resolve_device
 from .progress import ProgressFn
 from .slices import run_over_slices
+from .zstride import interpolate_gap, interpolate_labels, labels_agree, strided_labels  # noqa: F401
 
 
 @dataclass
@@ -39,9 +40,12 @@ class SegmentOptions:
     min_pixels: int = 12                # coarse masks smaller than this (model px) are dropped
     largest_component: bool = True
     fill_holes: bool = True
-    encoder_backend: str = "auto"       # auto: ONNX Runtime on CPU when installed, PyTorch on GPU
+    encoder_backend: str = "auto"       # auto: OpenVINO or else ONNX Runtime on CPU, PyTorch on GPU
     skip_outside_body: bool = True      # slices with < 25 cm² of tissue are background, not run
-    z_stride: int = 1                   # >1: run every k-th slice, interpolate where neighbours agree
+    z_stride: int | None = None         # run every k-th slice, bisect/interpolate the gaps (1: every slice;
+                                        # None: the k that puts run slices about z_step_mm apart)
+    z_step_mm: float = 7.0              # target distance of run slices for z_stride=None; well under the
+                                        # smallest organ's axial extent (gallbladder, pancreas: ≥ 3 cm)
     z_agree_dice: float = 0.85          # neighbours must agree this well (per organ) to interpolate
 
 
@@ -52,6 +56,7 @@ class SegmentationResult:
     device: str
     options: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
+    slices_run: int = 0                 # slices that went through the model (the rest: outside the body or interpolated)
 
 
 def _boxes_from_masks(masks: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +79,10 @@ class Segmenter:
     """Holds the model and options; :meth:`segment` runs one volume."""
 
     def __init__(self, weights: str | None = None, device: str = "auto", options: SegmentOptions | None = None,
-                 model=None):
+                 model=None, encoder=None):
+        """``encoder``: a callable images (B,3,256,256) → EncoderFeatures to use instead of the one
+        ``options.encoder_backend`` picks (e.g. a counting or memoising wrapper in benchmarks)."""
+        from ..models.encoder_backend import cpu_encoder
         from .weights import load_priorsam
 
         self.device = resolve_device(device)
@@ -82,12 +90,8 @@ class Segmenter:
         cfg = getattr(self.model, "config", {}) or {}
         self.options = options or SegmentOptions()
         self.feature_memo: dict | None = None   # image-hash → encoder features, shared by evaluation runs
-        self._onnx = None
-        backend = self.options.encoder_backend
-        if backend == "onnx" or (backend == "auto" and self.device.type == "cpu" and _has_onnxruntime()):
-            from ..models.onnx_encoder import OnnxLiteEncoder
-
-            self._onnx = OnnxLiteEncoder()
+        # None: the model's own PyTorch encoder.
+        self.encoder = encoder if encoder is not None else cpu_encoder(self.options.encoder_backend, self.device)
         if self.options.spacing_mm is None:
             self.options.spacing_mm = float(cfg.get("spacing_mm", 1.5))
         if self.options.context is None:
@@ -108,7 +112,7 @@ class Segmenter:
             key = hashlib.sha1(images.numpy().tobytes()).hexdigest()
             if key in self.feature_memo:
                 return self.feature_memo[key]
-        feats = self._onnx(images) if self._onnx is not None else self.model.encode(images.to(self.device))
+        feats = self.encoder(images) if self.encoder is not None else self.model.encode(images.to(self.device))
         if key is not None:
             self.feature_memo[key] = feats
         return feats
@@ -168,44 +172,23 @@ class Segmenter:
             return frame.maps_from_model(onehot).argmax(1).numpy().astype(np.uint8)
 
         todo = body_slices(slices, row_mm, col_mm) if o.skip_outside_body else np.arange(len(slices))
-        if o.z_stride > 1 and len(todo) > 2:
-            display = self._strided(slices, todo, predict, progress, show_bar)
+        stride = o.z_stride if o.z_stride is not None else auto_z_stride(float(volume.spacing[2]), o.z_step_mm)
+        if stride > 1 and len(todo) > 2:
+            display, ran = strided_labels(slices.shape, todo, predict, stride, o.z_agree_dice, o.batch_size,
+                                          progress, show_bar)
         else:
+            ran = len(todo)
             display = run_over_slices(len(slices), slices.shape[1], slices.shape[2], predict, o.batch_size,
                                       indices=todo, progress=progress, show_bar=show_bar, desc="segmenting")
         labels = from_display(display)
         labels = clean_labels(labels, largest_component=o.largest_component, fill_holes=o.fill_holes)
-        return SegmentationResult(labels, time.time() - t0, str(self.device), asdict(o), self.model_info())
+        return SegmentationResult(labels, time.time() - t0, str(self.device), {**asdict(o), "z_stride_used": stride},
+                                  self.model_info(), ran)
 
 
-    def _strided(self, slices, todo, predict, progress, show_bar) -> np.ndarray:
-        """Run every k-th body slice, then the gaps whose end slices disagree; interpolate the rest."""
-        o = self.options
-        anchors = np.unique(np.r_[todo[::o.z_stride], todo[-1]])
-        z, h, w = slices.shape
-        out = run_over_slices(z, h, w, predict, o.batch_size, indices=anchors, progress=progress,
-                              show_bar=show_bar, desc="segmenting (stride)")
-        gaps = [(a, b) for a, b in zip(anchors[:-1], anchors[1:]) if b - a > 1]
-        redo = [k for a, b in gaps if not labels_agree(out[a], out[b], o.z_agree_dice)
-                for k in range(a + 1, b) if k in set(todo.tolist())]
-        if redo:
-            out2 = run_over_slices(z, h, w, predict, o.batch_size, indices=redo, progress=progress,
-                                   show_bar=show_bar, desc="segmenting (gaps)")
-            out[redo] = out2[redo]
-        done = set(anchors.tolist()) | set(redo)
-        for a, b in gaps:
-            for k in range(a + 1, b):
-                if k not in done:
-                    out[k] = interpolate_labels(out[a], out[b], (k - a) / (b - a))
-        return out
-
-
-def _has_onnxruntime() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def auto_z_stride(slice_mm: float, step_mm: float) -> int:
+    """Slices between run slices so that they lie about ``step_mm`` apart (1 for thick slices)."""
+    return max(1, int(round(step_mm / max(slice_mm, 1e-3))))
 
 
 def body_slices(slices_hu: np.ndarray, row_mm: float, col_mm: float, min_cm2: float = 25.0) -> np.ndarray:
@@ -213,34 +196,6 @@ def body_slices(slices_hu: np.ndarray, row_mm: float, col_mm: float, min_cm2: fl
     area_cm2 = (slices_hu > -500).reshape(len(slices_hu), -1).sum(1) * row_mm * col_mm / 100.0
     keep = np.flatnonzero(area_cm2 >= min_cm2)
     return keep if keep.size else np.arange(len(slices_hu))
-
-
-def labels_agree(a: np.ndarray, b: np.ndarray, min_dice: float) -> bool:
-    """True when every organ present in either slice overlaps with Dice ≥ ``min_dice``."""
-    for k in np.union1d(np.unique(a), np.unique(b)):
-        if k == 0:
-            continue
-        ma, mb = a == k, b == k
-        if 2.0 * np.logical_and(ma, mb).sum() / (ma.sum() + mb.sum()) < min_dice:
-            return False
-    return True
-
-
-def interpolate_labels(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
-    """Label slice between ``a`` (t=0) and ``b`` (t=1): per-organ signed-distance blend."""
-    from scipy import ndimage
-
-    out = np.zeros_like(a)
-    best = np.full(a.shape, np.inf)
-    for k in np.union1d(np.unique(a), np.unique(b)):
-        if k == 0:
-            continue
-        sd = [ndimage.distance_transform_edt(~m) - ndimage.distance_transform_edt(m) for m in (a == k, b == k)]
-        d = (1 - t) * sd[0] + t * sd[1]
-        win = (d < 0) & (d < best)
-        out[win] = k
-        best[win] = d[win]
-    return out
 
 
 def clean_labels(labels: np.ndarray, largest_component: bool = True, fill_holes: bool = True) -> np.ndarray:
@@ -277,7 +232,7 @@ def segment_volume(volume: Volume, weights: str | None = None, device: str = "au
 
 
 def segment_cli(image: str, out: str, device: str = "auto", series: str | None = None, weights: str | None = None,
-                progress: bool = False):
+                progress: bool = False, z_stride: int | None = None, encoder: str = "auto"):
     """Segment the 8 abdominal organs of a CT (NIfTI/NRRD file or DICOM series folder) with no prompts.
 
     Args:
@@ -287,14 +242,19 @@ def segment_cli(image: str, out: str, device: str = "auto", series: str | None =
         series: DICOM SeriesInstanceUID when the folder holds several series.
         weights: PriorSAM checkpoint (default: the bundle's models/model.pt).
         progress: print machine-readable PRIORSAM_PROGRESS lines (for a parent process).
+        z_stride: run every k-th slice and interpolate where neighbours agree (1: every slice;
+            default: run slices about 7 mm apart).
+        encoder: encoder runtime: auto, openvino, onnx or torch.
     """
     from ..io import check_writable, read_volume, write_label_map
     from .progress import StdoutProgress
 
     check_writable(out)
     volume = read_volume(image, series_uid=series)
-    result = segment_volume(volume, weights, device, StdoutProgress() if progress else None)
+    result = segment_volume(volume, weights, device, StdoutProgress() if progress else None, z_stride=z_stride,
+                            encoder_backend=encoder)
     write_label_map(volume, result.labels, out)
     counts = np.bincount(result.labels.ravel(), minlength=9)
     return {"output": str(out), "seconds": round(result.seconds, 1), "device": result.device,
+            "slices_run": result.slices_run, "slices": int(volume.shape[2]),
             "voxels_per_label": {int(i): int(c) for i, c in enumerate(counts) if i > 0}}

@@ -1,0 +1,46 @@
+"""Which runtime runs the frozen LiteMedSAM encoder: one choice shared by every engine.
+
+``auto`` picks, on a CPU, the fastest runtime that is installed (OpenVINO, then ONNX Runtime),
+and PyTorch on a GPU. All of them return the same :class:`~.image_encoder.EncoderFeatures`.
+"""
+from __future__ import annotations
+
+import importlib.util
+from typing import Callable
+
+import torch
+
+BACKENDS = ("auto", "torch", "onnx", "openvino")
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend (``torch``, ``onnx`` or ``openvino``) that ``backend`` means on ``device``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown encoder backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if device.type != "cpu":
+        return "torch"
+    for name, module in (("openvino", "openvino"), ("onnx", "onnxruntime")):
+        if _installed(module):
+            return name
+    return "torch"
+
+
+def cpu_encoder(backend: str, device: torch.device, threads: int | None = None) -> Callable | None:
+    """An encoder callable (images (B,3,256,256) → EncoderFeatures) for ``backend``, or None for PyTorch
+    (the model's own encoder then runs)."""
+    name = resolve_backend(backend, device)
+    if name == "openvino":
+        from .openvino_encoder import OpenVinoLiteEncoder
+
+        return OpenVinoLiteEncoder(threads=threads)
+    if name == "onnx":
+        from .onnx_encoder import OnnxLiteEncoder
+
+        return OnnxLiteEncoder(threads=threads)
+    return None

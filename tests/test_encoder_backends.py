@@ -1,0 +1,51 @@
+"""The encoder runtimes the engine can pick: same features as PyTorch, and the choice logic."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from priorsam.models.encoder_backend import resolve_backend
+
+
+def test_auto_prefers_openvino_then_onnx_on_cpu_and_torch_on_gpu(monkeypatch):
+    import priorsam.models.encoder_backend as eb
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(eb, "_installed", lambda m: True)
+    assert resolve_backend("auto", cpu) == "openvino" and resolve_backend("auto", gpu) == "torch"
+    monkeypatch.setattr(eb, "_installed", lambda m: m == "onnxruntime")
+    assert resolve_backend("auto", cpu) == "onnx"
+    monkeypatch.setattr(eb, "_installed", lambda m: False)
+    assert resolve_backend("auto", cpu) == "torch"
+    assert resolve_backend("onnx", gpu) == "onnx"
+    with pytest.raises(ValueError, match="unknown encoder backend 'tensorrt'"):
+        resolve_backend("tensorrt", cpu)
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1)).min())
+
+
+@pytest.mark.slow
+def test_onnx_and_openvino_match_the_pytorch_encoder():
+    from priorsam.models.image_encoder import LiteImageEncoder
+    from priorsam.models.onnx_encoder import OnnxLiteEncoder
+    from priorsam.models.openvino_encoder import OpenVinoLiteEncoder
+
+    g = torch.Generator().manual_seed(0)
+    # A CT-like input: smooth blobs, not white noise (bf16 error on noise says little about CT).
+    x = torch.nn.functional.interpolate(torch.rand(2, 3, 16, 16, generator=g), size=256, mode="bilinear")
+    with torch.inference_mode():
+        ref = LiteImageEncoder(pretrained=True).eval()(x)
+    ort = OnnxLiteEncoder(threads=2)(x)
+    assert (ort.embedding - ref.embedding).abs().max() < 1e-3
+    ov = OpenVinoLiteEncoder(threads=2)
+    f = ov(x)
+    assert f.embedding.shape == ref.embedding.shape == (2, 256, 64, 64)
+    assert [s.shape for s in f.skips] == [s.shape for s in ref.skips]
+    # OpenVINO may run bf16 on this CPU: close, not equal.
+    assert _cos(f.embedding, ref.embedding) > 0.99, ov.precision
+    assert min(_cos(a, b) for a, b in zip(f.skips, ref.skips)) > 0.98, ov.precision
+    # Slices of a batch run as parallel requests: the order must survive.
+    single = ov(x[1:2])
+    assert _cos(single.embedding, f.embedding[1:2]) > 0.9999
