@@ -164,7 +164,7 @@ def _volumes(results: dict) -> str:
         n = _volume_slices(results, name)
         w = stats([r["wall_s"] for r in runs])
         stopped = len(v["runs"]) - len(runs)
-        cfg = "`priorsam segment` CLI, defaults (OpenVINO encoder, body skip, z-stride auto ≈ 7 mm)"
+        cfg = "`priorsam segment` CLI, defaults (OpenVINO encoder, body skip, z-stride auto ≈ 10 mm)"
         if stopped:
             cfg += f" — {stopped} further run(s) stopped or failed, see bench.json"
         cpu = stats([r["cpu_s"] for r in runs if "cpu_s" in r])

