@@ -163,6 +163,16 @@ def measure(backend: str, threads: int, runs: int, save_to: Path) -> dict:
         o = run(timed[i:i + 1])
         times.append(time.perf_counter() - t)
         outs.append(o)
+    # Throughput as the engine runs it: batches of 4 slices (OpenVINO runs a batch's slices as
+    # parallel requests; the other runtimes take one slice at a time anyway).
+    batch = timed[:4]
+    run_batch = run if backend.startswith("openvino") else (lambda x: [run(x[i:i + 1]) for i in range(len(x))])
+    batch_times = []
+    for _ in range(max(1, runs)):
+        t = time.perf_counter()
+        run_batch(batch)
+        batch_times.append((time.perf_counter() - t) / len(batch))
+    info["batch4_times_s"] = batch_times
     np.savez(save_to, **{f"o{k}": np.concatenate([o[k] for o in outs]) for k in range(3)})
     assert outs[0][0].shape == (1, 256, 64, 64), outs[0][0].shape
     return {"backend": backend, "threads": threads, "times_s": times, "peak_rss_mb": peak_rss_mb(), **info}

@@ -81,7 +81,7 @@ def test_report_picks_fastest_accurate_backend_and_states_targets():
     res = _results()
     assert report.fastest_accurate(res) == "onnxruntime"  # the faster one fails the cosine bar
     text = report.render(res)
-    assert "| torch_eager | 2.10 (2.00–2.20, n=3) | 1.00× |" in text
+    assert "| torch_eager | 2.10 (2.00–2.20, n=3) | n/a | 1.00× |" in text
     assert "**missed** by 100 s (2.7× the target)" in text
     assert "openvino encoder and z_stride 2: 55.0 s (meets it" in text
     # PG-SAM 8 s/slice vs our engine 160 s / 150 slices
