@@ -153,7 +153,7 @@ def _peers(results: dict) -> str:
     elif r:
         rows.append(["MONAI SegResNet 3D", "", "failed", "", "", str(r.get("error", ""))[:80]])
     return md_table(["model", "GMAC / slice", "s / slice, median (min–max, n)", "volume s (150 slices)",
-                     "ratio to PriorSAM encoder (ORT)", "how"], rows)
+                     "ratio to PriorSAM encoder (engine default, batch 1)", "how"], rows)
 
 
 def _volumes(results: dict) -> str:
