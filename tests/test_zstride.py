@@ -100,3 +100,4 @@ def test_auto_stride_puts_run_slices_about_ten_mm_apart():
 
     step = SegmentOptions().z_step_mm
     assert [auto_z_stride(t, step) for t in (0.7, 1.0, 2.24, 3.0, 5.0, 12.0)] == [14, 10, 4, 3, 2, 1]
+

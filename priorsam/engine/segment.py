@@ -4,8 +4,9 @@ the MONAI bundle, batch jobs and the Slicer module.
 Per batch of axial slices: fixed-scale trunk framing → frozen encoder → PriorSAM heads
 (semantic masks + presence) → coarse-to-fine: each present organ's box (from its coarse
 mask) goes through the pretrained SAM prompt encoder + mask decoder for the final boundary,
-conflicts resolved by the semantic probabilities → back to the slice grid. Then in 3D:
-largest connected component per organ and hole filling.
+conflicts resolved by the semantic probabilities → back to the slice grid. Then in 3D
+(:mod:`.consistency`): slice-to-slice box smoothing, largest connected component per organ and
+hole filling.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ..io import Volume, display_spacing, from_display
 from .device import resolve_device
 from .progress import ProgressFn
 from .slices import run_over_slices
+from .consistency import clean_labels, smooth_organ_boxes  # noqa: F401
 from .zstride import interpolate_gap, interpolate_labels, labels_agree, strided_labels  # noqa: F401
 
 
@@ -38,6 +40,7 @@ class SegmentOptions:
     refine_iterations: int = 1          # box → mask → box rounds of the binary path
     mask_round: int | None = None       # which iterative-optimizer round to use (None: last)
     min_pixels: int = 12                # coarse masks smaller than this (model px) are dropped
+    box_smoothing: bool = True          # cut each organ to the running median of its per-slice boxes (3D)
     largest_component: bool = True
     fill_holes: bool = True
     encoder_backend: str = "auto"       # auto: OpenVINO or else ONNX Runtime on CPU, PyTorch on GPU
@@ -182,6 +185,8 @@ class Segmenter:
             display = run_over_slices(len(slices), slices.shape[1], slices.shape[2], predict, o.batch_size,
                                       indices=todo, progress=progress, show_bar=show_bar, desc="segmenting")
         labels = from_display(display)
+        if o.box_smoothing:
+            labels = smooth_organ_boxes(labels)
         labels = clean_labels(labels, largest_component=o.largest_component, fill_holes=o.fill_holes)
         return SegmentationResult(labels, time.time() - t0, str(self.device), {**asdict(o), "z_stride_used": stride},
                                   self.model_info(), ran)
@@ -197,33 +202,6 @@ def body_slices(slices_hu: np.ndarray, row_mm: float, col_mm: float, min_cm2: fl
     area_cm2 = (slices_hu > -500).reshape(len(slices_hu), -1).sum(1) * row_mm * col_mm / 100.0
     keep = np.flatnonzero(area_cm2 >= min_cm2)
     return keep if keep.size else np.arange(len(slices_hu))
-
-
-def clean_labels(labels: np.ndarray, largest_component: bool = True, fill_holes: bool = True) -> np.ndarray:
-    """3D clean-up: keep each single-component organ's largest connected component; fill holes per slice."""
-    from scipy import ndimage
-
-    from ..labels import labels as label_table
-
-    out = labels.copy()
-    for lab in label_table():
-        mask = out == lab.id
-        if not mask.any():
-            continue
-        box = ndimage.find_objects(mask.astype(np.uint8))[0]
-        sub = mask[box]
-        if largest_component and lab.single_component:
-            cc, n = ndimage.label(sub)
-            if n > 1:
-                sizes = np.bincount(cc.ravel())[1:]
-                sub = cc == (int(np.argmax(sizes)) + 1)
-        if fill_holes:
-            for z in range(sub.shape[2]):
-                sub[:, :, z] = ndimage.binary_fill_holes(sub[:, :, z])
-        region = out[box]
-        region[(region == lab.id) & ~sub] = 0
-        region[sub & (region == 0)] = lab.id
-    return out
 
 
 def segment_volume(volume: Volume, weights: str | None = None, device: str = "auto",
