@@ -11,6 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def _first_last(present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, Z) bool → first and last True index along N for each z (meaningless where none)."""
+    n = present.shape[0]
+    return present.argmax(0), n - 1 - present[::-1].argmax(0)
+
+
 def smooth_organ_boxes(labels: np.ndarray, window: int = 5, margin_frac: float = 0.15,
                        min_margin: int = 3) -> np.ndarray:
     """Cut each organ, per axial slice (last axis), to the median of the boxes of the ``window`` slices
@@ -21,32 +27,37 @@ def smooth_organ_boxes(labels: np.ndarray, window: int = 5, margin_frac: float =
     """
     from scipy import ndimage
 
-    from ..labels import labels as label_table
-
     out = labels.copy()
     half = window // 2
-    for lab in label_table():
-        mask = out == lab.id
-        if not mask.any():
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
             continue
-        zs = np.flatnonzero(mask.any((0, 1)))
-        boxes = {}
+        sub = out[box] == k                                  # (X', Y', Z') around the organ
+        rows, cols = sub.any(1), sub.any(0)                  # (X', Z'), (Y', Z')
+        here = rows.any(0)
+        r0, r1 = _first_last(rows)
+        c0, c1 = _first_last(cols)
+        boxes = np.stack([r0, c0, r1, c1], 1).astype(float)  # (Z', 4)
+        zs = np.flatnonzero(here)
+        lo = np.full((sub.shape[2], 4), -np.inf)
+        hi = np.full((sub.shape[2], 4), np.inf)
         for z in zs:
-            rows, cols = np.flatnonzero(mask[:, :, z].any(1)), np.flatnonzero(mask[:, :, z].any(0))
-            boxes[z] = (rows[0], cols[0], rows[-1], cols[-1])
-        for z in zs:
-            near = [boxes[k] for k in range(z - half, z + half + 1) if k in boxes]
+            near = [j for j in range(z - half, z + half + 1) if 0 <= j < sub.shape[2] and here[j]]
             if len(near) < 3:
                 continue
-            r0, c0, r1, c1 = np.median(np.array(near, dtype=float), axis=0)
-            mr = max(min_margin, margin_frac * (r1 - r0 + 1))
-            mc = max(min_margin, margin_frac * (c1 - c0 + 1))
-            keep = np.zeros(mask.shape[:2], dtype=bool)
-            keep[max(0, int(np.floor(r0 - mr))):int(np.ceil(r1 + mr)) + 1,
-                 max(0, int(np.floor(c0 - mc))):int(np.ceil(c1 + mc)) + 1] = True
-            cut = mask[:, :, z] & ~keep
-            if cut.any():
-                out[:, :, z][cut] = 0
+            m = np.median(boxes[near], axis=0)
+            mr = max(min_margin, margin_frac * (m[2] - m[0] + 1))
+            mc = max(min_margin, margin_frac * (m[3] - m[1] + 1))
+            lo[z, :2] = np.floor(m[0] - mr), np.floor(m[1] - mc)
+            hi[z, :2] = np.ceil(m[2] + mr), np.ceil(m[3] + mc)
+        x = np.arange(sub.shape[0])[:, None]
+        y = np.arange(sub.shape[1])[:, None]
+        rows_ok = (x >= lo[:, 0]) & (x <= hi[:, 0])            # (X', Z')
+        cols_ok = (y >= lo[:, 1]) & (y <= hi[:, 1])            # (Y', Z')
+        cut = sub & ~(rows_ok[:, None, :] & cols_ok[None, :, :])
+        if cut.any():
+            region = out[box]
+            region[cut] = 0
     return out
 
 
