@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from priorsam.data.preprocess import FixedScaleFrame, UpstreamFrame, make_frame
-from priorsam.engine.segment import body_slices, interpolate_labels, labels_agree
+from priorsam.engine.segment import body_slices
+from priorsam.engine.zstride import interpolate_labels, labels_agree
 from priorsam.evaluation.generalisation import render
 
 

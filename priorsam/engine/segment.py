@@ -19,11 +19,11 @@ import torch.nn.functional as F
 
 from ..data.preprocess import make_frame, stack_channels, window
 from ..io import Volume, display_spacing, from_display
+from .consistency import clean_labels, smooth_organ_boxes
 from .device import resolve_device
 from .progress import ProgressFn
 from .slices import run_over_slices
-from .consistency import clean_labels, smooth_organ_boxes  # noqa: F401
-from .zstride import interpolate_gap, interpolate_labels, labels_agree, strided_labels  # noqa: F401
+from .zstride import strided_labels
 
 
 @dataclass
