@@ -38,18 +38,17 @@ def smooth_organ_boxes(labels: np.ndarray, window: int = 5, margin_frac: float =
         r0, r1 = _first_last(rows)
         c0, c1 = _first_last(cols)
         boxes = np.stack([r0, c0, r1, c1], 1).astype(float)  # (Z', 4)
-        zs = np.flatnonzero(here)
-        lo = np.full((sub.shape[2], 4), -np.inf)
-        hi = np.full((sub.shape[2], 4), np.inf)
-        for z in zs:
+        lo = np.full((sub.shape[2], 2), -np.inf)             # kept (row, col) range per slice
+        hi = np.full((sub.shape[2], 2), np.inf)
+        for z in np.flatnonzero(here):
             near = [j for j in range(z - half, z + half + 1) if 0 <= j < sub.shape[2] and here[j]]
             if len(near) < 3:
                 continue
             m = np.median(boxes[near], axis=0)
             mr = max(min_margin, margin_frac * (m[2] - m[0] + 1))
             mc = max(min_margin, margin_frac * (m[3] - m[1] + 1))
-            lo[z, :2] = np.floor(m[0] - mr), np.floor(m[1] - mc)
-            hi[z, :2] = np.ceil(m[2] + mr), np.ceil(m[3] + mc)
+            lo[z] = np.floor(m[0] - mr), np.floor(m[1] - mc)
+            hi[z] = np.ceil(m[2] + mr), np.ceil(m[3] + mc)
         x = np.arange(sub.shape[0])[:, None]
         y = np.arange(sub.shape[1])[:, None]
         rows_ok = (x >= lo[:, 0]) & (x <= hi[:, 0])            # (X', Z')

@@ -92,7 +92,7 @@ class Segmenter:
         self.model = model if model is not None else load_priorsam(weights, str(self.device))
         cfg = getattr(self.model, "config", {}) or {}
         self.options = options or SegmentOptions()
-        self.feature_memo: dict | None = None   # image-hash → encoder features, shared by evaluation runs
+        self.feature_memo: dict | None = None   # (runtime, image hash) → encoder features, shared by evaluation runs
         # None: the model's own PyTorch encoder.
         self.encoder = encoder if encoder is not None else cpu_encoder(self.options.encoder_backend, self.device)
         if self.options.spacing_mm is None:
@@ -112,7 +112,8 @@ class Segmenter:
         if self.feature_memo is not None:
             import hashlib
 
-            key = hashlib.sha1(images.numpy().tobytes()).hexdigest()
+            # Runtimes differ slightly (OpenVINO may run bf16), so features are memoised per runtime.
+            key = (type(self.encoder).__name__, hashlib.sha1(images.numpy().tobytes()).hexdigest())
             if key in self.feature_memo:
                 return self.feature_memo[key]
         feats = self.encoder(images) if self.encoder is not None else self.model.encode(images.to(self.device))

@@ -22,14 +22,17 @@ def run_over_slices(
     progress: ProgressFn | None = None,
     show_bar: bool = True,
     desc: str = "slices",
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Fill a (Z, H, W) uint8 label stack batch by batch under ``torch.inference_mode``.
 
     Only one batch of model inputs and outputs is alive at a time, so memory is the input
     volume, this uint8 output and one batch — not a float map per slice.
-    ``indices`` limits work to some slices (others stay background).
+    ``indices`` limits work to some slices (others stay background, or as they were in ``out``
+    when a stack to fill is passed in).
     """
-    out = np.zeros((n_slices, height, width), dtype=np.uint8)
+    if out is None:
+        out = np.zeros((n_slices, height, width), dtype=np.uint8)
     todo = np.arange(n_slices) if indices is None else np.asarray(sorted(indices), dtype=int)
     reporter = ProgressReporter(len(todo), desc, progress, show_bar)
     try:

@@ -16,7 +16,7 @@ from .slices import run_over_slices
 
 
 def strided_labels(shape: tuple[int, int, int], todo: np.ndarray, predict: Callable[[np.ndarray], np.ndarray],
-                   stride: int, agree_dice: float = 0.85, batch_size: int = 4, progress: ProgressFn | None = None,
+                   stride: int, agree_dice: float = 0.7, batch_size: int = 4, progress: ProgressFn | None = None,
                    show_bar: bool = True) -> tuple[np.ndarray, int]:
     """(Z, H, W) uint8 labels for the slices ``todo`` (sorted indices) and the number of slices run.
 
@@ -38,8 +38,8 @@ def strided_labels(shape: tuple[int, int, int], todo: np.ndarray, predict: Calla
         base = ran
         report = None if progress is None else (lambda d, t: progress(base + d, n))
         idx = todo[np.asarray(positions, dtype=int)]
-        out[idx] = run_over_slices(z, h, w, predict, batch_size, indices=idx, progress=report, show_bar=show_bar,
-                                   desc=desc)[idx]
+        run_over_slices(z, h, w, predict, batch_size, indices=idx, progress=report, show_bar=show_bar, desc=desc,
+                        out=out)
         ran += len(idx)
 
     pos = np.unique(np.r_[np.arange(0, n, max(1, stride)), n - 1]).tolist()   # positions in ``todo``
