@@ -2,13 +2,13 @@
 
 The constants come from this project's measurements (docs/slicer.md, "Run time"):
 
-* CPU: the LiteMedSAM TinyViT encoder costs 2.3–3 s per 256×256 slice in PyTorch eager on a
-  2-core AVX2 machine (DESIGN.md §8), plus ≈ 50 ms per organ for the box refinement through
-  SAM's decoder (8 organs) → 3.5 s/slice on an idle 2-core CPU. Measured for this module on the
-  shared, heavily loaded 2-core development machine: 11.7 s/slice (3-slice run, 35.4 s).
+* CPU: end to end (read → segment → write) with the engine's defaults (OpenVINO encoder, z-stride
+  ≈ 10 mm), an idle 2-core AMD EPYC took 35.5 s for the 112-slice sample CT and 51.1 s for a
+  512×512×150 CT (docs/benchmarks.md): 0.32–0.34 s per input slice. Thick slices are interpolated
+  less, so 0.4 s/slice is used. (Before the faster defaults the figure was 3.5 s/slice.)
 * GPU: not measured in this project yet (no GPU was available); 0.15 s/slice is an assumption
   to be replaced by a benchmark.
-* Start-up: importing torch/MONAI and loading the weights, measured 9 s on the same machine.
+* Start-up: importing torch/MONAI and loading the weights, measured 7–9 s on 2-core machines.
 
 A run that finishes records its own seconds per slice; later estimates on that computer use it.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SECONDS_PER_SLICE = {"cpu": 3.5, "cuda": 0.15}
+SECONDS_PER_SLICE = {"cpu": 0.4, "cuda": 0.15}
 STARTUP_SECONDS = {"cpu": 9.0, "cuda": 15.0}
 SOURCE = {"cpu": "project benchmark (2-core CPU)", "cuda": "assumed, not yet benchmarked"}
 
