@@ -107,3 +107,20 @@ def samples_cli():
     """`priorsam samples`: fetch the sample CT into the cache and print its paths."""
     s = sample_ct()
     return {"image": str(s.image), "label": str(s.label), "raw_label": str(s.raw_label), "dicom_dir": str(s.dicom_dir)}
+
+
+def totalsegmentator_class_names(task: str = "total") -> dict[int, str]:
+    """id → structure name of the sample's full label map, read from the same archive
+    (``totalsegmentator/map_to_binary.py``) so the names cannot drift from the ids."""
+    import ast
+
+    sample_ct()
+    archive = _sample_dir() / SDIST_NAME
+    with tarfile.open(archive, "r:gz") as tar:
+        source = tar.extractfile("totalsegmentator-2.18.0/totalsegmentator/map_to_binary.py").read().decode()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "class_map" for t in node.targets):
+            for k, v in zip(node.value.keys, node.value.values):
+                if isinstance(k, ast.Constant) and k.value == task:
+                    return {int(i): str(n) for i, n in ast.literal_eval(v).items()}
+    raise AssetError(f"class map {task!r} not found in {archive.name}")

@@ -1,0 +1,189 @@
+"""Pseudo-patients: the sample CT and its full label map warped onto each anatomy of the bank.
+
+Every pixel of texture still comes from the one sample scan, but the organs take the size,
+shape, position and neighbourhood of another patient (DESIGN.md §10). One case of the bank
+gives one pseudo-patient on the anatomy's field of view at 3 mm:
+
+* ``ct``     int16 HU (air, −1024, outside the sample's field of view),
+* ``full``   uint8 the sample's TotalSegmentator structure ids (62 structures), warped,
+* ``ours``   uint8 our organ ids, from ``full`` — the training labels (they match the pixels),
+* ``target`` uint8 the bank's own organ map (for QA and for nothing else),
+* ``fov``    uint8 1 where the sample CT had data.
+
+QA per case (``qa.json``): organ Dice of ``ours`` against ``target`` after the affine and the
+deformable step, the share of folded voxels, and the organs to trust: an organ whose Dice is
+below ``min_organ_dice`` is marked unreliable (training ignores its voxels); a case whose mean
+Dice is below ``min_case_dice`` or that folds more than ``max_folded`` is dropped.
+
+``python -m priorsam.data.pseudo_patients --anatomy DIR --cache DIR`` builds the bank; it is
+resumable (a case whose ``qa.json`` matches the recipe is not registered again).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..labels import mapping, remap
+from .anatomy import AnatomyCase, discover, load_anatomy
+from .registration import register_labels, resample_isotropic
+
+RECIPE_VERSION = "greedy-labels-v1"
+
+
+@dataclass(frozen=True)
+class BankRecipe:
+    spacing_mm: float = 3.0
+    min_organ_dice: float = 0.6
+    min_case_dice: float = 0.7
+    max_folded: float = 0.01
+    version: str = RECIPE_VERSION
+
+    def key(self, case: AnatomyCase, sample_sha: str) -> str:
+        from ..assets import sha256_file
+
+        blob = json.dumps({**asdict(self), "case": sha256_file(case.path), "sample": sample_sha}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class PseudoPatient:
+    case_id: str
+    ct: np.ndarray
+    full: np.ndarray
+    ours: np.ndarray
+    target: np.ndarray
+    fov: np.ndarray
+    affine: np.ndarray
+    qa: dict
+
+    @property
+    def spacing(self) -> np.ndarray:
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+    @property
+    def unreliable(self) -> list[int]:
+        return [int(k) for k in self.qa.get("unreliable_organs", [])]
+
+
+def load_sample():
+    """(CT volume, full TotalSegmentator label map (X,Y,Z) uint8, our labels) of the sample CT."""
+    from ..io import read_label_map, read_volume
+    from .samples import sample_ct
+
+    s = sample_ct()
+    ct = read_volume(s.image)
+    full = np.rint(read_label_map(s.raw_label).array).astype(np.uint8)
+    return ct, full, remap(full, mapping("totalsegmentator")), s
+
+
+def build_one(case: AnatomyCase, sample, recipe: BankRecipe, log_path: str | None = None) -> PseudoPatient:
+    """Register the sample onto one anatomy and return the pseudo-patient with its QA."""
+    ct, full, ours_m, _ = sample
+    anatomy = load_anatomy(case)
+    t0 = time.time()
+    fixed, affine = resample_isotropic(anatomy.ours, anatomy.affine, recipe.spacing_mm, order=0)
+    if not np.allclose(ct.spacing, recipe.spacing_mm, atol=1e-3):
+        raise ValueError(f"the sample CT is not at {recipe.spacing_mm} mm")
+    ones = np.ones(ct.array.shape, np.float32)
+    reg = register_labels(fixed, ours_m, recipe.spacing_mm,
+                          {"ct": (ct.array, "LINEAR", -1024.0), "full": (full, "LABEL", 0.0),
+                           "fov": (ones, "LINEAR", 0.0)}, log_path=log_path)
+    warped_ours = remap(reg.warped["full"], mapping("totalsegmentator"))
+    dice = {k: v for k, v in reg.dice.items() if v == v}
+    unreliable = sorted(int(k) for k, v in dice.items() if v < recipe.min_organ_dice)
+    mean = float(np.mean(list(dice.values()))) if dice else 0.0
+    qa = {"case_id": case.case_id, "source": case.source, "licence": case.licence,
+          "dice": {str(k): round(v, 4) for k, v in dice.items()},
+          "dice_affine": {str(k): round(v, 4) for k, v in reg.dice_affine.items() if v == v},
+          "mean_dice": round(mean, 4), "folded_fraction": reg.folded_fraction,
+          "jacobian_range": [round(v, 4) for v in reg.jacobian_range],
+          "unreliable_organs": unreliable,
+          "missing_organs": [k for k in range(1, 9) if not (fixed == k).any()],
+          "kept": bool(mean >= recipe.min_case_dice and reg.folded_fraction <= recipe.max_folded),
+          "seconds": round(time.time() - t0, 1), "shape": list(fixed.shape), "spacing_mm": recipe.spacing_mm}
+    ct_w = np.clip(np.rint(reg.warped["ct"]), -1024, 3071).astype(np.int16)
+    fov = (reg.warped["fov"] > 0.5).astype(np.uint8)
+    return PseudoPatient(case.case_id, ct_w, reg.warped["full"], warped_ours, fixed.astype(np.uint8), fov, affine, qa)
+
+
+def save(pp: PseudoPatient, folder: Path, key: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "pseudo.part.npz"
+    np.savez_compressed(tmp, ct=pp.ct, full=pp.full, ours=pp.ours, target=pp.target, fov=pp.fov, affine=pp.affine)
+    os.replace(tmp, folder / "pseudo.npz")
+    qa_tmp = folder / "qa.part.json"
+    qa_tmp.write_text(json.dumps({**pp.qa, "key": key}, indent=1))
+    os.replace(qa_tmp, folder / "qa.json")
+
+
+def load(folder: str | os.PathLike) -> PseudoPatient:
+    folder = Path(folder)
+    qa = json.loads((folder / "qa.json").read_text())
+    with np.load(folder / "pseudo.npz") as z:
+        return PseudoPatient(qa["case_id"], z["ct"], z["full"], z["ours"], z["target"], z["fov"], z["affine"], qa)
+
+
+def list_bank(cache: str | os.PathLike, kept_only: bool = True) -> list[dict]:
+    """QA records of the built pseudo-patients in ``cache`` (sorted by case id)."""
+    out = []
+    for qa_path in sorted(Path(cache).glob("*/qa.json")):
+        qa = json.loads(qa_path.read_text())
+        if (qa_path.parent / "pseudo.npz").is_file() and (qa.get("kept") or not kept_only):
+            out.append({**qa, "folder": str(qa_path.parent)})
+    return out
+
+
+def build_bank(anatomy: str | None, cache: str, cases: list[str] | None = None, recipe: BankRecipe = BankRecipe(),
+               log=print) -> list[dict]:
+    """Build (or complete) the pseudo-patient bank in ``cache``; returns every case's QA."""
+    from ..assets import sha256_file
+
+    root = Path(cache)
+    root.mkdir(parents=True, exist_ok=True)
+    todo = discover(anatomy)
+    if cases:
+        todo = [c for c in todo if c.case_id in set(cases)]
+    sample = load_sample()
+    sample_sha = sha256_file(sample[3].image)[:16]
+    records, t_all = [], time.time()
+    for i, case in enumerate(todo, 1):
+        key = recipe.key(case, sample_sha)
+        folder = root / case.case_id
+        qa_path = folder / "qa.json"
+        if qa_path.is_file() and (folder / "pseudo.npz").is_file():
+            qa = json.loads(qa_path.read_text())
+            if qa.get("key") == key:
+                records.append(qa)
+                log(f"[bank] {i}/{len(todo)} {case.case_id}: cached (mean Dice {qa['mean_dice']:.3f})")
+                continue
+        pp = build_one(case, sample, recipe, log_path=str(root / "greedy.log"))
+        save(pp, folder, key)
+        records.append({**pp.qa, "key": key})
+        log(f"[bank] {i}/{len(todo)} {case.case_id}: mean Dice {pp.qa['mean_dice']:.3f} "
+            f"(affine {np.mean(list(pp.qa['dice_affine'].values())):.3f}), folded {pp.qa['folded_fraction']:.2e}, "
+            f"unreliable {pp.qa['unreliable_organs']}, {'kept' if pp.qa['kept'] else 'DROPPED'}, {pp.qa['seconds']} s")
+    log(f"[bank] {len(records)} cases in {time.time() - t_all:.0f} s")
+    (root / "bank.json").write_text(json.dumps({"recipe": asdict(recipe), "cases": records}, indent=1))
+    return records
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Warp the sample CT onto every anatomy of the bank (resumable).")
+    ap.add_argument("--anatomy", default=None, help="bank folder (default: $PRIORSAM_ANATOMY_DIR)")
+    ap.add_argument("--cache", required=True, help="output folder of the pseudo-patients")
+    ap.add_argument("--cases", nargs="*", default=None, help="only these case ids")
+    a = ap.parse_args(argv)
+    build_bank(a.anatomy, a.cache, a.cases)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
