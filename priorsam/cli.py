@@ -15,6 +15,7 @@ _GROUPS = {
     "train": "priorsam.training.cli:train_cli",
     "evaluate": "priorsam.evaluation.cli:evaluate_cli",
     "samples": "priorsam.data.samples:samples_cli",
+    "bundle": "priorsam.bundle_support.export:BundleCLI",
 }
 
 
@@ -28,8 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     import fire
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("--version", "-V", "version"):
+        from . import __version__
+
+        print(f"priorsam {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in _GROUPS:
-        print("usage: priorsam {" + ",".join(_GROUPS) + "} [args]\n  priorsam GROUP --help for details")
+        print("usage: priorsam {" + ",".join(_GROUPS) + "} [args]\n  priorsam GROUP --help for details\n"
+              "  priorsam --version")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     try:
         fire.Fire(_load(_GROUPS[argv[0]]), command=argv[1:], name=f"priorsam {argv[0]}")

@@ -18,37 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.preprocess import window
 from .data.samples import sample_ct
 from .io import read_label_map, read_volume, to_display
 from .labels import labels
-
-
-def montage(ct_display: np.ndarray, lab_display: np.ndarray, path: Path, n: int = 12, alpha: float = 0.45) -> Path:
-    """PNG grid of ``n`` axial slices through the organs with label colours blended in."""
-    from PIL import Image, ImageDraw
-
-    zs = np.flatnonzero(lab_display.reshape(len(lab_display), -1).any(1))
-    zs = zs if zs.size else np.arange(len(ct_display))
-    picks = np.unique(np.linspace(zs[0], zs[-1], min(n, len(zs))).round().astype(int))[::-1]  # head first
-    colours = np.zeros((256, 3), dtype=np.float32)
-    for lab in labels():
-        colours[lab.id] = lab.color
-    tiles = []
-    for z in picks:
-        grey = window(ct_display[z])[..., None].repeat(3, -1)
-        lab = lab_display[z]
-        rgb = np.where(lab[..., None] > 0, (1 - alpha) * grey + alpha * colours[lab], grey).astype(np.uint8)
-        img = Image.fromarray(rgb).resize((rgb.shape[1] * 2, rgb.shape[0] * 2), Image.NEAREST)
-        ImageDraw.Draw(img).text((4, 4), f"z={z}", fill=(255, 255, 0))
-        tiles.append(img)
-    cols = 4
-    w, h = tiles[0].size
-    sheet = Image.new("RGB", (cols * w, ((len(tiles) + cols - 1) // cols) * h))
-    for i, t in enumerate(tiles):
-        sheet.paste(t, ((i % cols) * w, (i // cols) * h))
-    sheet.save(path)
-    return path
+from .preview import montage
 
 
 def volume_table(lab: np.ndarray, voxel_ml: float, reference: np.ndarray | None = None) -> str:
@@ -78,11 +51,12 @@ def main(argv=None) -> int:
     ct = data / "example_ct.nii.gz"
     if not ct.exists():
         shutil.copy(s.image, ct)
-    bundle = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "inference.json"
+    from .bundle_support.paths import packaged_bundle
+
+    bundle = packaged_bundle() / "configs" / "inference.json"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle),
-           "--dataset_dir", str(data), "--output_dir", str(pred_dir), "--progress", "False"]
-    if args.device != "auto":
-        cmd += ["--device", f"$torch.device('{args.device}')"]
+           "--dataset_dir", str(data), "--output_dir", str(pred_dir), "--progress", "False",
+           "--device", args.device]
     print("running:", " ".join(cmd), flush=True)
     t0 = time.time()
     proc = subprocess.run(cmd)

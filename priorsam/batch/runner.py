@@ -280,6 +280,7 @@ class BatchJob:
     def _process(self, case: Case, device: str, rank: int, world_size: int, software: dict) -> dict:
         import numpy as np
 
+        from ..api import segment
         from ..io import read_volume, write_label_map
         from .dicom_seg import write_dicom_seg
 
@@ -292,7 +293,8 @@ class BatchJob:
         input_sha = hash_input(files, case.path if case.kind == "dicom" else None)
         volume = read_volume(case.path, series_uid=case.series_uid)
         segmenter = self._get_segmenter(device)
-        result = segmenter.segment(volume, progress=None, show_bar=self.show_progress and rank == 0)
+        seg = segment(volume, segmenter=segmenter, show_bar=self.show_progress and rank == 0)
+        result = seg.result
         kind = "dicom" if volume.source.format == "dicom" else "file"
         outputs = {}
         model = segmenter.model_info()
@@ -304,8 +306,7 @@ class BatchJob:
                                 algorithm_version=f"{software['priorsam']} weights {self._weights_sha[:12]} "
                                                   f"priors {model['prior_version']}")
             outputs[key] = {"path": paths[key].name, "sha256": sha256_file(paths[key])}
-        organs = report.organ_stats(volume.array, result.labels, volume.affine)
-        warnings = report.plausibility_warnings(organs, volume.shape[2])
+        organs, warnings = seg.statistics["organs"], list(seg.statistics["warnings"])
         if self.format != "nifti" and kind != "dicom":
             warnings.append("no DICOM SEG: the input is not a DICOM series (wrote the NIfTI label map)")
         record = {

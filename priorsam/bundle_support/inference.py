@@ -3,7 +3,7 @@
 After ``LoadImaged`` (channel first) and ``Orientationd(axcodes="RAS")`` the image is a
 MetaTensor (1, X, Y, Z) in HU on a RAS grid with its affine in the meta data. These
 adapters turn it into a :class:`priorsam.io.Volume`, run
-:meth:`priorsam.engine.segment.Segmenter.segment` and hand back the label map as a
+:func:`priorsam.segment` (the library's one entry point) and hand back the label map as a
 MetaTensor with the image's meta data, so ``Invertd`` can undo the orientation and
 ``SaveImaged`` writes it on the input's grid.
 """
@@ -19,9 +19,46 @@ from monai.transforms import MapTransform
 
 from ..engine.device import resolve_device
 from ..engine.progress import StdoutProgress
-from ..engine.segment import Segmenter, SegmentOptions
+from ..engine.segment import SegmentOptions
 from ..errors import InputError
 from ..io.volume import Source, Volume, canonicalize
+
+
+def bundle_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The config's ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, or a ``torch.device`` from an
+    expression override) → a torch.device; ``cuda`` without a usable GPU is one InputError line."""
+    if isinstance(device, torch.device):
+        device = str(device)
+    return resolve_device(str(device) if device is not None else "auto")
+
+
+def one_line_errors() -> None:
+    """Make ``python -m monai.bundle run`` end a PriorSAM input/asset error with one ``error: …`` line
+    (exit 1) instead of MONAI's chained traceback; other errors keep their traceback.
+
+    Installed as ``sys.excepthook`` from the config's ``initialize``; it only sees exceptions nothing
+    caught, so in-process users (ConfigWorkflow in Python, tests) still get the exception itself.
+    """
+    import sys
+
+    from ..errors import PriorSAMError
+
+    previous = sys.excepthook
+    if getattr(previous, "_priorsam", False):
+        return
+
+    def hook(kind, value, tb):
+        seen, exc = set(), value
+        while exc is not None and id(exc) not in seen:
+            if isinstance(exc, PriorSAMError):
+                print(f"error: {exc}", file=sys.stderr)
+                return
+            seen.add(id(exc))
+            exc = exc.__cause__ or exc.__context__
+        previous(kind, value, tb)
+
+    hook._priorsam = True
+    sys.excepthook = hook
 
 
 def load_network(ckpt_path: str, device: str | torch.device = "auto"):
@@ -72,13 +109,13 @@ class SegmentOrgansInferer:
         self.last_results: list = []
 
     def segment_image(self, image: MetaTensor, network) -> MetaTensor:
-        """One (1, X, Y, Z) image → its (1, X, Y, Z) label MetaTensor."""
-        device = next(network.parameters()).device
-        segmenter = Segmenter(device=str(device), options=SegmentOptions(**self.options), model=network)
-        result = segmenter.segment(volume_from_image(image), StdoutProgress() if self.progress else None,
-                                   show_bar=self.show_bar)
-        self.last_results.append(result)
-        return _labels_like(result.labels, image)
+        """One (1, X, Y, Z) image → its (1, X, Y, Z) label MetaTensor (through :func:`priorsam.segment`)."""
+        from ..api import segment
+
+        seg = segment(volume_from_image(image), model=network, progress=StdoutProgress() if self.progress else None,
+                      show_bar=self.show_bar, **self.options)
+        self.last_results.append(seg.result)
+        return _labels_like(seg.labels, image)
 
     def __call__(self, inputs: torch.Tensor, network, *args: Any, **kwargs: Any) -> MetaTensor:
         if not isinstance(inputs, MetaTensor) or inputs.ndim != 5:

@@ -33,9 +33,13 @@ class PriorSAMSemanticNet(PriorSAM):
     C = 9 (background + 8 organs, Synapse order) with the v1 priors.
     """
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        if images.ndim != 4 or images.shape[1] != 1:
-            raise InputError(f"expected (B,1,H,W) CT slices in HU, got {tuple(images.shape)}")
+    def forward(self, images: torch.Tensor | None = None, features=None, boxes=None):  # type: ignore[override]
+        """``net(hu)`` → semantic logits (MONAI's export/verify contract); ``net(features=…)`` → the full
+        PriorSAM output dict, which is how the volume engine drives the bundle's ``network``."""
+        if features is not None:
+            return super().forward(features=features, boxes=boxes)
+        if images is None or images.ndim != 4 or images.shape[1] != 1:
+            raise InputError(f"expected (B,1,H,W) CT slices in HU, got {None if images is None else tuple(images.shape)}")
         x = minmax(window_tensor(images.float()).expand(-1, 3, -1, -1))
         return super().forward(images=x)["semantic_logits"]
 
@@ -52,12 +56,16 @@ class PriorSAMSemanticNet(PriorSAM):
 
 
 def build_semantic_network(ckpt_path: str | None = None, encoder: str = "lite", pretrained: bool = True,
-                           **model_kwargs: Any) -> PriorSAMSemanticNet:
-    """A :class:`PriorSAMSemanticNet` shaped like the checkpoint at ``ckpt_path``.
+                           binary_path: bool = False, **model_kwargs: Any) -> PriorSAMSemanticNet:
+    """A :class:`PriorSAMSemanticNet` shaped like the checkpoint at ``ckpt_path`` (weights not loaded:
+    MONAI's ``CheckpointLoader`` or ``load_state_dict`` does that).
 
     The architecture (head sizes, refinement rounds, prior version) is read from the
     checkpoint's ``meta.config`` when the file exists, so the trained weights fit; without
     a checkpoint the constructor defaults apply. ``model_kwargs`` override either.
+    ``binary_path``: include LiteMedSAM's prompt encoder and mask decoder (the engine's
+    coarse-to-fine step; inference.json asks for it, export/verify do not need it). The
+    checkpoint's config (training spacing, context, framing) is kept on ``net.config`` for the engine.
     """
     from ..engine.weights import read_checkpoint
     from ..priors.bank import load_prior_bank
@@ -65,7 +73,9 @@ def build_semantic_network(ckpt_path: str | None = None, encoder: str = "lite", 
     config: dict = {}
     if ckpt_path and Path(ckpt_path).is_file():
         _, config = read_checkpoint(ckpt_path)
-    kwargs = {**config.get("model", {}), **model_kwargs, "binary_path": False}
+    kwargs = {**config.get("model", {}), **model_kwargs, "binary_path": bool(binary_path)}
     bank = load_prior_bank(config.get("prior_version", "v1"))
     net = PriorSAMSemanticNet(encoder=encoder, prior_bank=bank, pretrained=pretrained, **kwargs)
+    net.config = config
+    net.weights_path = str(ckpt_path) if ckpt_path else None
     return net.eval()

@@ -28,18 +28,26 @@ def _is_our_bundle(folder: Path) -> bool:
 
 def bundle_root() -> str:
     """The bundle folder: ``$PRIORSAM_BUNDLE``, else the working directory when it is this
-    bundle (a copied bundle run from inside), else ``bundle/`` beside the package (repo checkout)."""
+    bundle (an exported bundle run from inside, as model-zoo bundles are), else the bundle the
+    package carries (:func:`packaged_bundle`)."""
     env = os.environ.get("PRIORSAM_BUNDLE")
     if env:
         return str(Path(env).resolve())
     cwd = Path.cwd()
     if _is_our_bundle(cwd):
         return str(cwd)
-    beside = Path(__file__).resolve().parents[2] / "bundle"
+    beside = packaged_bundle()
     if _is_our_bundle(beside):
         return str(beside)
     raise InputError("cannot locate the priorsam bundle: run from inside it, set PRIORSAM_BUNDLE, "
                      "or pass --bundle_root DIR")
+
+
+def packaged_bundle() -> Path:
+    """The bundle folder installed with the package (or the checkout's ``bundle/``), whatever the working directory."""
+    from ..resources import data_dir
+
+    return data_dir("bundle")
 
 
 def _is_image_file(p: Path) -> bool:

@@ -212,29 +212,33 @@ def segment_volume(volume: Volume, weights: str | None = None, device: str = "au
 
 
 def segment_cli(image: str, out: str, device: str = "auto", series: str | None = None, weights: str | None = None,
-                progress: bool = False, z_stride: int | None = None, encoder: str = "auto"):
+                progress: bool = False, z_stride: int | None = None, encoder: str = "auto",
+                statistics: str | None = None, preview: str | None = None):
     """Segment the 8 abdominal organs of a CT (NIfTI/NRRD file or DICOM series folder) with no prompts.
 
     Args:
         image: input CT.
-        out: output label map (.nii.gz or .nrrd) on the input's grid.
+        out: output label map (.nii.gz, .nii or .nrrd) on the input's grid, or a DICOM SEG (.dcm) when the
+            input is a DICOM series.
         device: auto, cuda or cpu.
         series: DICOM SeriesInstanceUID when the folder holds several series.
-        weights: PriorSAM checkpoint (default: the bundle's models/model.pt).
+        weights: PriorSAM checkpoint (default: the demo weights shipped with the package).
         progress: print machine-readable PRIORSAM_PROGRESS lines (for a parent process).
         z_stride: run every k-th slice and interpolate where neighbours agree (1: every slice;
             default: run slices about 10 mm apart).
         encoder: encoder runtime: auto, openvino, onnx or torch.
+        statistics: also write per-organ volume (mL), HU mean/std, extent and presence (.json or .csv).
+        preview: also write an overlay montage of axial slices (.png).
     """
-    from ..io import check_writable, read_volume, write_label_map
+    from ..api import segment
     from .progress import StdoutProgress
 
-    check_writable(out)
-    volume = read_volume(image, series_uid=series)
-    result = segment_volume(volume, weights, device, StdoutProgress() if progress else None, z_stride=z_stride,
-                            encoder_backend=encoder)
-    write_label_map(volume, result.labels, out)
+    seg = segment(image, out, weights=weights, device=device, series=series, statistics=statistics,
+                  preview=preview, progress=StdoutProgress() if progress else None, z_stride=z_stride,
+                  encoder_backend=encoder)
+    result = seg.result
     counts = np.bincount(result.labels.ravel(), minlength=9)
     return {"output": str(out), "seconds": round(result.seconds, 1), "device": result.device,
-            "slices_run": result.slices_run, "slices": int(volume.shape[2]),
-            "voxels_per_label": {int(i): int(c) for i, c in enumerate(counts) if i > 0}}
+            "slices_run": result.slices_run, "slices": int(seg.volume.shape[2]),
+            "voxels_per_label": {int(i): int(c) for i, c in enumerate(counts) if i > 0},
+            **{k: str(v) for k, v in seg.outputs.items() if k in ("statistics", "preview")}}

@@ -19,11 +19,13 @@ CONFIG_KEY = "meta.config"
 
 
 def default_weights_path() -> Path:
-    """``$PRIORSAM_WEIGHTS`` or the bundle's ``models/model.pt`` beside the package."""
+    """``$PRIORSAM_WEIGHTS`` or the bundle's ``models/model.pt`` (installed copy, else the checkout's)."""
     env = os.environ.get("PRIORSAM_WEIGHTS")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "bundle" / "models" / "model.pt"
+    from ..resources import data_dir
+
+    return data_dir("bundle") / "models" / "model.pt"
 
 
 def encode_config(config: dict) -> torch.Tensor:

@@ -73,9 +73,12 @@ def _nanmean(values: list[float]) -> float:
     return float(np.mean(vals)) if vals else math.nan
 
 
-def summarise(cases: list[dict]) -> dict:
-    """Synapse averaging: per organ the mean over cases (NaN skipped), then the mean over organs."""
-    names = [lab.name for lab in label_table()]
+def summarise(cases: list[dict], names: Sequence[str] | None = None) -> dict:
+    """Synapse averaging: per organ the mean over cases (NaN skipped), then the mean over organs.
+
+    ``names``: the organs to report and average (default: all of the label table).
+    """
+    names = list(names) if names is not None else [lab.name for lab in label_table()]
     per_organ = {}
     for n in names:
         per_organ[n] = {m: _nanmean([c["organs"][n][m] for c in cases]) for m in ("dice", "hd95_mm", "hd95_vox")}
@@ -89,12 +92,20 @@ def _fmt(v: float, digits: int) -> str:
     return "n/a" if math.isnan(v) else f"{v:.{digits}f}"
 
 
+def case_means(case: dict, names: Sequence[str]) -> dict:
+    """One case's mean Dice / HD95 over the organs its reference has (NaN-skipping, as :func:`summarise`)."""
+    return {m: _nanmean([case["organs"][n][m] for n in names]) for m in ("dice", "hd95_mm", "hd95_vox")}
+
+
 def write_report(cases: list[dict], out_dir: str | Path, title: str = "PriorSAM evaluation",
-                 note: str = "") -> dict[str, Path]:
-    """Write ``metrics_per_case.csv`` and ``report.md`` (per-organ table + conventions) into ``out_dir``."""
+                 note: str = "", names: Sequence[str] | None = None, per_case: bool = False) -> dict[str, Path]:
+    """Write ``metrics_per_case.csv`` and ``report.md`` (per-organ table + conventions) into ``out_dir``.
+
+    ``names`` restricts the organs (default: all); ``per_case`` adds a table of each case's mean Dice and HD95.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = [lab.name for lab in label_table()]
+    names = list(names) if names is not None else [lab.name for lab in label_table()]
     csv_path = out / "metrics_per_case.csv"
     with open(csv_path, "w", newline="") as fh:
         w = csv.writer(fh)
@@ -105,7 +116,7 @@ def write_report(cases: list[dict], out_dir: str | Path, title: str = "PriorSAM 
                 m = c["organs"][n]
                 w.writerow([c["case"], n, _fmt(m["dice"], 4), _fmt(m["hd95_mm"], 2), _fmt(m["hd95_vox"], 2),
                             m["gt_voxels"], m["pred_voxels"], int(m["missed"]), int(m["false_positive"])])
-    s = summarise(cases)
+    s = summarise(cases, names)
     lines = [f"# {title}", ""]
     if note:
         lines += [note, ""]
@@ -120,6 +131,12 @@ def write_report(cases: list[dict], out_dir: str | Path, title: str = "PriorSAM 
     m = s["mean"]
     lines.append(f"| **mean** | | **{_fmt(m['dice'], 3)}** | **{_fmt(m['hd95_mm'], 1)}** | "
                  f"**{_fmt(m['hd95_vox'], 1)}** | |")
+    if per_case:
+        lines += ["", "Per case (mean over the organs present in that case's reference):", "",
+                  "| case | Dice | HD95 (mm) |", "|---|---|---|"]
+        for c in cases:
+            cm = case_means(c, names)
+            lines.append(f"| {c['case']} | {_fmt(cm['dice'], 3)} | {_fmt(cm['hd95_mm'], 1)} |")
     md_path = out / "report.md"
     md_path.write_text("\n".join(lines) + "\n")
     return {"csv": csv_path, "markdown": md_path}

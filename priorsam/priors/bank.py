@@ -65,18 +65,19 @@ def check_identity(recorded: dict, bank: PriorBank) -> None:
 
 
 def prior_text_root() -> Path:
-    """The ``prior_text/`` folder: ``$PRIORSAM_PRIOR_TEXT`` if set, else the one beside the package (editable install)."""
+    """The ``prior_text/`` folder: ``$PRIORSAM_PRIOR_TEXT`` if set, else the installed copy (or the checkout's)."""
     env = os.environ.get("PRIORSAM_PRIOR_TEXT")
     if env:
         path = Path(env).expanduser()
         if not path.is_dir():
             raise AssetError(f"PRIORSAM_PRIOR_TEXT={env} is not a folder")
         return path
-    import priorsam
+    from ..resources import data_dir
 
-    path = Path(priorsam.__file__).resolve().parents[1] / "prior_text"
+    path = data_dir("prior_text")
     if not path.is_dir():
-        raise AssetError(f"prior texts not found at {path}; set PRIORSAM_PRIOR_TEXT to the repository's prior_text folder")
+        raise AssetError(f"prior texts not found at {path}: reinstall priorsam, or set PRIORSAM_PRIOR_TEXT to a "
+                         "prior_text folder")
     return path
 
 

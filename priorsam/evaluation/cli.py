@@ -1,0 +1,100 @@
+"""``priorsam evaluate``: Dice and HD95 (mm) of predicted label maps against references, per case and mean.
+
+Cases are paired by name: ``REF/<case>.nii.gz`` with ``PRED/<case>_seg.nii.gz`` (what ``priorsam
+segment``, batch and the MONAI bundle write) or ``PRED/<case>.nii.gz``. The metrics are MONAI's
+(:mod:`priorsam.evaluation.metrics`), computed on the label maps' own grid in canonical RAS.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+
+_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
+
+
+def _cases(folder: Path, strip_seg: bool) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise InputError(f"not a folder: {folder}")
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        name = p.name
+        suffix = next((s for s in _SUFFIXES if name.lower().endswith(s)), None)
+        if not p.is_file() or suffix is None:
+            continue
+        case = name[: -len(suffix)]
+        if strip_seg and case.endswith("_seg"):
+            case = case[:-4]
+        if case in out:
+            raise InputError(f"{folder}: two label maps for case {case!r} ({out[case].name}, {name})")
+        out[case] = p
+    return out
+
+
+def organ_names(labels) -> list[str]:
+    """``--labels`` (names or ids, comma-separated or repeated) → organ names in label-id order."""
+    from ..labels import labels as label_table
+
+    table = label_table()
+    if labels is None or labels == "":
+        return [lab.name for lab in table]
+    items = labels if isinstance(labels, (list, tuple)) else str(labels).split(",")
+    by_key = {lab.name: lab for lab in table} | {str(lab.id): lab for lab in table}
+    chosen = []
+    for item in items:
+        key = str(item).strip().lower()
+        if key not in by_key:
+            raise InputError(f"unknown organ {item!r} in --labels: use names or ids of "
+                             + ", ".join(f"{lab.id} {lab.name}" for lab in table))
+        chosen.append(by_key[key])
+    return [lab.name for lab in sorted(set(chosen), key=lambda lab: lab.id)]
+
+
+def evaluate_folders(pred: str | Path, ref: str | Path, labels=None) -> tuple[list[dict], list[str]]:
+    """(per-case metric dicts, organ names) for every reference case."""
+    from ..io import read_label_map
+    from .metrics import evaluate_case
+
+    names = organ_names(labels)
+    preds, refs = _cases(Path(pred), strip_seg=True), _cases(Path(ref), strip_seg=False)
+    if not refs:
+        raise InputError(f"{ref}: no reference label maps (.nii.gz, .nii, .nrrd)")
+    missing = sorted(set(refs) - set(preds))
+    if missing:
+        raise InputError(f"{pred}: no prediction for {len(missing)} reference case(s): {', '.join(missing[:5])}"
+                         + (" …" if len(missing) > 5 else ""))
+    cases = []
+    for case in sorted(refs):
+        p, r = read_label_map(preds[case]), read_label_map(refs[case])
+        if p.shape != r.shape or not np.allclose(p.affine, r.affine, atol=1e-3):
+            raise InputError(f"case {case}: prediction and reference are on different grids "
+                             f"({p.shape} vs {r.shape})")
+        result = evaluate_case(p.array.astype(np.uint8), r.array.astype(np.uint8),
+                               [float(s) for s in r.spacing], case)
+        result["organs"] = {n: result["organs"][n] for n in names}
+        cases.append(result)
+    return cases, names
+
+
+def evaluate_cli(pred: str, ref: str, labels=None, out: str = "evaluation"):
+    """Dice and HD95 (mm) of every predicted label map against its reference, per case and on average.
+
+    Args:
+        pred: folder of predictions (<case>_seg.nii.gz as priorsam writes them, or <case>.nii.gz).
+        ref: folder of reference label maps <case>.nii.gz (label ids as priorsam's: 1 spleen … 8 pancreas).
+        labels: organs to evaluate, names or ids, comma-separated (default: all 8).
+        out: folder for metrics_per_case.csv and report.md.
+    """
+    from .metrics import case_means, summarise, write_report
+
+    cases, names = evaluate_folders(pred, ref, labels)
+    paths = write_report(cases, out, title="PriorSAM evaluation", names=names, per_case=True,
+                         note=f"Predictions `{pred}`, references `{ref}`.")
+    s = summarise(cases, names)
+    r = lambda v, d: None if np.isnan(v) else round(float(v), d)  # noqa: E731 - JSON-friendly rounding
+    return {"cases": len(cases), "organs": names,
+            "mean_dice": r(s["mean"]["dice"], 4), "mean_hd95_mm": r(s["mean"]["hd95_mm"], 2),
+            "per_case_dice": {c["case"]: r(case_means(c, names)["dice"], 4) for c in cases},
+            "csv": str(paths["csv"]), "markdown": str(paths["markdown"])}

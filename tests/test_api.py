@@ -1,0 +1,202 @@
+"""``priorsam.segment`` (the one public entry point), ``priorsam segment --statistics/--preview``, DICOM SEG
+from the single-case command, ``priorsam --version``, ``priorsam evaluate`` and ``priorsam bundle export``.
+
+Model runs use the random-head checkpoint (plumbing and geometry, not accuracy) on tiny CTs.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import save_nifti, synthetic_ct_array
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(args, capsys=None):
+    from priorsam.cli import main
+
+    return main(list(args))
+
+
+# ----------------------------------------------------------------------------- no model
+def test_version_prints_the_package_version(capsys):
+    import priorsam
+
+    assert _cli(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"priorsam {priorsam.__version__}"
+
+
+def test_bad_outputs_fail_before_the_model_loads(tmp_path, synthetic_ct, capsys, monkeypatch):
+    from priorsam.engine import segment as engine
+
+    def boom(*a, **k):
+        raise AssertionError("the model must not load for bad arguments")
+
+    monkeypatch.setattr(engine.Segmenter, "__init__", boom)
+    out = tmp_path / "seg.nii.gz"
+    for extra in (["--statistics", str(tmp_path / "s.txt")], ["--preview", str(tmp_path / "p.jpg")]):
+        assert _cli(["segment", "--image", str(synthetic_ct), "--out", str(out), *extra]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: "), err
+    # a DICOM SEG needs a DICOM series as input
+    assert _cli(["segment", "--image", str(synthetic_ct), "--out", str(tmp_path / "seg.dcm")]) == 1
+    assert "DICOM SEG output needs a DICOM series" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "seg.dcm").exists()
+
+
+def test_segment_rejects_unknown_input_types():
+    import priorsam
+    from priorsam.errors import InputError
+
+    with pytest.raises(InputError, match="cannot segment a int"):
+        priorsam.segment(3)
+
+
+def test_evaluate_cli_per_case_and_mean(tmp_path, capsys):
+    """Two cases with known overlaps: Dice and HD95 (mm) from MONAI, per case and as the mean."""
+    from priorsam.evaluation import evaluate_case
+
+    pred, ref, out = tmp_path / "pred", tmp_path / "ref", tmp_path / "report"
+    pred.mkdir()
+    ref.mkdir()
+    aff = np.diag([1.5, 1.5, 3.0, 1.0])
+    truth = {}
+    for case, shift in (("c1", 0), ("c2", 2)):
+        r = np.zeros((20, 20, 6), np.uint8)
+        r[4:12, 4:12, 1:5] = 5       # liver
+        r[14:18, 14:18, 2:4] = 1     # spleen
+        p = np.roll(r, shift, axis=0)
+        save_nifti(ref / f"{case}.nii.gz", r, aff)
+        save_nifti(pred / f"{case}_seg.nii.gz", p, aff)
+        truth[case] = evaluate_case(p, r, (1.5, 1.5, 3.0), case)
+    assert _cli(["evaluate", "--pred", str(pred), "--ref", str(ref), "--labels", "liver,spleen",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    rows = list(csv.DictReader(open(out / "metrics_per_case.csv")))
+    assert {(r["case"], r["organ"]) for r in rows} == {(c, o) for c in ("c1", "c2") for o in ("spleen", "liver")}
+    c2_liver = next(r for r in rows if r["case"] == "c2" and r["organ"] == "liver")
+    assert float(c2_liver["dice"]) == pytest.approx(truth["c2"]["organs"]["liver"]["dice"], abs=1e-4)
+    assert float(c2_liver["hd95_mm"]) == pytest.approx(3.0)  # shifted 2 voxels of 1.5 mm
+    md = (out / "report.md").read_text()
+    assert "| c1 | 1.000 |" in md and "| c2 |" in md and "| **mean** |" in md
+    assert "| kidney_left |" not in md  # only the organs asked for
+
+
+def test_evaluate_cli_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "r").mkdir()
+    save_nifti(tmp_path / "r" / "a.nii.gz", np.zeros((4, 4, 2), np.uint8))
+    assert _cli(["evaluate", "--pred", str(tmp_path / "p"), "--ref", str(tmp_path / "r")]) == 1
+    assert capsys.readouterr().err.startswith("error: ")
+    save_nifti(tmp_path / "p" / "a_seg.nii.gz", np.zeros((4, 4, 3), np.uint8))
+    assert _cli(["evaluate", "--pred", str(tmp_path / "p"), "--ref", str(tmp_path / "r")]) == 1
+    assert "different grids" in capsys.readouterr().err
+    assert _cli(["evaluate", "--pred", str(tmp_path / "p"), "--ref", str(tmp_path / "r"), "--labels", "lung"]) == 1
+    assert "unknown organ" in capsys.readouterr().err
+
+
+def test_bundle_export_is_complete_and_verifies(tmp_path, capsys):
+    from monai.bundle import verify_metadata
+
+    from priorsam.bundle_support.export import REQUIRED
+    from priorsam.bundle_support.paths import packaged_bundle
+
+    dest = tmp_path / "exported"
+    assert _cli(["bundle", "export", str(dest)]) == 0
+    capsys.readouterr()
+    for rel in REQUIRED:
+        assert (dest / rel).is_file(), rel
+    # the whole models/ folder travels, whatever it holds
+    assert sorted(p.name for p in (dest / "models").iterdir()) == \
+        sorted(p.name for p in (packaged_bundle() / "models").iterdir())
+    verify_metadata(meta_file=str(dest / "configs/metadata.json"),
+                    filepath=str(dest / "configs/schema/meta_schema_priorsam.json"))
+    assert _cli(["bundle", "export", str(dest)]) == 1  # never overwrites
+    assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_resources_resolve_without_environment(monkeypatch):
+    from priorsam.bundle_support.paths import packaged_bundle
+    from priorsam.engine.weights import default_weights_path
+    from priorsam.priors.bank import prior_text_root
+
+    for var in ("PRIORSAM_WEIGHTS", "PRIORSAM_PRIOR_TEXT", "PRIORSAM_BUNDLE"):
+        monkeypatch.delenv(var, raising=False)
+    assert default_weights_path().is_file()
+    assert default_weights_path().parent.parent == packaged_bundle()
+    assert (prior_text_root() / "v1" / "manifest.json").is_file()
+    assert (packaged_bundle() / "configs" / "inference.json").is_file()
+
+
+# ----------------------------------------------------------------------------- model runs
+@pytest.mark.slow
+def test_segment_accepts_path_nibabel_and_volume_alike(tmp_path, random_checkpoint):
+    import priorsam
+    from priorsam.io import read_label_map, read_volume
+
+    src = save_nifti(tmp_path / "ct.nii.gz", synthetic_ct_array((48, 40, 3)), np.array(
+        [[0, -2.0, 0, 10], [-2.0, 0, 0, 5], [0, 0, 3.0, -4], [0, 0, 0, 1]]))  # stored far from RAS
+    out = tmp_path / "seg.nii.gz"
+    by_path = priorsam.segment(str(src), out, weights=random_checkpoint, device="cpu",
+                               statistics=tmp_path / "s.json", preview=tmp_path / "p.png")
+    labels, stats = by_path
+    by_nib = priorsam.segment(nib.load(str(src)), weights=random_checkpoint, device="cpu")
+    by_vol = priorsam.segment(read_volume(src), weights=random_checkpoint, device="cpu")
+    assert np.array_equal(by_nib.labels, labels) and np.array_equal(by_vol.labels, labels)
+    written = nib.load(str(out))
+    assert np.array_equal(written.affine, nib.load(str(src)).affine) and written.shape == (48, 40, 3)
+    assert np.array_equal(read_label_map(out).array.astype(np.uint8), labels)
+    assert set(by_path.outputs) == {"label_map", "statistics", "preview"}
+    record = json.loads((tmp_path / "s.json").read_text())
+    assert record["schema"] == "priorsam.segment.statistics/1"
+    assert record["organs"] == json.loads(json.dumps(stats["organs"]))
+    assert record["runtime"]["device"] == "cpu"
+    from PIL import Image
+
+    assert Image.open(tmp_path / "p.png").size[0] > 0
+
+
+@pytest.mark.slow
+def test_segment_cli_statistics_csv_match_batch_report(tmp_path, random_checkpoint, capsys):
+    """The single-case statistics are batch's organ_stats of the written label map, not a second implementation."""
+    from priorsam.batch.report import organ_stats
+    from priorsam.io import read_label_map, read_volume
+
+    src = save_nifti(tmp_path / "ct.nii.gz", synthetic_ct_array((48, 40, 3)))
+    out, stats = tmp_path / "seg.nii.gz", tmp_path / "stats.csv"
+    assert _cli(["segment", "--image", str(src), "--out", str(out), "--device", "cpu", "--weights",
+                 str(random_checkpoint), "--statistics", str(stats), "--preview", str(tmp_path / "p.png")]) == 0
+    capsys.readouterr()
+    vol = read_volume(src)
+    expect = organ_stats(vol.array, read_label_map(out).array.astype(np.uint8), vol.affine)
+    rows = {r["organ"]: r for r in csv.DictReader(open(stats))}
+    assert list(rows) == list(expect)
+    for name, o in expect.items():
+        assert float(rows[name]["volume_ml"]) == pytest.approx(o["volume_ml"])
+        assert rows[name]["present"] == str(o["present"])
+        assert float(rows[name]["extent_mm"]) == pytest.approx(o["extent_mm"])
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_segment_cli_writes_dicom_seg_for_a_dicom_series(tmp_path, random_checkpoint, capsys):
+    import pydicom
+
+    from test_batch import write_dicom_series
+
+    series = tmp_path / "series"
+    write_dicom_series(series, n=3)
+    out = tmp_path / "seg.dcm"
+    assert _cli(["segment", "--image", str(series), "--out", str(out), "--device", "cpu", "--weights",
+                 str(random_checkpoint)]) == 0
+    capsys.readouterr()
+    ds = pydicom.dcmread(out)
+    assert ds.Modality == "SEG" and len(ds.SegmentSequence) == 8
+    src = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True)
+    assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.FrameOfReferenceUID == src.FrameOfReferenceUID
