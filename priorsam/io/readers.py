@@ -18,20 +18,26 @@ def read_label_map(path: str | Path) -> Volume:
     return read_volume(path, check=False)
 
 
-def read_volume(path: str | Path, series_uid: str | None = None, check: bool = True) -> Volume:
-    """Read a CT volume from a NIfTI/NRRD file or a DICOM series folder, in canonical RAS."""
+def read_volume(path: str | Path, series_uid: str | None = None, check: bool = True, force: bool = False,
+                files: list[str] | None = None) -> Volume:
+    """Read a CT volume from a NIfTI/NRRD file or a DICOM series folder, in canonical RAS.
+
+    ``check``: the input checks of :mod:`.checks` (refusals raise, the rest land in ``volume.warnings``);
+    ``force``: read an image that does not look like CT (with a warning); ``files``: exactly these
+    DICOM instances of ``path`` (as a batch discovered them) instead of a series chosen by UID.
+    """
     p = Path(path)
     if not p.exists():
         raise InputError(f"input not found: {p}")
     if p.is_dir():
-        return read_dicom_series(p, series_uid)
+        return read_dicom_series(p, series_uid, force=force, files=files)
     name = p.name.lower()
     if name.endswith((".nii", ".nii.gz")):
-        return read_nifti(p, check)
+        return read_nifti(p, check, force)
     if name.endswith((".nrrd", ".nhdr", ".mha", ".mhd")):
-        return read_itk_file(p, "nrrd", check)
+        return read_itk_file(p, "nrrd", check, force)
     if _looks_like_dicom(p):
-        return read_dicom_series(p.parent, series_uid)
+        return read_dicom_series(p.parent, series_uid, force=force, files=files)
     raise InputError(f"{p}: not a readable image (expected .nii, .nii.gz, .nrrd or a DICOM series folder)")
 
 
@@ -41,11 +47,16 @@ def _looks_like_dicom(p: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def read_nifti(p: Path, check: bool = True) -> Volume:
+def read_nifti(p: Path, check: bool = True, force: bool = False) -> Volume:
     import nibabel as nib
 
+    from .checks import check_nifti_header
+
+    warnings = []
     try:
         img = nib.load(str(p))
+        if check:
+            warnings = check_nifti_header(img.header, str(p))
         if 0 in img.shape:  # nibabel flattens zero-size data to shape (0,); report the stored shape
             raise InputError(f"{p}: empty volume of shape {tuple(img.shape)}")
         data = np.asarray(img.dataobj)
@@ -60,7 +71,7 @@ def read_nifti(p: Path, check: bool = True) -> Volume:
     affine = img.affine.astype(np.float64)
     nifti_affine_ok(affine, str(p))
     src = Source(str(p), "nifti", tuple(data.shape), affine, np.zeros((3, 2)), header=img.header.copy())
-    return canonicalize(data.astype(np.float32, copy=False), affine, src, check)
+    return canonicalize(data.astype(np.float32, copy=False), affine, src, check, force, warnings)
 
 
 def itk_to_ras(image) -> tuple[np.ndarray, np.ndarray]:
@@ -81,20 +92,24 @@ def itk_to_ras(image) -> tuple[np.ndarray, np.ndarray]:
     return arr, _LPS_TO_RAS @ lps
 
 
-def read_itk_file(p: Path, fmt: str, check: bool = True) -> Volume:
+def read_itk_file(p: Path, fmt: str, check: bool = True, force: bool = False) -> Volume:
     import itk
 
     try:
         image = itk.imread(str(p))
     except Exception as exc:
-        raise InputError(f"{p}: not a readable image ({str(exc).strip().splitlines()[-1][:160]})") from exc
+        last = str(exc).strip().splitlines()[-1][:160]
+        if "spacing" in last.lower():
+            raise InputError(f"{p}: zero or invalid voxel spacing in the header (NRRD 'space directions' / "
+                             f"MetaImage 'ElementSpacing'): {last}") from exc
+        raise InputError(f"{p}: not a readable image ({last})") from exc
     if image.GetImageDimension() != 3:
         raise InputError(f"{p}: {image.GetImageDimension()}D image; a 3D CT volume is required")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{p}: {image.GetNumberOfComponentsPerPixel()}-component image; a 3D CT volume is required")
     arr, affine = itk_to_ras(image)
     src = Source(str(p), fmt, tuple(arr.shape), affine, np.zeros((3, 2)))
-    return canonicalize(arr.astype(np.float32, copy=False), affine, src, check)
+    return canonicalize(arr.astype(np.float32, copy=False), affine, src, check, force)
 
 
 def list_dicom_series(folder: Path) -> dict[str, list[str]]:
@@ -112,25 +127,55 @@ def list_dicom_series(folder: Path) -> dict[str, list[str]]:
         uids = list(names.GetSeriesUIDs())
     finally:
         itk.Object.SetGlobalWarningDisplay(shown)
-    return {uid: list(names.GetFileNames(uid)) for uid in uids}
+    series = {uid: list(names.GetFileNames(uid)) for uid in uids}
+    if "" in series:
+        # ITK lumps every file without a SeriesInstanceUID into one "series"; split them by folder
+        # and geometry instead, under stand-in keys (usable with --series), so none is mixed or lost.
+        from .checks import no_uid_key, read_slice_header
+
+        for f in series.pop(""):
+            series.setdefault(no_uid_key(read_slice_header(f)), []).append(f)
+    return series
 
 
-def read_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
+def dicom_series_files(folder: Path, series_uid: str | None = None, files: list[str] | None = None
+                       ) -> tuple[str | None, list[str], list[str]]:
+    """The series to read: (its SeriesInstanceUID or None, files sorted by position, warnings).
+
+    Refuses several series without a choice, a single slice, and any geometry ITK would paper over.
+    """
+    from .checks import check_dicom_files
+
+    if files:
+        files = sorted(str(f) for f in files)
+    else:
+        series = list_dicom_series(folder)
+        if not series:
+            raise InputError(f"{folder}: no DICOM series found")
+        if series_uid is None:
+            if len(series) > 1:
+                listing = ", ".join(f"{uid} ({len(f)} files)" for uid, f in series.items())
+                raise InputError(f"{folder}: {len(series)} DICOM series found; pick one with --series UID: {listing}")
+            series_uid = next(iter(series))
+        if series_uid not in series:
+            raise InputError(f"{folder}: series {series_uid} not found; available: {', '.join(series)}")
+        files = series[series_uid]
+    label = f"{folder}" if series_uid is None else f"{folder}: series {series_uid}"
+    if len(files) < 2:
+        raise InputError(f"{label} has a single slice; a 3D CT volume is required")
+    ordered, warnings = check_dicom_files(files, label)
+    if series_uid is None or series_uid.startswith("no-uid-"):
+        from .checks import read_slice_header
+
+        series_uid = read_slice_header(ordered[0]).series_uid or None
+    return series_uid, ordered, warnings
+
+
+def read_dicom_series(folder: Path, series_uid: str | None = None, force: bool = False,
+                      files: list[str] | None = None) -> Volume:
     import itk
 
-    series = list_dicom_series(folder)
-    if not series:
-        raise InputError(f"{folder}: no DICOM series found")
-    if series_uid is None:
-        if len(series) > 1:
-            listing = ", ".join(f"{uid} ({len(f)} files)" for uid, f in series.items())
-            raise InputError(f"{folder}: {len(series)} DICOM series found; pick one with --series UID: {listing}")
-        series_uid = next(iter(series))
-    if series_uid not in series:
-        raise InputError(f"{folder}: series {series_uid} not found; available: {', '.join(series)}")
-    files = series[series_uid]
-    if len(files) < 2:
-        raise InputError(f"{folder}: series {series_uid} has a single slice; a 3D CT volume is required")
+    series_uid, files, warnings = dicom_series_files(folder, series_uid, files)
     try:
         reader = itk.ImageSeriesReader[itk.Image[itk.F, 3]].New()
         io = itk.GDCMImageIO.New()
@@ -144,4 +189,4 @@ def read_dicom_series(folder: Path, series_uid: str | None = None) -> Volume:
     arr, affine = itk_to_ras(image)
     src = Source(str(folder), "dicom", tuple(arr.shape), affine, np.zeros((3, 2)), series_uid=series_uid,
                  dicom_files=list(files))
-    return canonicalize(arr.astype(np.float32, copy=False), affine, src)
+    return canonicalize(arr.astype(np.float32, copy=False), affine, src, force=force, warnings=warnings)

@@ -40,6 +40,7 @@ class Volume:
     array: np.ndarray
     affine: np.ndarray
     source: Source
+    warnings: list[str] = field(default_factory=list)  # input problems a reader must see (not refusals)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -79,13 +80,20 @@ def display_spacing(volume: Volume) -> tuple[float, float]:
     return float(sy), float(sx)
 
 
-def canonicalize(array: np.ndarray, affine: np.ndarray, source: Source, check: bool = True) -> Volume:
+def canonicalize(array: np.ndarray, affine: np.ndarray, source: Source, check: bool = True,
+                 force: bool = False, warnings: list[str] | None = None) -> Volume:
     """Reorder/flip axes (never resample) so the array is closest to RAS; oblique affines stay oblique.
 
-    ``check`` applies the CT sanity checks (label maps skip them: an all-background map is valid).
+    ``check`` applies the CT sanity checks (label maps skip them: an all-background map is valid);
+    ``force`` turns the "not CT" refusal into a warning. ``warnings`` from the reader are kept on the volume.
     """
+    from .checks import check_ct_values, check_spacing
+
+    warnings = list(warnings or [])
     if check:
         check_image_array(array, source.path)
+        check_spacing(affine, source.path)
+        warnings += check_ct_values(array, source.path, force)
     elif array.ndim != 3:
         raise InputError(f"{source.path}: {array.ndim}D array; a 3D label map is required")
     current = ornt_mod.io_orientation(affine)
@@ -94,7 +102,7 @@ def canonicalize(array: np.ndarray, affine: np.ndarray, source: Source, check: b
     canon = ornt_mod.apply_orientation(array, transform)
     canon_affine = affine @ ornt_mod.inv_ornt_aff(transform, array.shape)
     source.to_canonical = transform
-    return Volume(np.ascontiguousarray(canon, dtype=np.float32), canon_affine, source)
+    return Volume(np.ascontiguousarray(canon, dtype=np.float32), canon_affine, source, warnings)
 
 
 def to_source_grid(volume: Volume, canonical: np.ndarray) -> np.ndarray:

@@ -18,7 +18,9 @@ LABEL_MAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd")  # .nhdr would detach its data
 def check_writable(path: str | Path, suffixes: tuple[str, ...] | None = LABEL_MAP_SUFFIXES) -> Path:
     """Fail early, before any model work, if ``path`` cannot be written (or, by default, is no label-map type).
 
-    Creates nothing: a run that then fails on its input must leave no new folders behind.
+    Leaves nothing: a run that then fails on its input must leave no new folders behind. A temp
+    file is created and removed in the nearest existing folder, because permission bits alone
+    miss read-only and pseudo file systems (/proc) and file systems with no free inodes.
     """
     p = Path(path)
     if p.is_dir():
@@ -32,6 +34,9 @@ def check_writable(path: str | Path, suffixes: tuple[str, ...] | None = LABEL_MA
         raise InputError(f"output folder cannot be created: {ancestor} is not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise InputError(f"output folder is not writable: {ancestor}")
+    from .checks import probe_writable
+
+    probe_writable(ancestor)
     return p
 
 
@@ -44,7 +49,10 @@ def atomic_path(path: str | Path):
     except OSError as exc:
         raise InputError(f"output folder cannot be created: {p.parent} ({exc.strerror})") from exc
     suffix = "".join(p.suffixes[-2:]) if p.name.endswith(".nii.gz") else p.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=f".part{suffix}", dir=p.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=f".part{suffix}", dir=p.parent)
+    except OSError as exc:
+        raise InputError(f"could not write {p}: {exc.strerror or exc}") from exc
     os.close(fd)
     try:
         yield Path(tmp)
@@ -83,6 +91,15 @@ def _write_nifti(volume: Volume, stored: np.ndarray, tmp: Path) -> None:
     import nibabel as nib
 
     header = volume.source.header.copy() if volume.source.header is not None else None
+    if header is not None and int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0:
+        # The input states no orientation; stating one here would let viewers place the labels
+        # differently from the CT. With the same header, every reader applies the same default.
+        img = nib.Nifti1Image(stored, None, header)
+        img.set_data_dtype(np.uint8)
+        img.header["scl_slope"], img.header["scl_inter"] = 1, 0
+        img.header["descrip"] = b"PriorSAM label map"
+        nib.save(img, str(tmp))
+        return
     img = nib.Nifti1Image(stored, volume.source.affine, header)
     img.set_data_dtype(np.uint8)
     # Keep the input's qform/sform codes so viewers place the labels where they place the CT.
