@@ -75,6 +75,25 @@ def source_frames(volume: Volume, labels_ras: np.ndarray, datasets: list) -> np.
     return np.ascontiguousarray(np.stack(frames))
 
 
+# A SEG references each source instance by these; highdicom fails on an empty one with a bare KeyError.
+SEG_SOURCE_TAGS = (("SOPClassUID", "0008,0016"), ("SOPInstanceUID", "0008,0018"), ("StudyInstanceUID", "0020,000D"),
+                   ("SeriesInstanceUID", "0020,000E"))
+
+
+def check_seg_sources(files: list[str]) -> None:
+    """Refuse, before any model work, a source series that a DICOM SEG cannot reference."""
+    import pydicom
+
+    if not files:
+        raise InputError("a DICOM SEG needs a DICOM source series")
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[t for t, _ in SEG_SOURCE_TAGS])
+        for tag, code in SEG_SOURCE_TAGS:
+            if not str(getattr(ds, tag, "") or "").strip():
+                raise InputError(f"{f}: empty {tag} ({code}); a DICOM SEG must reference every source instance "
+                                 f"by it, so none can be written for this series (a NIfTI label map can)")
+
+
 def write_dicom_seg(volume: Volume, labels_ras: np.ndarray, path: str | os.PathLike, *,
                     software_version: str, algorithm_version: str, series_description: str = "PriorSAM organs"
                     ) -> Path:
@@ -85,6 +104,7 @@ def write_dicom_seg(volume: Volume, labels_ras: np.ndarray, path: str | os.PathL
     files = list(volume.source.dicom_files)
     if volume.source.format != "dicom" or not files:
         raise InputError(f"{volume.source.path}: a DICOM SEG needs a DICOM source series")
+    check_seg_sources(files)
     datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     frames = source_frames(volume, labels_ras, datasets)
     try:

@@ -67,23 +67,32 @@ def scan_dicom(folder: Path, exclude: Path | None = None) -> dict[str, dict]:
     """SeriesInstanceUID → {"files": sorted paths, "number": SeriesNumber} for image series under ``folder``."""
     import pydicom
 
+    from ..io.checks import no_uid_key, read_slice_header
+
     series: dict[str, dict] = {}
     for p in _walk(folder, exclude):
         if p.name.lower().endswith(IMAGE_SUFFIXES) or not _is_dicom_file(p):
             continue
         try:
             ds = pydicom.dcmread(p, stop_before_pixels=True,
-                                 specific_tags=["SeriesInstanceUID", "Modality", "SeriesNumber", "SOPClassUID"])
+                                 specific_tags=["SeriesInstanceUID", "Modality", "SeriesNumber", "SOPClassUID",
+                                                "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"])
         except Exception as exc:  # a damaged header: say so in the log, keep scanning
             log.warning("skipped unreadable DICOM file %s (%s)", p, exc)
             continue
-        uid = str(getattr(ds, "SeriesInstanceUID", "") or "")
-        if not uid or str(getattr(ds, "Modality", "")).upper() in NON_IMAGE_MODALITIES:
+        if str(getattr(ds, "Modality", "")).upper() in NON_IMAGE_MODALITIES:
             continue
+        uid = str(getattr(ds, "SeriesInstanceUID", "") or "").strip()
+        if not uid:
+            # Anonymisers sometimes blank the UID; such files are grouped by folder and geometry, never dropped.
+            uid = no_uid_key(read_slice_header(p, ds))
         entry = series.setdefault(uid, {"files": [], "number": getattr(ds, "SeriesNumber", None)})
         entry["files"].append(str(p))
-    for entry in series.values():
+    for uid, entry in series.items():
         entry["files"].sort()
+        if uid.startswith("no-uid-"):
+            log.warning("%d DICOM files in %s have no SeriesInstanceUID; taken as one series (folder and geometry)",
+                        len(entry["files"]), os.path.dirname(entry["files"][0]))
     return series
 
 

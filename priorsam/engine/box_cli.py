@@ -11,7 +11,7 @@ import numpy as np
 
 def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label: str = "organ",
                     device: str = "auto", series: str | None = None, margin_mm: float = 5.0,
-                    progress: bool = False, weights: str | None = None):
+                    progress: bool = False, weights: str | None = None, force: bool = False):
     """Segment one organ through the volume from a 3D box.
 
     Args:
@@ -24,16 +24,19 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
         series: DICOM SeriesInstanceUID when the folder holds several series.
         progress: print machine-readable PRIORSAM_PROGRESS lines (for a parent process).
         weights: PriorSAM checkpoint used by ``--label auto`` (default: the bundle's models/model.pt).
+        force: segment an image that does not look like CT in Hounsfield units (with a warning).
     """
     from ..errors import InputError
     from ..io import check_writable, read_volume, write_label_map
+    from ..io.checks import show_warnings
     from ..labels import labels
     from .boxes import box_to_display, parse_box
 
     check_writable(out)
     parsed = parse_box(box)
     t0 = time.time()
-    volume = read_volume(image, series_uid=series)
+    volume = read_volume(image, series_uid=series, force=force)
+    show_warnings(volume.warnings)
     box_to_display(volume, parsed, space)  # rejects a box outside the volume before the model loads
     from .box_segment import segment_box
     from .progress import StdoutProgress

@@ -1,0 +1,95 @@
+"""One batch per output folder at a time.
+
+Two runs on one folder would segment every case twice and could remove each other's temp
+files. The lock is an OS advisory lock (``flock`` / ``msvcrt.locking``) on ``.priorsam.lock``
+in the output folder: the OS drops it when the holder exits, even on SIGKILL or a power cut's
+reboot, so there is never a stale lock to clean up by hand. The file itself stays (it is
+hidden, and discovery skips hidden files); its text names the holder for the error message.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..errors import InputError
+
+LOCK_NAME = ".priorsam.lock"
+
+
+class FolderBusy(InputError):
+    """Another process holds the output folder's lock."""
+
+
+class FolderLock:
+    """Exclusive lock on ``folder``; ``wait`` seconds to wait for it (0: refuse at once)."""
+
+    def __init__(self, folder: str | os.PathLike, wait: float = 0.0, poll: float = 0.5):
+        self.path = Path(folder) / LOCK_NAME
+        self.wait = max(0.0, float(wait))
+        self.poll = poll
+        self._fh = None
+
+    def acquire(self) -> "FolderLock":
+        try:
+            # "a+": never truncate before holding the lock, so a waiting run cannot wipe the holder's note.
+            fh = open(self.path, "a+", encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot create the lock file {self.path}: {exc.strerror or exc}") from exc
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                _lock(fh)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    fh.seek(0)
+                    holder = fh.read().strip() or "another process"
+                    fh.close()
+                    raise FolderBusy(f"output folder {self.path.parent} is in use by another batch ({holder}); "
+                                     f"wait for it to finish or use another output folder") from None
+                time.sleep(self.poll)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                 f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            try:
+                _unlock(self._fh)
+            finally:
+                self._fh.close()
+                self._fh = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _lock(fh) -> None:
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+
+    def _unlock(fh) -> None:
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+else:
+    import fcntl
+
+    def _lock(fh) -> None:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _unlock(fh) -> None:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
