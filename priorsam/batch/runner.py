@@ -26,6 +26,7 @@ from pathlib import Path
 from ..errors import AssetError, InputError, PriorSAMError
 from . import report
 from .discover import Case, discover_cases, hash_input, partition, resolve_input_files, sha256_file
+from .lock import FolderLock
 
 log = logging.getLogger("priorsam.batch")
 
@@ -53,6 +54,25 @@ class BatchResult:
     @property
     def ok(self) -> bool:
         return self.total_failed == 0
+
+
+def discard_outputs(paths: dict[str, Path]) -> None:
+    """Remove a case's JSON and outputs (the JSON first: without it the case is never taken as finished)."""
+    for key in ("json", "label_map", "dicom_seg"):
+        paths[key].unlink(missing_ok=True)
+
+
+def remove_stale_temp_files(output: Path) -> list[Path]:
+    """Temp files of a killed run (``.NAME.XXXX.part…``, write probes); only safe under the folder lock."""
+    gone = []
+    for folder in (output, output / PARTS_DIR):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.name.startswith(".") and (".part" in p.name or p.name.startswith(".priorsam-probe.")) and p.is_file():
+                p.unlink(missing_ok=True)
+                gone.append(p)
+    return gone
 
 
 def case_paths(output: Path, case_id: str) -> dict[str, Path]:
@@ -237,11 +257,14 @@ class BatchJob:
         show_progress: progress bars over cases and slices on stderr (rank 0 only).
         raise_on_failure: raise :class:`BatchIncomplete` after the batch if any case failed.
         timeout_hours: process-group timeout when this job creates the group.
+        force: segment images that do not look like CT in Hounsfield units (recorded as a warning).
+        lock_wait: seconds to wait for another batch on the same output folder (0: refuse at once).
     """
 
     def __init__(self, input: str | os.PathLike, output: str | os.PathLike, format: str = "nifti",
                  device: str = "auto", weights: str | os.PathLike | None = None, options=None,
-                 show_progress: bool = True, raise_on_failure: bool = False, timeout_hours: float = 72.0):
+                 show_progress: bool = True, raise_on_failure: bool = False, timeout_hours: float = 72.0,
+                 force: bool = False, lock_wait: float = 0.0):
         if format not in FORMATS:
             raise InputError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
         self.input = Path(input).expanduser()
@@ -257,6 +280,8 @@ class BatchJob:
         self.show_progress = show_progress
         self.raise_on_failure = raise_on_failure
         self.timeout_hours = timeout_hours
+        self.force = bool(force)
+        self.lock_wait = float(lock_wait)
         self._segmenter = None
 
     # -- setup ---------------------------------------------------------------------------------
@@ -282,16 +307,22 @@ class BatchJob:
 
         from ..api import segment
         from ..io import read_volume, write_label_map
-        from .dicom_seg import write_dicom_seg
+        from .dicom_seg import check_seg_sources, write_dicom_seg
 
         t0 = time.time()
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         paths = case_paths(self.output, case.case_id)
-        # Drop the old commit marker first: a redo that dies half-way must not look finished.
-        paths["json"].unlink(missing_ok=True)
+        # Drop the old commit marker first: a redo that dies half-way must not look finished. Its
+        # outputs go too: without their JSON a folder glob could not tell them from a finished case's.
+        discard_outputs(paths)
         files = resolve_input_files(case)
         input_sha = hash_input(files, case.path if case.kind == "dicom" else None)
-        volume = read_volume(case.path, series_uid=case.series_uid)
+        volume = read_volume(case.path, series_uid=case.series_uid, force=self.force,
+                             files=files if case.kind == "dicom" else None)
+        for w in volume.warnings:
+            log.warning("case %s: warning: %s", case.case_id, w)
+        if "dicom_seg" in required_outputs(self.format, volume.source.format):
+            check_seg_sources(volume.source.dicom_files)  # before the model: a SEG it cannot write wastes the run
         segmenter = self._get_segmenter(device)
         seg = segment(volume, segmenter=segmenter, show_bar=self.show_progress and rank == 0)
         result = seg.result
@@ -307,6 +338,7 @@ class BatchJob:
                                                   f"priors {model['prior_version']}")
             outputs[key] = {"path": paths[key].name, "sha256": sha256_file(paths[key])}
         organs, warnings = seg.statistics["organs"], list(seg.statistics["warnings"])
+        warnings[:0] = [w for w in volume.warnings if w not in warnings]  # input warnings first
         if self.format != "nifti" and kind != "dicom":
             warnings.append("no DICOM SEG: the input is not a DICOM series (wrote the NIfTI label map)")
         record = {
@@ -341,9 +373,11 @@ class BatchJob:
         except OSError as exc:
             raise InputError(f"output folder cannot be created: {self.output} ({exc.strerror})") from exc
         dist = _Distributed(self.device, self.timeout_hours)
+        lock = None
         try:
             rank, world = dist.rank, dist.world_size
             device = dist.device_for(self.device)
+            lock = self._take_folder(rank, dist)
             with _logging(self.output, rank, world, console=True) as log_path:
                 cases = self._discover(rank, dist)
                 self._weights = self._weights_path()
@@ -370,6 +404,7 @@ class BatchJob:
                     except AssetError:
                         raise  # the model itself is unusable: no case can succeed
                     except Exception as exc:
+                        discard_outputs(case_paths(self.output, case.case_id))  # a failed case leaves no output
                         # One bad case must not stop a night's batch: record it and go on.
                         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                         if not isinstance(exc, PriorSAMError):
@@ -393,11 +428,34 @@ class BatchJob:
                 log.info("rank %d: %d segmented, %d reused, %d failed; batch failures %d; log %s", rank,
                          len(result.done), len(result.reused), len(result.failed), result.total_failed, log_path)
         finally:
+            if lock is not None:
+                lock.release()
             dist.close()
         if self.raise_on_failure and not result.ok:
             raise BatchIncomplete(f"{result.total_failed} of {result.cases} cases failed; "
                                   f"see {self.output / 'failures.csv'}")
         return result
+
+    def _take_folder(self, rank: int, dist: _Distributed) -> FolderLock | None:
+        """Rank 0 locks the output folder for the whole job (the job's other ranks share it) and clears
+        the temp files of a killed run; every rank learns the outcome, so a second job stops on all ranks."""
+        from ..io.checks import probe_writable
+
+        lock, status = None, ("ok", "")
+        if rank == 0:
+            try:
+                probe_writable(self.output)
+                lock = FolderLock(self.output, self.lock_wait).acquire()
+                remove_stale_temp_files(self.output)
+            except Exception as exc:
+                if lock is not None:
+                    lock.release()
+                    lock = None
+                status = ("error", str(exc) if isinstance(exc, PriorSAMError) else f"{type(exc).__name__}: {exc}")
+        status = dist.broadcast(status)
+        if status[0] == "error":
+            raise InputError(status[1])
+        return lock
 
     def _discover(self, rank: int, dist: _Distributed) -> list[Case]:
         """Rank 0 lists the cases and sends the list to all ranks, so every rank partitions the
@@ -438,13 +496,14 @@ class BatchJob:
 
 def run_batch(input: str | os.PathLike, output: str | os.PathLike, format: str = "nifti", device: str = "auto",
               weights: str | os.PathLike | None = None, options=None, show_progress: bool = True,
-              raise_on_failure: bool = False) -> BatchResult:
+              raise_on_failure: bool = False, force: bool = False, lock_wait: float = 0.0) -> BatchResult:
     """Run a batch in this process, or this process's share under torchrun (see :class:`BatchJob`)."""
-    return BatchJob(input, output, format, device, weights, options, show_progress, raise_on_failure).run()
+    return BatchJob(input, output, format, device, weights, options, show_progress, raise_on_failure,
+                    force=force, lock_wait=lock_wait).run()
 
 
 def batch_cli(input: str, output: str, format: str = "nifti", device: str = "auto", weights: str | None = None,
-              quiet: bool = False):
+              quiet: bool = False, force: bool = False, wait: float = 0.0):
     """Segment every CT in a folder or CSV case list; resumable; runs under torchrun for several GPUs.
 
     Args:
@@ -456,11 +515,13 @@ def batch_cli(input: str, output: str, format: str = "nifti", device: str = "aut
         device: auto, cuda or cpu.
         weights: PriorSAM checkpoint (default: the bundle's models/model.pt).
         quiet: no progress bars.
+        force: segment images that do not look like CT in Hounsfield units (a warning in each case's report).
+        wait: seconds to wait while another batch holds the output folder (default: refuse at once).
 
     Exits non-zero when any case failed (listed in failures.csv); finished cases are skipped on a rerun.
     """
     result = run_batch(input, output, format=str(format), device=str(device), weights=weights,
-                       show_progress=not quiet, raise_on_failure=True)
+                       show_progress=not quiet, raise_on_failure=True, force=bool(force), lock_wait=float(wait))
     return {"output": result.output, "cases": result.cases, "segmented": len(result.done),
             "reused": len(result.reused), "failed": result.total_failed,
             **({"rank": result.rank, "world_size": result.world_size} if result.world_size > 1 else {})}

@@ -14,13 +14,13 @@ from typing import Any, Hashable, Mapping
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
+from monai.data import Dataset, MetaTensor, NibabelWriter
 from monai.transforms import MapTransform
 
 from ..engine.device import resolve_device
 from ..engine.progress import StdoutProgress
 from ..engine.segment import SegmentOptions
-from ..errors import InputError
+from ..errors import AssetError, InputError, PriorSAMError
 from ..io.volume import Source, Volume, canonicalize
 
 
@@ -68,8 +68,14 @@ def load_network(ckpt_path: str, device: str | torch.device = "auto"):
     return load_priorsam(str(ckpt_path), str(resolve_device(str(device))))
 
 
-def volume_from_image(image: torch.Tensor) -> Volume:
-    """A (1, X, Y, Z) MetaTensor (RAS-oriented, HU) → a canonical :class:`Volume` (checks the input too)."""
+def volume_from_image(image: torch.Tensor, force: bool = False) -> Volume:
+    """A (1, X, Y, Z) MetaTensor (RAS-oriented, HU) → a canonical :class:`Volume` (checks the input too).
+
+    The source file's header gets the reader's checks as well (LoadImaged would quietly accept a zero
+    pixdim or a series with a missing slice); warnings are printed as ``warning: FILE: …`` lines.
+    """
+    from ..io.checks import check_source_file, show_warnings
+
     if not isinstance(image, MetaTensor):
         raise InputError("the image must be a MetaTensor from LoadImaged (it carries the affine)")
     if image.ndim != 4 or image.shape[0] != 1:
@@ -81,7 +87,10 @@ def volume_from_image(image: torch.Tensor) -> Volume:
     path = str(image.meta.get("filename_or_obj", "<image>"))
     fmt = "dicom" if Path(path).is_dir() else "nifti"
     source = Source(path, fmt, tuple(array.shape), affine, np.zeros((3, 2)))
-    return canonicalize(array, affine, source)
+    warnings = check_source_file(path) if Path(path).exists() else []
+    volume = canonicalize(array, affine, source, force=force, warnings=warnings)
+    show_warnings(volume.warnings, prefix=f"{path}: ")
+    return volume
 
 
 def _labels_like(labels: np.ndarray, image: MetaTensor) -> MetaTensor:
@@ -99,20 +108,27 @@ class SegmentOrgansInferer:
         options: :class:`SegmentOptions` fields (None: the library's defaults, as trained).
         progress: print ``PRIORSAM_PROGRESS done total`` lines (parsed by the Slicer module).
         show_bar: a tqdm bar on stderr.
+        force: segment images that do not look like CT in Hounsfield units (with a warning).
+
+    An image that fails (unreadable, refused by the input checks, or an error in the engine) does not
+    stop the run: its label map is an empty placeholder marked with the error in its meta data
+    (``FAILED_KEY``), which :class:`SkipFailed` records instead of saving.
     """
 
-    def __init__(self, options: Mapping[str, Any] | None = None, progress: bool = True, show_bar: bool = False):
+    def __init__(self, options: Mapping[str, Any] | None = None, progress: bool = True, show_bar: bool = False,
+                 force: bool = False):
         SegmentOptions(**dict(options or {}))  # reject unknown option names at config time
         self.options = dict(options or {})
         self.progress = bool(progress)
         self.show_bar = bool(show_bar)
+        self.force = bool(force)
         self.last_results: list = []
 
     def segment_image(self, image: MetaTensor, network) -> MetaTensor:
         """One (1, X, Y, Z) image → its (1, X, Y, Z) label MetaTensor (through :func:`priorsam.segment`)."""
         from ..api import segment
 
-        seg = segment(volume_from_image(image), model=network, progress=StdoutProgress() if self.progress else None,
+        seg = segment(volume_from_image(image, self.force), model=network, progress=StdoutProgress() if self.progress else None,
                       show_bar=self.show_bar, **self.options)
         self.last_results.append(seg.result)
         return _labels_like(seg.labels, image)
@@ -122,8 +138,22 @@ class SegmentOrgansInferer:
             raise InputError(f"expected a batch of MetaTensor images (B,1,X,Y,Z), got {tuple(inputs.shape)}")
         self.last_results = []
         # Indexing a batched MetaTensor gives each item its own meta data (affine, file name).
-        items = [self.segment_image(inputs[i], network) for i in range(inputs.shape[0])]
+        items = [self._segment_or_mark(inputs[i], network) for i in range(inputs.shape[0])]
         return torch.stack(items) if len(items) > 1 else items[0][None]
+
+
+    def _segment_or_mark(self, image: MetaTensor, network) -> MetaTensor:
+        error = image.meta.get(FAILED_KEY)
+        if not error:
+            try:
+                return self.segment_image(image, network)
+            except AssetError:
+                raise  # the model itself is unusable: no image can succeed
+            except Exception as exc:
+                error = one_line(exc)
+        out = _labels_like(np.zeros(tuple(image.shape[1:]), np.uint8), image)
+        out.meta[FAILED_KEY] = error
+        return out
 
 
 class SegmentOrgansd(MapTransform):
@@ -151,3 +181,108 @@ def _default_ckpt() -> str:
     from ..engine.weights import default_weights_path
 
     return str(default_weights_path())
+
+
+# ------------------------------------------------------------------ one bad file must not stop the run
+
+FAILED_KEY = "priorsam_error"   # meta-data key: why this item has no result
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line; MONAI wraps transform errors, so the innermost PriorSAM/OS message wins."""
+    chain, cur = [], exc
+    while cur is not None and all(cur is not c for c in chain):
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    exc = next((c for c in chain if isinstance(c, PriorSAMError)), chain[-1])  # else the root cause
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return text if isinstance(exc, PriorSAMError) else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+class TolerantDataset(Dataset):
+    """``monai.data.Dataset`` whose items do not raise: an item whose transforms fail (a truncated file)
+    becomes a 1-voxel placeholder image carrying ``FAILED_KEY``, so the evaluator goes on with the others."""
+
+    def _transform(self, index: int):
+        try:
+            return super()._transform(index)
+        except Exception as exc:
+            item = self.data[index]
+            path = str(item.get("image", "<image>")) if isinstance(item, Mapping) else str(item)
+            placeholder = MetaTensor(torch.zeros((1, 1, 1, 1)), meta={"filename_or_obj": path,
+                                                                      FAILED_KEY: one_line(exc)})
+            return {"image": placeholder}
+
+
+class SkipFailed:
+    """Postprocessing guard: runs ``transform`` (Invertd, SaveImaged) on good items only, records every
+    failed item, and :meth:`finish` ends the run non-zero listing them (``failures.csv`` in ``output_dir``).
+
+    ``output_dir`` is checked for writability when the config is built, before any model work.
+    """
+
+    def __init__(self, transform, output_dir: str | None = None):
+        self.transform = transform
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.failures: list[tuple[str, str]] = []
+        self.done: list[str] = []
+        if self.output_dir is not None:
+            from ..io import check_writable
+
+            check_writable(self.output_dir / "probe", suffixes=None)  # probes the nearest existing folder
+
+    def __call__(self, data):
+        import sys
+
+        error, path = self._error_of(data)
+        if not error:
+            try:
+                out = self.transform(data)
+                self.done.append(path)
+                return out
+            except Exception as exc:
+                error = one_line(exc)
+        self.failures.append((path, error))
+        print(f"error: {error if error.startswith(path) else f'{path}: {error}'}", file=sys.stderr, flush=True)
+        return data
+
+    @staticmethod
+    def _error_of(data) -> tuple[str, str]:
+        error, path = "", "<image>"
+        for key in ("pred", "image"):
+            item = data.get(key) if isinstance(data, Mapping) else None
+            meta = getattr(item, "meta", None) or {}
+            path = str(meta.get("filename_or_obj", path))
+            error = error or str(meta.get(FAILED_KEY) or "")
+        return error, path
+
+    def finish(self) -> None:
+        """After the evaluator: write or remove ``failures.csv``; raise :class:`BundleIncomplete` if any failed."""
+        if self.output_dir is not None:
+            table = self.output_dir / "failures.csv"
+            if self.failures:
+                from ..batch.report import write_csv
+
+                write_csv(table, [{"input": p, "error": e} for p, e in self.failures], ["input", "error"])
+            else:
+                table.unlink(missing_ok=True)  # a stale table from an earlier run would mislead
+        if self.failures:
+            total = len(self.failures) + len(self.done)
+            where = f"; see {self.output_dir / 'failures.csv'}" if self.output_dir is not None else ""
+            raise BundleIncomplete(f"{len(self.failures)} of {total} inputs failed{where}: "
+                                   + "; ".join(Path(p).name for p, _ in self.failures))
+
+
+class BundleIncomplete(PriorSAMError):
+    """Some inputs failed; the others were written."""
+
+
+class AtomicNibabelWriter(NibabelWriter):
+    """``SaveImaged``'s NIfTI writer through a temp file renamed on success: a killed or failed
+    write never leaves a half label map under the final name."""
+
+    def write(self, filename, verbose: bool = False, **obj_kwargs):
+        from ..io import atomic_path
+
+        with atomic_path(filename) as tmp:
+            super().write(str(tmp), verbose=verbose, **obj_kwargs)

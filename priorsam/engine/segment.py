@@ -213,7 +213,7 @@ def segment_volume(volume: Volume, weights: str | None = None, device: str = "au
 
 def segment_cli(image: str, out: str, device: str = "auto", series: str | None = None, weights: str | None = None,
                 progress: bool = False, z_stride: int | None = None, encoder: str = "auto",
-                statistics: str | None = None, preview: str | None = None):
+                statistics: str | None = None, preview: str | None = None, force: bool = False):
     """Segment the 8 abdominal organs of a CT (NIfTI/NRRD file or DICOM series folder) with no prompts.
 
     Args:
@@ -229,10 +229,16 @@ def segment_cli(image: str, out: str, device: str = "auto", series: str | None =
         encoder: encoder runtime: auto, openvino, onnx or torch.
         statistics: also write per-organ volume (mL), HU mean/std, extent and presence (.json or .csv).
         preview: also write an overlay montage of axial slices (.png).
+        force: segment an image that does not look like CT in Hounsfield units (with a warning).
     """
-    from ..api import segment
+    from ..api import check_outputs, segment
+    from ..io import read_volume
+    from ..io.checks import show_warnings
     from .progress import StdoutProgress
 
+    check_outputs(out, statistics, preview)  # before reading: a bad output path fails first, and fast
+    image = read_volume(image, series_uid=series, force=force)
+    show_warnings(image.warnings)
     seg = segment(image, out, weights=weights, device=device, series=series, statistics=statistics,
                   preview=preview, progress=StdoutProgress() if progress else None, z_stride=z_stride,
                   encoder_backend=encoder)
