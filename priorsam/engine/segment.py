@@ -239,6 +239,10 @@ def segment_cli(image: str, out: str, device: str = "auto", series: str | None =
     check_outputs(out, statistics, preview)  # before reading: a bad output path fails first, and fast
     image = read_volume(image, series_uid=series, force=force)
     show_warnings(image.warnings)
+    if str(out).lower().endswith(".dcm") and image.source.format == "dicom":
+        from ..batch.dicom_seg import check_seg_sources
+
+        check_seg_sources(image.source.dicom_files)  # before the model: a SEG it cannot write wastes the run
     seg = segment(image, out, weights=weights, device=device, series=series, statistics=statistics,
                   preview=preview, progress=StdoutProgress() if progress else None, z_stride=z_stride,
                   encoder_backend=encoder)

@@ -57,6 +57,36 @@ def check_ct_values(array: np.ndarray, path: str, force: bool = False) -> list[s
 
 # ----------------------------------------------------------------------------------------- NIfTI
 
+def raw_nifti_header(path: str | os.PathLike, header_class=None):
+    """The header as stored: ``nib.load`` has already replaced a zero pixdim with 1 (and logged it)."""
+    import nibabel as nib
+    from nibabel.openers import ImageOpener
+
+    if header_class is None:
+        with ImageOpener(str(path)) as fh:
+            head = fh.read(4)
+        sizes = {int.from_bytes(head, "little"), int.from_bytes(head, "big")}
+        header_class = nib.Nifti2Header if 540 in sizes else nib.Nifti1Header
+    with ImageOpener(str(path)) as fh:
+        return header_class.from_fileobj(fh, check=False)
+
+
+class quiet_nibabel:
+    """Silence nibabel's own console log while it loads: its "setting 0 dims to 1" note would be a
+    second, contradicting message next to our one-line refusal."""
+
+    def __enter__(self):
+        import logging
+
+        self.logger = logging.getLogger("nibabel.global")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.setLevel(self.level)
+
+
 def check_nifti_header(header, path: str) -> list[str]:
     """Refuse a NIfTI header whose voxel size or placement is missing or degenerate, naming the field.
 
@@ -240,7 +270,8 @@ def check_source_file(path: str | os.PathLike) -> list[str]:
         import nibabel as nib
 
         try:
-            header = nib.load(str(p)).header
+            with quiet_nibabel():
+                header = raw_nifti_header(p, type(nib.load(str(p)).header))
         except Exception as exc:
             raise InputError(f"{p}: not a readable NIfTI image ({exc})") from exc
         return check_nifti_header(header, str(p))

@@ -50,13 +50,14 @@ def _looks_like_dicom(p: Path) -> bool:
 def read_nifti(p: Path, check: bool = True, force: bool = False) -> Volume:
     import nibabel as nib
 
-    from .checks import check_nifti_header
+    from .checks import check_nifti_header, quiet_nibabel, raw_nifti_header
 
     warnings = []
     try:
-        img = nib.load(str(p))
+        with quiet_nibabel():
+            img = nib.load(str(p))
         if check:
-            warnings = check_nifti_header(img.header, str(p))
+            warnings = check_nifti_header(raw_nifti_header(p, type(img.header)), str(p))
         if 0 in img.shape:  # nibabel flattens zero-size data to shape (0,); report the stored shape
             raise InputError(f"{p}: empty volume of shape {tuple(img.shape)}")
         data = np.asarray(img.dataobj)
