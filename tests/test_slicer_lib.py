@@ -39,16 +39,18 @@ def test_label_line():
 
 # -- command lines ----------------------------------------------------------------------------------
 def test_organ_commands_for_both_backends(tmp_path):
-    root = tmp_path / "repo"
-    (root / "bundle" / "configs").mkdir(parents=True)
-    cli = commands.organ_job(tmp_path / "w", "GPU", "auto", python="py", root=root, weights="/w.pt")
+    cli = commands.organ_job(tmp_path / "w", "GPU", "cli", python="py", weights="/w.pt")
     assert cli.command[:4] == ["py", "-m", "priorsam", "segment"]
     assert cli.command[cli.command.index("--device") + 1] == "cuda" and cli.command[-1] == "--progress"
     assert cli.output_path == tmp_path / "w" / "out" / "input_seg.nii.gz"
-    assert cli.env["PRIORSAM_WEIGHTS"] == "/w.pt" and cli.env["PYTHONPATH"].split(os.pathsep)[0] == str(root)
-    (root / "bundle" / "configs" / "inference.json").write_text("{}")
-    bundle = commands.organ_job(tmp_path / "w", "CPU", "auto", python="py", root=root)
-    assert bundle.command[:5] == ["py", "-m", "monai.bundle", "run", "--config_file"]
+    # the job imports the installed package: nothing of a checkout is put on its path
+    assert cli.env["PRIORSAM_WEIGHTS"] == "/w.pt" and "PYTHONPATH" not in cli.env
+    # this interpreter has priorsam installed: auto picks the bundle that package carries
+    from priorsam.bundle_support.paths import packaged_bundle
+
+    bundle = commands.organ_job(tmp_path / "w", "CPU", "auto", python=sys.executable)
+    assert bundle.command[:5] == [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
+    assert bundle.command[5] == str(packaged_bundle() / "configs" / "inference.json")
     assert bundle.command[bundle.command.index("--dataset_dir") + 1] == str(tmp_path / "w" / "in")
     assert bundle.command[bundle.command.index("--device") + 1] == "cpu"
     # the bundle's saver may nest the output in a case folder
@@ -58,6 +60,53 @@ def test_organ_commands_for_both_backends(tmp_path):
     assert bundle.find_output() == nested
     with pytest.raises(ValueError):
         commands.engine_device("tpu")
+
+
+def test_bundle_config_is_asked_from_the_jobs_python(tmp_path, monkeypatch):
+    """Another interpreter is asked in a subprocess; one without priorsam has no bundle (→ the CLI)."""
+    from priorsam.bundle_support.paths import packaged_bundle
+
+    monkeypatch.chdir(tmp_path)  # `python -c` puts the working directory first on sys.path: not the checkout
+
+    assert commands.bundle_config(sys.executable) == packaged_bundle() / "configs" / "inference.json"
+    bare = tmp_path / "bare"
+    import venv
+
+    venv.EnvBuilder(with_pip=False).create(bare)
+    python = str(bare / "bin" / "python")
+    assert commands.bundle_config(python) is None
+    assert commands.choose_backend("auto", python) == "cli"
+    # no module of the extension derives a path from the checkout layout
+    lib = Path(commands.__file__).parent
+    for f in list(lib.glob("*.py")) + [lib.parent / "PriorSAM.py"]:
+        text = f.read_text()
+        assert "parents[3]" not in text or f.name == "colors.py", f  # colors.py: dev-time generator only
+
+
+def test_requirements_cover_the_package_and_its_runtime_dependencies():
+    """requirements.txt names priorsam and everything setup.cfg installs with it (torch aside: SlicerPyTorch)."""
+    import configparser
+
+    from packaging.requirements import Requirement
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / "setup.cfg")
+    declared = [Requirement(r) for r in cfg["options"]["install_requires"].strip().splitlines()
+                if r.strip() and not r.strip().startswith("#")]
+    req = Path(commands.__file__).resolve().parents[1] / "Resources" / "requirements.txt"
+    listed = {install.normalize(Requirement(r).name): Requirement(r) for r in install.load_requirements(req)}
+    assert "priorsam" in listed
+    for name in ("pytorch-ignite", "opencv-python-headless", "openvino", "onnxruntime"):
+        assert name in listed, name
+    for r in declared:
+        name = install.normalize(r.name)
+        if name in ("torch", "torchvision"):
+            assert name not in listed  # from the PyTorch extension, never from our install
+            continue
+        assert name in listed, f"{r.name} is in setup.cfg but not in the Slicer requirements"
+        assert set(r.extras) <= set(listed[name].extras), name
+        if "==" in str(r.specifier):
+            assert str(listed[name].specifier) == str(r.specifier), name
 
 
 def test_box_command():
@@ -124,7 +173,7 @@ class _FakeSlicerUtil:
 def test_ensure_pins_installed_packages_and_respects_consent(tmp_path):
     req = tmp_path / "requirements.txt"
     req.write_text("numpy\nsurely-not-installed-pkg\n")
-    fake = type("S", (), {"util": _FakeSlicerUtil()})()
+    fake = type("S", (), {"util": _FakeSlicerUtil(), "app": object()})()  # inside the Slicer application
     with pytest.raises(install.DependencyError, match="declined"):
         install.ensure(fake, req, confirm=lambda text: False)
     assert fake.util.calls == []
@@ -136,6 +185,20 @@ def test_ensure_pins_installed_packages_and_respects_consent(tmp_path):
     assert f"numpy=={numpy.__version__}" in fake.util.constraints.splitlines()
     with pytest.raises(install.DependencyError, match="PyTorch"):
         install.ensure(fake, req, confirm=lambda t: True, version_of=lambda name: None)
+
+
+def test_ensure_outside_the_app_runs_pip_itself_with_wheel_folders(tmp_path, monkeypatch):
+    """slicer-core has no installer of Slicer's: ensure() runs ``python -m pip install`` with the same arguments."""
+    req = tmp_path / "requirements.txt"
+    req.write_text("numpy\nsurely-not-installed-pkg\n")
+    calls = []
+    monkeypatch.setattr(install, "run_pip", lambda args, python=None: calls.append((list(args), python)))
+    fake = type("S", (), {"util": _FakeSlicerUtil()})()
+    with pytest.raises(install.DependencyError, match="still missing"):
+        install.ensure(fake, req, confirm=lambda text: True, find_links=[tmp_path / "wheels"], python="py")
+    args, python = calls[0]
+    assert python == "py" and fake.util.calls == []
+    assert args[0] == "-c" and args[2:] == ["--find-links", str(tmp_path / "wheels"), "surely-not-installed-pkg"]
 
 
 # -- the subprocess runner ----------------------------------------------------------------------------

@@ -1,40 +1,76 @@
 """Build the inference subprocess command lines (one place for the engine's CLI contract).
 
-Organ segmentation has two equivalent back ends running the same engine:
+Organ segmentation has two equivalent back ends running the same engine (``priorsam.segment``):
 
-* ``bundle`` — ``python -m monai.bundle run --config_file <repo>/bundle/configs/inference.json
+* ``bundle`` — ``python -m monai.bundle run --config_file <bundle>/configs/inference.json
   --dataset_dir IN --output_dir OUT --device DEV``; writes ``<case>_seg.nii.gz`` under OUT.
 * ``cli`` — ``python -m priorsam segment --image IN --out OUT --device DEV --progress``.
 
-``auto`` picks the bundle when its inference config exists in the repository, else the CLI.
-Both print ``PRIORSAM_PROGRESS <done> <total>`` lines on stdout.
+``<bundle>`` is the MONAI bundle installed with the ``priorsam`` package in the Python that runs the
+job, asked from that package (never derived from where this module lies, so the module works from
+an installed extension). ``auto`` picks the bundle when that Python has it, else the CLI. Both print
+``PRIORSAM_PROGRESS <done> <total>`` lines on stdout.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# "auto" picks the MONAI bundle whenever bundle/configs/inference.json exists, else the library CLI
+# "auto" picks the MONAI bundle whenever the installed priorsam carries it, else the library CLI
 # (same engine, same progress lines).
 DEFAULT_BACKEND = "auto"
 CASE_NAME = "input"                     # the exported volume is <tmp>/in/input.nii.gz
 DEVICES = {"auto": "auto", "gpu": "cuda", "cuda": "cuda", "cpu": "cpu"}
 
 
-def repo_root() -> Path:
-    """The repository holding this module: slicer_extension/PriorSAM/PriorSAMLib → three levels up."""
-    return Path(__file__).resolve().parents[3]
+# Run in the job's Python: prints where its priorsam package keeps the bundle (nothing if not installed).
+_LOCATE_CODE = (
+    "try:\n"
+    "    from priorsam.bundle_support.paths import packaged_bundle\n"
+    "except ImportError:\n"
+    "    raise SystemExit(0)\n"
+    "print(packaged_bundle())\n"
+)
+_located: dict[str, Path] = {}
 
 
-def bundle_config(root: Path | None = None) -> Path:
-    return (root or repo_root()) / "bundle" / "configs" / "inference.json"
+def _same_interpreter(python: str) -> bool:
+    # Not resolve(): every venv's python links to the same base binary; the link's own folder
+    # (its pyvenv.cfg) decides which environment it runs.
+    return os.path.abspath(python) == os.path.abspath(sys.executable)
 
 
-def default_weights(root: Path | None = None) -> Path:
-    return (root or repo_root()) / "bundle" / "models" / "model.pt"
+def bundle_config(python: str | None = None) -> Path | None:
+    """``configs/inference.json`` of the bundle that the ``priorsam`` package installed in ``python``'s
+    environment carries, or None when priorsam (or its bundle) is not installed there.
+
+    Asked from the package (in this process when ``python`` is this interpreter, else with a short
+    subprocess), so the answer is right for an installed extension, a wheel or a checkout alike.
+    """
+    python = python or python_executable()
+    if python not in _located:
+        folder = None
+        if _same_interpreter(python):
+            try:
+                from priorsam.bundle_support.paths import packaged_bundle
+            except ImportError:
+                packaged_bundle = None
+            folder = str(packaged_bundle()) if packaged_bundle else None
+        else:
+            try:
+                out = subprocess.run([python, "-c", _LOCATE_CODE], capture_output=True, text=True, timeout=120)
+                folder = out.stdout.strip() if out.returncode == 0 else None
+            except (OSError, subprocess.SubprocessError):
+                folder = None
+        config = Path(folder) / "configs" / "inference.json" if folder else None
+        if config is None or not config.is_file():
+            return None              # not remembered: it appears once the dependencies are installed
+        _located[python] = config
+    return _located[python]
 
 
 def python_executable() -> str:
@@ -57,9 +93,9 @@ def engine_device(choice: str) -> str:
     return DEVICES[key]
 
 
-def choose_backend(backend: str = "auto", root: Path | None = None) -> str:
+def choose_backend(backend: str = "auto", python: str | None = None) -> str:
     if backend == "auto":
-        return "bundle" if bundle_config(root).is_file() else "cli"
+        return "bundle" if bundle_config(python) is not None else "cli"
     if backend not in ("bundle", "cli"):
         raise ValueError(f"unknown backend {backend!r}: use auto, bundle or cli")
     return backend
@@ -85,29 +121,27 @@ class Job:
         return hits[0] if hits else None
 
 
-def subprocess_env(root: Path | None = None, weights: str | None = None, base: dict | None = None) -> dict[str, str]:
-    """Environment additions: the repo on PYTHONPATH (so ``-m priorsam`` is this checkout), no hub access."""
-    root = root or repo_root()
-    base = os.environ if base is None else base
-    parts = [str(root)] + [p for p in base.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env = {"PYTHONPATH": os.pathsep.join(parts), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONUNBUFFERED": "1"}
+def subprocess_env(weights: str | None = None) -> dict[str, str]:
+    """Environment additions: no model-hub access, unbuffered output, and the user's weights if chosen.
+
+    Nothing is put on PYTHONPATH: the job's Python imports the installed priorsam package.
+    """
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     if weights:
         env["PRIORSAM_WEIGHTS"] = str(weights)
     return env
 
 
 def organ_job(work_dir: Path, device: str = "auto", backend: str = "auto", python: str | None = None,
-              root: Path | None = None, weights: str | None = None) -> Job:
+              weights: str | None = None) -> Job:
     """Command for prompt-free 8-organ segmentation of ``work_dir/in/input.nii.gz``."""
-    root = root or repo_root()
     python = python or python_executable()
     dev = engine_device(device)
     in_dir, out_dir = Path(work_dir) / "in", Path(work_dir) / "out"
     image = in_dir / f"{CASE_NAME}.nii.gz"
-    env = subprocess_env(root, weights)
-    if choose_backend(backend, root) == "bundle":
-        cmd = [python, "-m", "monai.bundle", "run", "--config_file", str(bundle_config(root)),
+    env = subprocess_env(weights)
+    if choose_backend(backend, python) == "bundle":
+        cmd = [python, "-m", "monai.bundle", "run", "--config_file", str(bundle_config(python)),
                "--dataset_dir", str(in_dir), "--output_dir", str(out_dir), "--device", dev]
         if weights:             # the bundle reads its weights from the config id ckpt_path
             cmd += ["--ckpt_path", str(weights)]
@@ -127,14 +161,13 @@ def format_box(bounds_ras) -> str:
 
 
 def box_job(work_dir: Path, bounds_ras, label: str = "auto", device: str = "auto", python: str | None = None,
-            root: Path | None = None, progress: bool = True) -> Job:
+            progress: bool = True) -> Job:
     """Command for one organ from a 3D box (RAS mm) on ``work_dir/in/input.nii.gz``.
 
     ``label='auto'`` asks the semantic decoder to name the organ (needs an engine that supports it
     and prints a ``PRIORSAM_LABEL`` line); an organ name fixes the label. ``progress`` adds
     ``--progress`` (PRIORSAM_PROGRESS lines from segment-box; on by default).
     """
-    root = root or repo_root()
     python = python or python_executable()
     image = Path(work_dir) / "in" / f"{CASE_NAME}.nii.gz"
     out = Path(work_dir) / "out" / f"{CASE_NAME}_box.nii.gz"
@@ -142,7 +175,7 @@ def box_job(work_dir: Path, bounds_ras, label: str = "auto", device: str = "auto
            "--space", "ras", "--label", str(label), "--out", str(out), "--device", engine_device(device)]
     if progress:
         cmd.append("--progress")
-    return Job(cmd, subprocess_env(root), image, out.parent, out)
+    return Job(cmd, subprocess_env(), image, out.parent, out)
 
 
 # Printed as one JSON line by the device probe; run in the subprocess Python, never in Slicer's.

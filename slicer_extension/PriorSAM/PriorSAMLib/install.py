@@ -5,13 +5,21 @@ Pure functions (no ``slicer`` import): :func:`unmet_requirements` checks install
 current version, which pip receives as a constraints file, so an install can add packages but never
 upgrade or downgrade numpy, vtk, SimpleITK, torch or anything else Slicer ships. :func:`ensure`
 drives Slicer's installer (``slicer.packaging.pip_ensure`` in Slicer ≥ 5.12, else
-``slicer.util.pip_install`` after a confirmation dialog); it receives the ``slicer`` module.
+``slicer.util.pip_install`` after a confirmation dialog); it receives the ``slicer`` module. Outside
+the Slicer application (slicer-core in a plain Python, as the tests run it) there is no installer of
+Slicer's, so it runs the same ``python -m pip install`` command itself, in the Python that runs the jobs.
+
+``requirements.txt`` names ``priorsam`` itself (its wheel carries the bundle, the demo weights and the
+text priors) and every package it imports at run time except torch/torchvision, which the PyTorch
+extension provides. The priorsam wheel comes from PyPI, or from a folder of wheels given as
+``find_links`` (default: ``Resources/wheels`` beside the module when it exists).
 """
 from __future__ import annotations
 
 import importlib
 import importlib.metadata as md
 import re
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
@@ -117,9 +125,40 @@ def _packaging_module(slicer):
         return getattr(slicer, "packaging", None)
 
 
+def default_wheel_folder() -> Path | None:
+    """``Resources/wheels`` beside the module, when the extension ships wheels there."""
+    folder = Path(__file__).resolve().parents[1] / "Resources" / "wheels"
+    return folder if folder.is_dir() and any(folder.glob("*.whl")) else None
+
+
+def pip_args(missing: list[str], constraints: Path, find_links: list[str | Path] = ()) -> list[str]:
+    """Arguments after ``pip install``: constraints first, the wheel folders, then the requirements."""
+    args = ["-c", str(constraints)]
+    for folder in find_links:
+        args += ["--find-links", str(folder)]
+    return args + list(missing)
+
+
+def run_pip(args: list[str], python: str | None = None) -> None:
+    """``python -m pip install ARGS`` in the Python that runs PriorSAM's jobs (what Slicer's own
+    ``pip_install`` does inside the application); pip's last lines become the error on failure."""
+    from .commands import python_executable
+
+    proc = subprocess.run([python or python_executable(), "-m", "pip", "install", "--disable-pip-version-check",
+                           *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-3:]
+        raise RuntimeError("pip failed: " + " / ".join(tail))
+
+
 def ensure(slicer, requirements_file: str | Path, confirm: Callable[[str], bool] | None = None,
-           version_of: VersionOf = installed_version) -> list[str]:
+           version_of: VersionOf = installed_version, find_links: list[str | Path] | None = None,
+           python: str | None = None) -> list[str]:
     """Install what is missing (after consent); returns the requirements that were missing.
+
+    ``find_links``: folders of wheels to install from besides the package index (default: the
+    module's ``Resources/wheels`` if present). ``python``: the interpreter to install into when
+    this runs outside the Slicer application (default: the one that runs the jobs).
 
     Raises :class:`DependencyError` when the user declines, PyTorch is absent, or pip could not
     satisfy a requirement without touching installed packages.
@@ -130,17 +169,24 @@ def ensure(slicer, requirements_file: str | Path, confirm: Callable[[str], bool]
     missing = unmet_requirements(load_requirements(requirements_file), version_of)
     if not missing:
         return []
+    if find_links is None:
+        folder = default_wheel_folder()
+        find_links = [folder] if folder else []
     constraints = write_constraints(constraints_lines(installed_distributions(), missing))
     try:
         packaging = _packaging_module(slicer)
-        if packaging is not None and hasattr(packaging, "pip_ensure"):
+        in_app = hasattr(slicer, "app")
+        if in_app and not find_links and packaging is not None and hasattr(packaging, "pip_ensure"):
             # Slicer ≥ 5.12: its own dialog asks for consent, shows progress and offers a restart.
             packaging.pip_ensure(missing, requester=REQUESTER, constraints=str(constraints))
         else:
             ask = confirm or (lambda text: slicer.util.confirmOkCancelDisplay(text, windowTitle="PriorSAM"))
             if not ask(consent_text(missing)):
                 raise DependencyError("installation declined: PriorSAM cannot run without " + ", ".join(missing))
-            slicer.util.pip_install(["-c", str(constraints)] + missing)
+            if in_app:
+                slicer.util.pip_install(pip_args(missing, constraints, find_links))
+            else:
+                run_pip(pip_args(missing, constraints, find_links), python)
     except DependencyError:
         raise
     except Exception as exc:

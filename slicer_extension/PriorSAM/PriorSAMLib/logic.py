@@ -36,7 +36,7 @@ class SegmentationLogic:
         self.slicer, self.scene = slicer, scene
         self.python = python
         self.backend = backend
-        self.weights = weights              # None: the engine's default (bundle/models/model.pt or $PRIORSAM_WEIGHTS)
+        self.weights = weights              # None: the engine's default (the installed demo weights or $PRIORSAM_WEIGHTS)
         self.organs, self.category = load_organs(terminology_file)
         self.measured_per_slice: dict[str, float] = {}
         self.device_info: dict | None = None
@@ -90,11 +90,12 @@ class SegmentationLogic:
 
         return process.Run(job.command, job.env, on_done=done).start()
 
-    def ensure_dependencies(self, confirm=None) -> list[str]:
+    def ensure_dependencies(self, confirm=None, find_links=None) -> list[str]:
+        """First use: install priorsam and its dependencies into the jobs' Python (with consent)."""
         from . import install
 
         req = Path(__file__).resolve().parents[1] / "Resources" / "requirements.txt"
-        return install.ensure(self.slicer, req, confirm)
+        return install.ensure(self.slicer, req, confirm, find_links=find_links, python=self.python)
 
     # -- runs --------------------------------------------------------------------------------
     def _export(self, volume) -> Path:
