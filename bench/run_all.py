@@ -47,17 +47,14 @@ def random_weights(path: Path) -> str:
     """A real PriorSAM checkpoint whose heads are randomly initialised (timing only: Dice is meaningless)."""
     import torch
 
-    from priorsam.engine.weights import CONFIG_KEY, encode_config
-    from priorsam.models.priorsam import PriorSAM
+    from priorsam.models.spec import build_model, spec_for_bank, write_checkpoint
     from priorsam.priors.bank import load_prior_bank
 
     torch.manual_seed(0)
-    model = PriorSAM(encoder=None, prior_bank=load_prior_bank("v1"), binary_path=False, pretrained=False,
-                     refine_rounds=2)
-    state = model.trainable_state_dict()
-    state[CONFIG_KEY] = encode_config({"prior_version": "v1", "model": {"refine_rounds": 2}, "spacing_mm": 1.5,
-                                       "context": 0, "note": "random heads (benchmark timing only)"})
-    torch.save(state, path)
+    bank = load_prior_bank("v1")
+    spec = spec_for_bank(bank, heads={"refine_rounds": 2}, training={"note": "random heads (benchmark timing only)"})
+    model = build_model(spec, encoder=None, binary_path=False, pretrained=False, prior_bank=bank)
+    write_checkpoint(path, model.trainable_state_dict(), spec)
     return str(path)
 
 

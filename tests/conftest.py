@@ -51,19 +51,14 @@ def synthetic_ct(tmp_path) -> Path:
 
 def build_random_checkpoint(path: Path, seed: int = 0, **model_kwargs) -> Path:
     """A real PriorSAM checkpoint (v1 priors) whose trained heads are randomly initialised."""
-    from priorsam.engine.weights import CONFIG_KEY, encode_config
-    from priorsam.models.priorsam import PriorSAM
+    from priorsam.models.spec import build_model, spec_for_bank, write_checkpoint
     from priorsam.priors.bank import load_prior_bank
 
     torch.manual_seed(seed)
     bank = load_prior_bank("v1")
-    kwargs = {"refine_rounds": 1, **model_kwargs}
-    model = PriorSAM(encoder=None, prior_bank=bank, binary_path=False, pretrained=False, **kwargs)
-    state = model.trainable_state_dict()
-    state[CONFIG_KEY] = encode_config({"prior_version": "v1", "model": kwargs, "spacing_mm": 1.5, "context": 0,
-                                       "note": "random heads for tests"})
-    torch.save(state, path)
-    return path
+    spec = spec_for_bank(bank, heads={"refine_rounds": 1, **model_kwargs}, training={"note": "random heads for tests"})
+    model = build_model(spec, encoder=None, binary_path=False, pretrained=False, prior_bank=bank)
+    return write_checkpoint(path, model.trainable_state_dict(), spec)
 
 
 @pytest.fixture(scope="session")

@@ -76,7 +76,8 @@ def test_inference_workflow_from_inside_bundle(tiny_data, random_checkpoint, tmp
 
 
 def test_train_then_evaluate_workflows_from_repo_root(tiny_data, tmp_path, monkeypatch):
-    from priorsam.engine.weights import load_priorsam, read_checkpoint
+    from priorsam.engine.weights import load_priorsam
+    from priorsam.models.spec import read_checkpoint
 
     monkeypatch.chdir(REPO)
     trained = tmp_path / "trained.pt"
@@ -90,8 +91,8 @@ def test_train_then_evaluate_workflows_from_repo_root(tiny_data, tmp_path, monke
     assert wf.trainer.state.epoch == 1 and np.isfinite(wf.trainer.state.output["loss"].item())
     after = network.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
-    state, config = read_checkpoint(trained)
-    assert config["prior_version"] == "v1" and config["spacing_mm"] == 1.5 and config["context"] == 0
+    state, spec = read_checkpoint(trained)
+    assert spec.prior_version == "v1" and spec.spacing_mm == 1.5 and spec.context == 0
     assert not any(k.startswith(("encoder.", "binary.")) for k in state)
     load_priorsam.cache_clear()
     assert load_priorsam(str(trained), "cpu").binary is not None  # loads as a full model

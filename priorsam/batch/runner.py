@@ -286,7 +286,8 @@ class BatchJob:
 
     # -- setup ---------------------------------------------------------------------------------
     def _weights_path(self) -> Path:
-        from ..engine.weights import default_weights_path, read_checkpoint
+        from ..engine.weights import default_weights_path
+        from ..models.spec import read_checkpoint
 
         p = Path(self.weights) if self.weights else default_weights_path()
         read_checkpoint(p)  # fail the whole batch early, with one line, if the weights are unusable

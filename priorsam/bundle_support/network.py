@@ -2,7 +2,7 @@
 ``verify_net_in_out`` and ``ckpt_export`` (both expect ``net(image) -> tensor``).
 
 Same parameter names as :class:`~priorsam.models.priorsam.PriorSAM`, so a bundle checkpoint
-(``trainable_state_dict`` + ``meta.config``) loads into it by name; the frozen pretrained
+(:mod:`priorsam.models.spec`) loads into it by name; the frozen pretrained
 encoder comes from its package. Volume inference does not use this class: it runs the
 full model (binary path, presence gating, 3D clean-up) through the library's engine.
 """
@@ -44,13 +44,14 @@ class PriorSAMSemanticNet(PriorSAM):
         return super().forward(images=x)["semantic_logits"]
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """A bundle checkpoint (it has ``meta.config``) loads through :meth:`load_trainable_state_dict`,
+        """A bundle checkpoint (it has ``meta.spec``) loads through :meth:`load_trainable_state_dict`,
         which checks the prior version/hash and the architecture; the frozen pretrained parts are
         already in place. MONAI's ``ckpt_export`` loads strictly, so this is where that happens."""
-        from ..engine.weights import CONFIG_KEY
+        from ..models.spec import LEGACY_CONFIG_KEY, SPEC_KEY
 
-        if CONFIG_KEY in state_dict:
-            self.load_trainable_state_dict({k: v for k, v in state_dict.items() if k != CONFIG_KEY})
+        if SPEC_KEY in state_dict or LEGACY_CONFIG_KEY in state_dict:
+            self.load_trainable_state_dict({k: v for k, v in state_dict.items()
+                                            if k not in (SPEC_KEY, LEGACY_CONFIG_KEY)})
             return nn.modules.module._IncompatibleKeys([], [])
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
@@ -61,21 +62,28 @@ def build_semantic_network(ckpt_path: str | None = None, encoder: str = "lite", 
     MONAI's ``CheckpointLoader`` or ``load_state_dict`` does that).
 
     The architecture (head sizes, refinement rounds, prior version) is read from the
-    checkpoint's ``meta.config`` when the file exists, so the trained weights fit; without
+    checkpoint's spec when the file exists, so the trained weights fit; without
     a checkpoint the constructor defaults apply. ``model_kwargs`` override either.
     ``binary_path``: include LiteMedSAM's prompt encoder and mask decoder (the engine's
     coarse-to-fine step; inference.json asks for it, export/verify do not need it). The
     checkpoint's config (training spacing, context, framing) is kept on ``net.config`` for the engine.
     """
-    from ..engine.weights import read_checkpoint
+    from ..models.spec import ModelSpec, read_checkpoint
     from ..priors.bank import load_prior_bank
 
-    config: dict = {}
+    spec = ModelSpec()
     if ckpt_path and Path(ckpt_path).is_file():
-        _, config = read_checkpoint(ckpt_path)
-    kwargs = {**config.get("model", {}), **model_kwargs, "binary_path": bool(binary_path)}
-    bank = load_prior_bank(config.get("prior_version", "v1"))
+        _, spec = read_checkpoint(ckpt_path)
+    config = {"prior_version": spec.prior_version, "model": dict(spec.heads), "spacing_mm": spec.spacing_mm,
+              "context": spec.context, "framing": spec.framing}
+    kwargs = {**spec.heads, **model_kwargs, "binary_path": bool(binary_path)}
+    bank = load_prior_bank(spec.prior_version)
     net = PriorSAMSemanticNet(encoder=encoder, prior_bank=bank, pretrained=pretrained, **kwargs)
+    if spec.localiser is not None:
+        from ..models.spec import build_localiser
+
+        net.localiser = build_localiser(spec.localiser)  # loaded with the heads by load_state_dict
+    net.spec = spec
     net.config = config
     net.weights_path = str(ckpt_path) if ckpt_path else None
     return net.eval()

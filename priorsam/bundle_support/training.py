@@ -3,7 +3,7 @@
 The frozen encoder's features come from the library's feature cache (``priorsam.training``:
 the same views, augmentations and framing as the library's own training); the trainer
 then only runs the light heads. Saving writes the library's checkpoint format
-(``trainable_state_dict`` + ``meta.config``) so ``load_priorsam`` and the inference bundle
+(:mod:`priorsam.models.spec`) so ``load_priorsam`` and the inference bundle
 read the result directly.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..engine.weights import CONFIG_KEY, encode_config
 from ..errors import InputError
 from ..models.image_encoder import EncoderFeatures
 from ..models.losses import PriorSAMLoss
@@ -97,29 +96,26 @@ class PriorSAMTrainLoss(nn.Module):
 
 def build_heads_model(prior_version: str = "v1", **model_kwargs: Any) -> PriorSAM:
     """PriorSAM without encoder or binary path (they are frozen and load from their packages at inference)."""
-    from ..priors.bank import load_prior_bank
+    from ..models.spec import ModelSpec, build_model
 
-    model = PriorSAM(encoder=None, prior_bank=load_prior_bank(prior_version), binary_path=False,
-                     pretrained=False, **model_kwargs)
-    model.build_config = {"prior_version": prior_version, "model": dict(model_kwargs)}
-    return model
+    return build_model(ModelSpec(prior_version=prior_version, heads=dict(model_kwargs)), encoder=None,
+                       binary_path=False, pretrained=False)
 
 
 def save_checkpoint(network: nn.Module, path: str | os.PathLike, spacing_mm: float, context: int,
                     note: str = "") -> Path:
-    """Write ``network``'s trainable weights and ``meta.config`` atomically (the library's checkpoint format)."""
+    """Write ``network``'s trainable weights and its spec atomically (the library's checkpoint format)."""
+    from dataclasses import replace
+
+    from ..models.spec import spec_for_bank, write_checkpoint
+    from ..priors.bank import load_prior_bank
+
     net = getattr(network, "module", network)  # unwrap DistributedDataParallel
-    config = {**net.build_config, "spacing_mm": float(spacing_mm), "context": int(context)}
-    if note:
-        config["note"] = note
-    state = net.trainable_state_dict()
-    state[CONFIG_KEY] = encode_config(config)
+    spec = spec_for_bank(load_prior_bank(net.spec.prior_version), heads=dict(net.spec.heads),
+                         spacing_mm=float(spacing_mm), context=int(context), training={"note": note} if note else {})
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".part")
-    torch.save(state, tmp)
-    os.replace(tmp, p)
-    return p
+    return write_checkpoint(p, net.trainable_state_dict(), replace(spec, localiser=None))
 
 
 class PriorSAMCheckpointSaver:

@@ -113,6 +113,8 @@ class PriorSAM(nn.Module):
                                        mid_dim=fusion_mid, out_dim=fusion_out)
         self.mask_optimizer = IterativeMaskOptimizer(feat_dim=dim, hidden=refine_hidden, rounds=refine_rounds)
         self.binary = BinaryPromptPath(pretrained=pretrained, device=device) if binary_path else None
+        # The 3D organ localiser (models.localiser), attached by models.spec.build_model when the spec has one.
+        self.localiser: nn.Module | None = None
 
     # ------------------------------------------------------------------ identity
     @property

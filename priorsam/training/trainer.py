@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from ..engine.weights import CONFIG_KEY, encode_config
 from ..models.losses import PriorSAMLoss
 from ..models.priorsam import PriorSAM
+from ..models.spec import ModelSpec, build_model, read_checkpoint, spec_for_bank, write_checkpoint
 from ..priors.bank import load_prior_bank
 from .cache import CachedSlices, FeatureCache, collate
 
@@ -55,6 +55,8 @@ class TrainConfig:
     refresh_every: int = 0             # re-read the cache index every N steps (cache still filling)
     resume: bool = True
     threads: int = 0
+    init_from: str | None = None        # start from these heads (a checkpoint of the same architecture)
+    data_sources: list = field(default_factory=list)   # {name, licence, use} records for the spec
 
 
 def _seed_all(seed: int) -> None:
@@ -90,22 +92,20 @@ def prompt_boxes(labels: torch.Tensor, gen: torch.Generator, jitter: float) -> t
     return boxes, classes
 
 
-def build_model(cfg: TrainConfig, bank) -> PriorSAM:
-    return PriorSAM(encoder=None, prior_bank=bank, binary_path=cfg.prompt_every > 0, **cfg.model)
+def heads_spec(cfg: TrainConfig, bank, records_meta: dict | None = None) -> ModelSpec:
+    """The spec of the heads this run trains (framing and context as cached)."""
+    m = records_meta or {}
+    return spec_for_bank(bank, heads=dict(cfg.model), spacing_mm=float(m.get("spacing_mm", 1.5)),
+                         framing=m.get("framing", "fixed"), context=int(m.get("context", 0)),
+                         data_sources=list(cfg.data_sources),
+                         training={"recipe": {k: v for k, v in asdict(cfg).items() if k not in ("model", "data_sources")},
+                                   "cache_entries": m.get("n"), "views": m.get("views")})
 
 
 def export_weights(model: PriorSAM, cfg: TrainConfig, records_meta: dict, path: Path) -> Path:
-    """Tensors-only weights (+ meta.config) that inference and the bundle load."""
-    sd = model.trainable_state_dict()
-    meta = {"prior_version": cfg.prior_version, "model": cfg.model, "spacing_mm": records_meta["spacing_mm"],
-            "framing": records_meta.get("framing", "fixed"),
-            "context": records_meta["context"], "train": {k: v for k, v in asdict(cfg).items() if k != "model"},
-            "cache_entries": records_meta["n"], "views": records_meta["views"]}
-    sd[CONFIG_KEY] = encode_config(meta)
-    tmp = path.with_suffix(".part")
-    torch.save(sd, tmp)
-    os.replace(tmp, path)
-    return path
+    """Tensors-only heads + spec (:mod:`priorsam.models.spec`) that inference and the bundle load."""
+    return write_checkpoint(path, model.trainable_state_dict(), heads_spec(cfg, load_prior_bank(cfg.prior_version),
+                                                                          records_meta))
 
 
 def select_records(cache: FeatureCache, cfg: TrainConfig) -> list[dict]:
@@ -136,7 +136,11 @@ def train(cfg: TrainConfig, log=print) -> Path:
     meta = {"spacing_mm": recs[0]["spacing_mm"], "context": recs[0]["context"],
             "framing": recs[0].get("framing", "fixed"), "n": len(recs),
             "views": sorted({r["view"] for r in recs})}
-    model = build_model(cfg, bank)
+    model = build_model(heads_spec(cfg, bank, meta), encoder=None, binary_path=cfg.prompt_every > 0, prior_bank=bank)
+    if cfg.init_from and not (cfg.resume and (out / "last.pt").is_file()):
+        state, _ = read_checkpoint(cfg.init_from)
+        model.load_trainable_state_dict({k: v for k, v in state.items() if not k.startswith("localiser.")}, bank)
+        log(f"[train] heads initialised from {cfg.init_from}")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = PriorSAMLoss(**cfg.loss)

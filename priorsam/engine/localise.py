@@ -1,0 +1,130 @@
+"""Run the 3D organ localiser over a volume and turn its output into per-slice guidance.
+
+volume (canonical RAS HU) → resampled to the localiser's grid (anti-aliased) → edge-padded to
+its minimum input (a tight field of view or a thin slab is presented as training presented it)
+→ probabilities → per organ: the largest connected component, presence, a 3D box grown (never
+shifted: DESIGN.md §10) → per original slice, the organs to look for and their in-plane boxes.
+
+A volume whose z coverage is under ``min_z_mm`` gives no 3D context: :func:`localise` returns a
+result with ``usable=False`` and the reason, and the per-slice model runs alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from ..data.appearance import pad_edge
+
+
+@dataclass
+class LocaliserResult:
+    """What the localiser found, on the input volume's voxel grid (canonical RAS indices)."""
+
+    usable: bool
+    reason: str = ""
+    present: dict[int, bool] = field(default_factory=dict)
+    volume_ml: dict[int, float] = field(default_factory=dict)
+    boxes: dict[int, tuple[float, float, float, float, float, float]] = field(default_factory=dict)  # x0,y0,z0,x1,y1,z1
+    slice_boxes: dict[int, dict[int, tuple[float, float, float, float]]] = field(default_factory=dict)
+    seconds: float = 0.0
+    coarse_labels: np.ndarray | None = None   # (x, y, z) on the localiser grid, after clean-up
+
+    def organs_at(self, z: int) -> dict[int, tuple[float, float, float, float]]:
+        """organ id → in-plane box (x0, y0, x1, y1) in voxel indices of slice ``z``."""
+        return {k: b[z] for k, b in self.slice_boxes.items() if z in b}
+
+    def slices_needed(self) -> np.ndarray:
+        zs = sorted({z for b in self.slice_boxes.values() for z in b})
+        return np.array(zs, dtype=int)
+
+    def summary(self) -> dict:
+        return {"usable": self.usable, "reason": self.reason, "seconds": round(self.seconds, 2),
+                "present": {str(k): v for k, v in self.present.items()},
+                "volume_ml": {str(k): round(v, 1) for k, v in self.volume_ml.items()}}
+
+
+def resample_to_grid(hu: np.ndarray, spacing: np.ndarray, target_mm: float) -> np.ndarray:
+    """(X,Y,Z) HU at ``spacing`` → the same field of view at ``target_mm`` (Gaussian anti-aliasing
+    along axes that shrink, then trilinear; voxel edges aligned)."""
+    factors = np.asarray(spacing, float) / target_mm
+    shape = np.maximum(1, np.round(np.array(hu.shape) * factors)).astype(int)
+    sigma = [max(0.0, (1 / f - 1) / 2) for f in factors]
+    src = ndimage.gaussian_filter(hu.astype(np.float32), sigma) if any(s > 0 for s in sigma) else hu.astype(np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(src))[None, None]
+    return F.interpolate(t, size=tuple(int(v) for v in shape), mode="trilinear", align_corners=False)[0, 0].numpy()
+
+
+def coarse_to_fine_index(c0: float, c1: float, n_fine: int, n_coarse: int) -> tuple[float, float]:
+    """Coarse voxel range [c0, c1] (inclusive) → fine voxel index range covering the same extent."""
+    f = n_fine / n_coarse
+    # Coarse voxel c spans fine coordinates [c·f − 0.5, (c+1)·f − 0.5] (fine centres at integers).
+    return c0 * f - 0.5, (c1 + 1) * f - 0.5
+
+
+@torch.inference_mode()
+def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch.device = "cpu",
+             margin_mm: float = 10.0, z_margin_mm: float = 6.0, min_z_mm: float = 40.0,
+             min_ml: float = 1.0) -> LocaliserResult:
+    """Locate the organs in a (X,Y,Z) HU volume with voxel ``spacing`` (mm)."""
+    import time
+
+    t0 = time.time()
+    z_mm = hu.shape[2] * float(spacing[2])
+    if z_mm < min_z_mm:
+        return LocaliserResult(False, f"3D context too thin ({z_mm:.0f} mm of z < {min_z_mm:.0f} mm): "
+                                      f"the per-slice model runs without the localiser")
+    coarse = resample_to_grid(hu, spacing, localiser.spacing_mm)
+    padded, crop = pad_edge(coarse, localiser.min_shape)
+    x = localiser.prepare(torch.from_numpy(padded)[None].to(device))
+    probs = localiser(x).float().softmax(1)[0][(slice(None),) + crop].cpu().numpy()
+    labels = probs.argmax(0).astype(np.uint8)
+    voxel_ml = localiser.spacing_mm ** 3 / 1000.0
+    res = LocaliserResult(True, seconds=0.0)
+    clean = np.zeros_like(labels)
+    nf = np.array(hu.shape)
+    nc = np.array(labels.shape)
+    for k in range(1, localiser.num_classes):
+        m = labels == k
+        if m.any():
+            lab, n = ndimage.label(m)
+            if n > 1:
+                sizes = ndimage.sum_labels(m, lab, np.arange(1, n + 1))
+                m = lab == (int(np.argmax(sizes)) + 1)
+        ml = float(m.sum()) * voxel_ml
+        res.volume_ml[k] = ml
+        res.present[k] = ml >= min_ml
+        if not res.present[k]:
+            continue
+        clean[m] = k
+        idx = np.argwhere(m)
+        lo, hi = idx.min(0), idx.max(0)
+        box = []
+        for a in range(3):
+            f0, f1 = coarse_to_fine_index(lo[a], hi[a], nf[a], nc[a])
+            grow = (margin_mm if a < 2 else z_margin_mm) / float(spacing[a])
+            box.append((max(0.0, f0 - grow), min(nf[a] - 1.0, f1 + grow)))
+        res.boxes[k] = (box[0][0], box[1][0], box[2][0], box[0][1], box[1][1], box[2][1])
+        # Per fine slice: the union of the in-plane boxes of the coarse slices it overlaps (±1).
+        per = {}
+        zc_of = (np.arange(nf[2]) + 0.5) * nc[2] / nf[2] - 0.5
+        g = margin_mm / float(spacing[0]), margin_mm / float(spacing[1])
+        for z in range(int(np.floor(box[2][0])), int(np.ceil(box[2][1])) + 1):
+            zc = zc_of[z]
+            cz = [c for c in (int(np.floor(zc)) - 1, int(np.floor(zc)), int(np.ceil(zc)), int(np.ceil(zc)) + 1)
+                  if 0 <= c < nc[2]]
+            sl = m[:, :, cz].any(2)
+            if not sl.any():
+                continue
+            xs, ys = np.nonzero(sl)
+            fx0, fx1 = coarse_to_fine_index(xs.min(), xs.max(), nf[0], nc[0])
+            fy0, fy1 = coarse_to_fine_index(ys.min(), ys.max(), nf[1], nc[1])
+            per[z] = (max(0.0, fx0 - g[0]), max(0.0, fy0 - g[1]), min(nf[0] - 1.0, fx1 + g[0]),
+                      min(nf[1] - 1.0, fy1 + g[1]))
+        res.slice_boxes[k] = per
+    res.coarse_labels = clean
+    res.seconds = time.time() - t0
+    return res

