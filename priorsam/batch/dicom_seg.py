@@ -80,6 +80,12 @@ SEG_SOURCE_TAGS = (("SOPClassUID", "0008,0016"), ("SOPInstanceUID", "0008,0018")
                    ("SeriesInstanceUID", "0020,000E"))
 
 
+# Type 2 in the source (present, possibly empty); highdicom reads them as attributes and fails with
+# AttributeError where an exporter left them out. The SEG copies them, so empty is the faithful value.
+TYPE2_COPIED = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
 def check_seg_sources(files: list[str]) -> None:
     """Refuse, before any model work, a source series that a DICOM SEG cannot reference."""
     import pydicom
@@ -106,6 +112,10 @@ def write_dicom_seg(volume: Volume, labels_ras: np.ndarray, path: str | os.PathL
         raise InputError(f"{volume.source.path}: a DICOM SEG needs a DICOM source series")
     check_seg_sources(files)
     datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    for ds in datasets:
+        for keyword in TYPE2_COPIED:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
     frames = source_frames(volume, labels_ras, datasets)
     try:
         series_number = int(getattr(datasets[0], "SeriesNumber", 0) or 0) + 1000
