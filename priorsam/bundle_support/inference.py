@@ -150,7 +150,10 @@ class SegmentOrgansInferer:
             except AssetError:
                 raise  # the model itself is unusable: no image can succeed
             except Exception as exc:
-                error = one_line(exc)
+                from ..io.checks import FORCE_HINT
+
+                # The bundle's switch for the CLI's --force is an inferer argument.
+                error = one_line(exc).replace(FORCE_HINT, "override with --inferer#force true")
         out = _labels_like(np.zeros(tuple(image.shape[1:]), np.uint8), image)
         out.meta[FAILED_KEY] = error
         return out
