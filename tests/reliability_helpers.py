@@ -173,9 +173,25 @@ def dicom_no_series_uid(folder: Path) -> Path:
 
 
 def dicom_empty_sop_class(folder: Path) -> Path:
-    """SOPClassUID emptied: the image reads, but a DICOM SEG cannot reference it."""
+    """SOPClassUID emptied in the dataset and its file meta: the image reads, but a DICOM SEG cannot
+    reference it."""
     series = dicom_good(folder, "empty_sop_class")
-    _edit_series(series, lambda ds, f: setattr(ds, "SOPClassUID", ""))
+
+    def blank(ds, f):
+        ds.SOPClassUID = ""
+        ds.file_meta.MediaStorageSOPClassUID = ""
+    _edit_series(series, blank)
+    return series
+
+
+def dicom_uids_only_in_file_meta(folder: Path) -> Path:
+    """SOP Class/Instance UID blanked in the dataset but kept in the file meta (as in the sample CT's
+    DICOM): a SEG can still reference every instance."""
+    series = dicom_good(folder, "uids_in_meta")
+
+    def blank(ds, f):
+        ds.SOPClassUID, ds.SOPInstanceUID = "", ""
+    _edit_series(series, blank)
     return series
 
 

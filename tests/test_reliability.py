@@ -170,6 +170,21 @@ def test_dicom_seg_with_empty_sop_class_refused_before_the_model(tmp_path, capsy
     assert fake.calls == [] and not out.exists()
 
 
+def test_dicom_seg_takes_sop_uids_from_the_file_meta(tmp_path, capsys, monkeypatch, fake_weights):
+    """Anonymisers that blank only the dataset's SOP Class/Instance UID leave the file meta's copy, which
+    the standard makes identical: the SEG references the instances by it (no refusal, no KeyError)."""
+    import pydicom
+
+    rh.install_fake_model(monkeypatch, fake_weights)
+    series = rh.dicom_uids_only_in_file_meta(tmp_path)
+    out = tmp_path / "seg.dcm"
+    rc, lines, _ = run(["segment", "--image", str(series), "--out", str(out)], capsys)
+    assert rc == 0 and lines == [], lines
+    seg = pydicom.dcmread(out)
+    referenced = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {pydicom.dcmread(f).file_meta.MediaStorageSOPInstanceUID for f in series.glob("*.dcm")}
+
+
 def test_output_under_proc_is_one_line_before_the_model(tmp_path, capsys, monkeypatch, fake_weights):
     fake = rh.install_fake_model(monkeypatch, fake_weights)
     out = Path("/proc/priorsam-reliability/seg.nii.gz")

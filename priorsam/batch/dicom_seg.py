@@ -94,10 +94,20 @@ def check_seg_sources(files: list[str]) -> None:
         raise InputError("a DICOM SEG needs a DICOM source series")
     for f in files:
         ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[t for t, _ in SEG_SOURCE_TAGS])
+        _uids_from_file_meta(ds)
         for tag, code in SEG_SOURCE_TAGS:
             if not str(getattr(ds, tag, "") or "").strip():
                 raise InputError(f"{f}: empty {tag} ({code}); a DICOM SEG must reference every source instance "
                                  f"by it, so none can be written for this series (a NIfTI label map can)")
+
+
+def _uids_from_file_meta(ds) -> None:
+    """Fill an emptied SOP Class/Instance UID from the file meta, which by the standard holds the same
+    values (some anonymisers blank only the dataset's copy); study and series UIDs have no such copy."""
+    meta = getattr(ds, "file_meta", None)
+    for tag, meta_tag in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+        if not str(getattr(ds, tag, "") or "").strip() and meta is not None and str(meta.get(meta_tag, "") or ""):
+            setattr(ds, tag, meta.get(meta_tag))
 
 
 def write_dicom_seg(volume: Volume, labels_ras: np.ndarray, path: str | os.PathLike, *,
@@ -113,6 +123,7 @@ def write_dicom_seg(volume: Volume, labels_ras: np.ndarray, path: str | os.PathL
     check_seg_sources(files)
     datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     for ds in datasets:
+        _uids_from_file_meta(ds)
         for keyword in TYPE2_COPIED:
             if keyword not in ds:
                 setattr(ds, keyword, "")
