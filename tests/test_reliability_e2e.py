@@ -61,7 +61,7 @@ def test_bundle_goes_on_past_bad_files(tmp_path, random_checkpoint):
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 3, proc.stderr[-3000:]
     assert errors[0].startswith(f"error: {data / 'b_truncated.nii.gz'}: ")
-    assert "does not look like CT" in errors[1] and "--inferer#force true" in errors[1]
+    assert "does not look like CT" in errors[1] and "--inferer#force True" in errors[1]
     assert errors[2].startswith("error: 2 of 3 inputs failed") and "Traceback" not in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["a_good_seg.nii.gz", "failures.csv"]
     assert [Path(r["input"]).name for r in rows(out / "failures.csv")] == ["b_truncated.nii.gz", "c_mr.nii.gz"]

@@ -121,7 +121,8 @@ class SegmentOrgansInferer:
         self.options = dict(options or {})
         self.progress = bool(progress)
         self.show_bar = bool(show_bar)
-        self.force = bool(force)
+        # A command-line override may arrive as text; "false" must not count as true.
+        self.force = force.strip().lower() in ("1", "true", "yes") if isinstance(force, str) else bool(force)
         self.last_results: list = []
 
     def segment_image(self, image: MetaTensor, network) -> MetaTensor:
@@ -153,7 +154,7 @@ class SegmentOrgansInferer:
                 from ..io.checks import FORCE_HINT
 
                 # The bundle's switch for the CLI's --force is an inferer argument.
-                error = one_line(exc).replace(FORCE_HINT, "override with --inferer#force true")
+                error = one_line(exc).replace(FORCE_HINT, "override with --inferer#force True")
         out = _labels_like(np.zeros(tuple(image.shape[1:]), np.uint8), image)
         out.meta[FAILED_KEY] = error
         return out
