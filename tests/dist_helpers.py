@@ -15,11 +15,15 @@ import re
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
+# working directory of helper subprocesses: `python -c` puts it first on sys.path, and the checkout's
+# priorsam (or its egg-info) must never be found that way
+OUTSIDE = tempfile.gettempdir()
 
 
 def normalize(name: str) -> str:
@@ -55,14 +59,14 @@ def make_venv(path: Path, with_pip: bool = False) -> Path:
 
 def site_packages(python: Path) -> Path:
     out = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         check=True, capture_output=True, text=True, env=clean_env())
+                         check=True, capture_output=True, text=True, env=clean_env(), cwd=OUTSIDE)
     return Path(out.stdout.strip())
 
 
 def pip(python: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """This environment's pip acting on the venv of ``python`` (so a venv needs no pip of its own)."""
     proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), *args], capture_output=True,
-                          text=True, env=clean_env())
+                          text=True, env=clean_env(), cwd=OUTSIDE)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
