@@ -357,3 +357,78 @@ def rh_csv(path: Path) -> list[dict]:
 
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+# ------------------------------------------------------------------ header fuzzing (seeded, no hypothesis needed)
+
+def test_nifti_header_fuzz_never_silently_changes_the_spacing(tmp_path):
+    """Random pixdim / qform / sform fields: every file is refused with one line, or read with exactly
+    the voxel size its header states (never nibabel's silent 1 mm)."""
+    from priorsam.errors import InputError
+    from priorsam.io import read_volume
+
+    rng = np.random.default_rng(14)
+    values = np.array([0.0, -2.5, np.nan, np.inf, 1e-9, 0.7, 2.0, 3.0])
+    weights = np.array([1, 1, 1, 1, 1, 6, 6, 6]) / 23   # mostly valid, so both outcomes are common
+    hu = rh.good_ct()[:16, :12, :3]
+    outcomes = {"read": 0, "refused": 0}
+    for i in range(120):
+        pixdim = tuple(rng.choice(values, 3, p=weights))
+        qcode, scode = (int(c) for c in rng.choice([0, 1, 2], 2))
+        srows = np.c_[np.diag(rng.choice(values, 3, p=weights)), rng.normal(0, 50, 3)] if scode else None
+        path = rh._raw_nifti(tmp_path / f"f{i}.nii.gz", hu, pixdim=pixdim, qform_code=qcode, sform_code=scode,
+                             srows=srows)
+        try:
+            vol = read_volume(path)
+        except InputError as exc:
+            assert "\n" not in str(exc) and str(path) in str(exc)
+            outcomes["refused"] += 1
+            continue
+        stated = np.sqrt((srows[:, :3] ** 2).sum(0)) if scode else np.abs(np.asarray(pixdim))
+        np.testing.assert_allclose(sorted(vol.spacing), sorted(stated), rtol=1e-5)
+        outcomes["read"] += 1
+    assert outcomes["read"] > 10 and outcomes["refused"] > 10, outcomes
+
+
+def test_dicom_position_fuzz_never_invents_a_grid(tmp_path):
+    """Random slice steps, jitter, dropped and duplicated slices: every series is refused, or read onto a
+    grid on which every instance lies (within the tolerance) at its own slice index."""
+    import pydicom
+
+    from priorsam.errors import InputError
+    from priorsam.io import read_volume
+
+    rng = np.random.default_rng(14)
+    outcomes = {"read": 0, "refused": 0}
+    for i in range(24):
+        step = float(rng.choice([0.5, 1.25, 2.0, 5.0]))
+        series = rh.dicom_good(tmp_path, f"s{i}", z=5)
+        files = rh._sorted_by_z(series)
+        z = -786.5 + step * np.arange(len(files)) + rng.normal(0, float(rng.choice([0.0, 0.002, 0.3 * step])), 5)
+        for f, zk in zip(files, z):
+            ds = pydicom.dcmread(f)
+            ds.ImagePositionPatient = [-30.0, -20.0, float(zk)]
+            ds.save_as(f)
+        fault = rng.choice(["none", "drop", "duplicate"])
+        if fault == "drop":
+            files.pop(int(rng.integers(1, 4))).unlink()
+        elif fault == "duplicate":
+            ds = pydicom.dcmread(files[2])
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = rh.generate_uid()
+            ds.save_as(series / "copy.dcm")
+        try:
+            vol = read_volume(series)
+        except InputError:
+            outcomes["refused"] += 1
+            continue
+        outcomes["read"] += 1
+        inv = np.linalg.inv(vol.source.affine)
+        slice_mm = float(np.linalg.norm(vol.source.affine[:3, 2]))
+        seen = []
+        for f in series.glob("*.dcm"):
+            ras = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(pydicom.dcmread(f).ImagePositionPatient, float)
+            k = inv[:3, :3] @ ras + inv[:3, 3]
+            assert abs(k[2] - round(k[2])) * slice_mm <= max(0.02, 0.01 * slice_mm) + 1e-6, (f.name, k)
+            seen.append(int(round(k[2])))
+        assert sorted(seen) == list(range(vol.source.shape[2]))
+    assert outcomes["read"] > 3 and outcomes["refused"] > 3, outcomes

@@ -72,8 +72,9 @@ def raw_nifti_header(path: str | os.PathLike, header_class=None):
 
 
 class quiet_nibabel:
-    """Silence nibabel's own console log while it loads: its "setting 0 dims to 1" note would be a
-    second, contradicting message next to our one-line refusal."""
+    """Silence nibabel's own console notes while it loads ("setting 0 dims to 1", numpy's NaN
+    warnings from a broken qform): they would be second, contradicting messages next to our
+    one-line refusal of the same header."""
 
     def __enter__(self):
         import logging
@@ -81,9 +82,12 @@ class quiet_nibabel:
         self.logger = logging.getLogger("nibabel.global")
         self.level = self.logger.level
         self.logger.setLevel(logging.ERROR)
+        self.errstate = np.errstate(all="ignore")
+        self.errstate.__enter__()
         return self
 
     def __exit__(self, *exc):
+        self.errstate.__exit__(*exc)
         self.logger.setLevel(self.level)
 
 
