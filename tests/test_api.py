@@ -200,3 +200,27 @@ def test_segment_cli_writes_dicom_seg_for_a_dicom_series(tmp_path, random_checkp
     assert ds.Modality == "SEG" and len(ds.SegmentSequence) == 8
     src = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True)
     assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.FrameOfReferenceUID == src.FrameOfReferenceUID
+
+
+def test_inference_config_follows_model_zoo_idioms():
+    """network_def / @network, the checkpoint loaded by a CheckpointLoader handler, a StatsHandler, and a
+    plain ``device`` value that the config resolves itself (what ``--device auto|cpu|cuda`` overrides)."""
+    import torch
+
+    from priorsam.bundle_support.inference import bundle_device
+    from priorsam.bundle_support.paths import packaged_bundle
+    from priorsam.errors import InputError
+
+    cfg = json.loads((packaged_bundle() / "configs" / "inference.json").read_text())
+    assert cfg["device"] == "auto"
+    assert "@network_def" in cfg["network"] and "@resolved_device" in cfg["network"]
+    assert cfg["evaluator"]["network"] == "@network" and cfg["evaluator"]["device"] == "@resolved_device"
+    handlers = [cfg[h[1:]] if isinstance(h, str) else h for h in cfg["handlers"]]
+    loader = next(h for h in handlers if h["_target_"] == "CheckpointLoader")
+    assert loader["load_path"] == "@ckpt_path" and loader["load_dict"] == {"model": "@network"}
+    assert any(h["_target_"] == "StatsHandler" for h in handlers)
+    assert bundle_device("auto").type in ("cpu", "cuda") and bundle_device("cpu") == torch.device("cpu")
+    assert bundle_device(torch.device("cpu")) == torch.device("cpu")  # an expression override still works
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA GPU"):
+            bundle_device("cuda")
