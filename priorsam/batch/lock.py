@@ -44,7 +44,7 @@ class FolderLock:
             try:
                 _lock(fh)
                 break
-            except OSError:
+            except _Busy:
                 if time.monotonic() >= deadline:
                     fh.seek(0)
                     holder = fh.read().strip() or "another process"
@@ -52,6 +52,10 @@ class FolderLock:
                     raise FolderBusy(f"output folder {self.path.parent} is in use by another batch ({holder}); "
                                      f"wait for it to finish or use another output folder") from None
                 time.sleep(self.poll)
+            except OSError as exc:  # e.g. a network file system without locks: say so, do not call it busy
+                fh.close()
+                raise InputError(f"cannot lock the output folder {self.path.parent} "
+                                 f"({exc.strerror or exc}); use a local output folder") from exc
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()} on {socket.gethostname()} since "
@@ -75,12 +79,19 @@ class FolderLock:
         self.release()
 
 
+class _Busy(Exception):
+    """The lock is held by another process."""
+
+
 if sys.platform == "win32":
     import msvcrt
 
     def _lock(fh) -> None:
         fh.seek(0)
-        msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        try:
+            msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError as exc:  # Windows reports a held lock as EACCES or EDEADLOCK
+            raise _Busy() from exc
 
     def _unlock(fh) -> None:
         fh.seek(0)
@@ -89,7 +100,10 @@ else:
     import fcntl
 
     def _lock(fh) -> None:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise _Busy() from exc
 
     def _unlock(fh) -> None:
         fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
