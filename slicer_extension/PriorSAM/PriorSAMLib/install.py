@@ -176,7 +176,8 @@ def ensure(slicer, requirements_file: str | Path, confirm: Callable[[str], bool]
     try:
         packaging = _packaging_module(slicer)
         in_app = hasattr(slicer, "app")
-        # pip_ensure takes requirement strings only, so a local wheel folder goes through pip_install.
+        # pip_ensure has no parameter for pip options such as --find-links; pip_install passes a list of
+        # arguments straight to `pip install`, so a local wheel folder goes through pip_install.
         if in_app and not find_links and packaging is not None and hasattr(packaging, "pip_ensure"):
             # Slicer ≥ 5.12: its own dialog asks for consent, shows progress and offers a restart.
             packaging.pip_ensure(missing, requester=REQUESTER, constraints=str(constraints))
