@@ -20,6 +20,8 @@ from conftest import save_nifti, synthetic_ct_array
 sys.path.insert(0, str(Path(__file__).parent))
 from synthetic_dicom import phantom, write_series  # noqa: E402
 
+pytestmark = pytest.mark.reliability  # part of the corpus of docs/reliability.md
+
 BOX = "2,2,1,20,20,3"  # inside the 48×40×5 synthetic CT
 
 
