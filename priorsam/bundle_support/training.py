@@ -1,8 +1,10 @@
-"""Pieces for training PriorSAM's heads with MONAI's ``SupervisedTrainer`` from the bundle.
+"""Pieces for training PriorSAM's heads from the bundle's ``train.json``.
 
 The frozen encoder's features come from the library's feature cache (``priorsam.training``:
-the same views, augmentations and framing as the library's own training); the trainer
-then only runs the light heads. Saving writes the library's checkpoint format
+the same views, augmentations and framing as the library's own training), and
+:func:`train_heads` runs the library's one trainer (:func:`priorsam.training.trainer.train`) on
+them, so the bundle reproduces the shipped weights with the same recipe. The MONAI
+``SupervisedTrainer`` pieces below remain for users who compose their own MONAI workflow. Saving writes the library's checkpoint format
 (:mod:`priorsam.models.spec`) so ``load_priorsam`` and the inference bundle
 read the result directly.
 """
@@ -32,6 +34,45 @@ def training_cases(items: Sequence[Mapping[str, str]], label_map: str | None = N
         case = Case(case_name(it["image"]), str(it["image"]), str(it["label"]), label_map or None)
         cases.append(Case(f"{case.case_id}-{content_hash(case)}", case.image, case.label, case.label_map))
     return cases
+
+
+def build_training_cache(items: Sequence[Mapping[str, str]], cache_dir: str, views: int = 0, spacing_mm: float = 1.5,
+                         context: int = 0, label_map: str | None = None, device: str | torch.device = "cpu",
+                         seed: int = 1234) -> list[str]:
+    """Encode the datalist's cases into the feature cache; returns their case ids (for ``TrainConfig.cases``)."""
+    ds = cached_training_dataset(items, cache_dir, views, spacing_mm, context, label_map, device, seed)
+    return sorted({r["case"] for r in ds.records})
+
+
+def train_heads(config, ckpt_path: str | os.PathLike, init_from: str | None = None) -> Path:
+    """Run the library trainer with ``config`` (a ``TrainConfig``) and publish its weights at ``ckpt_path``.
+
+    ``init_from``: start from these heads (e.g. the shipped ones) instead of random ones. A localiser
+    in ``init_from`` is carried over unchanged, so fine-tuned heads keep the 3D context.
+    """
+    import shutil
+    from dataclasses import replace
+
+    from ..models.spec import read_checkpoint, write_checkpoint
+    from ..training.trainer import train
+
+    if init_from and Path(init_from).is_file():
+        config = replace(config, init_from=str(init_from))
+    out = train(config)
+    dest = Path(ckpt_path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if config.init_from:
+        base_state, base_spec = read_checkpoint(config.init_from)
+        if base_spec.localiser is not None:
+            heads, spec = read_checkpoint(out)
+            loc = {k[len("localiser."):]: v for k, v in base_state.items() if k.startswith("localiser.")}
+            spec = replace(spec, localiser=base_spec.localiser,
+                           data_sources=spec.data_sources or base_spec.data_sources)
+            return write_checkpoint(dest, heads, spec, loc)
+    tmp = dest.with_name(dest.name + ".part")
+    shutil.copyfile(out, tmp)
+    os.replace(tmp, dest)
+    return dest
 
 
 def cached_training_dataset(items: Sequence[Mapping[str, str]], cache_dir: str, views: int = 0,
@@ -141,3 +182,21 @@ class PriorSAMCheckpointSaver:
             return
         path = save_checkpoint(self.network, self.ckpt_path, self.spacing_mm, self.context, self.note)
         engine.logger.info(f"saved PriorSAM checkpoint {path} (epoch {engine.state.epoch})")
+
+
+def distributed_train_heads(items: Sequence[Mapping[str, str]], config, ckpt_path: str | os.PathLike,
+                            init_from: str | None = None, views: int = 0, spacing_mm: float = 1.5, context: int = 0,
+                            label_map: str | None = None, device: str | torch.device = "cpu") -> Path | None:
+    """``multi_gpu_train.json``: every rank encodes its share of the cases into the shared feature cache
+    (the expensive part), then rank 0 trains the light heads with the library trainer."""
+    import torch.distributed as dist
+    from dataclasses import replace
+
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    build_training_cache(list(items)[rank::world], config.cache, views, spacing_mm, context, label_map, device)
+    if dist.is_initialized():
+        dist.barrier()
+    if rank:
+        return None
+    cases = sorted({c.case_id for c in training_cases(items, label_map)})
+    return train_heads(replace(config, cases=cases), ckpt_path, init_from)

@@ -50,6 +50,11 @@ class SegmentOptions:
     z_step_mm: float = 10.0             # distance of run slices for z_stride=None: well under the smallest
                                         # organ's axial extent (gallbladder, pancreas: ≥ 3 cm in adults)
     z_agree_dice: float = 0.7           # run slices must agree this well (Dice per organ) to interpolate
+    use_localiser: bool = True          # 3D organ localiser (when the weights have one): which organs each
+                                        # slice may hold, their boxes, and which slices to skip
+    localiser_margin_mm: float = 10.0   # localiser boxes are grown by this in-plane (larger, never shifted)
+    box_source: str = "semantic"        # box prompt per organ: "semantic" (coarse mask inside the localiser
+                                        # box, else that box) or "localiser" (always the localiser box)
 
 
 @dataclass
@@ -60,6 +65,7 @@ class SegmentationResult:
     options: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
     slices_run: int = 0                 # slices that went through the model (the rest: outside the body or interpolated)
+    localiser: dict = field(default_factory=dict)   # what the 3D localiser found (or why it was not used)
 
 
 def _boxes_from_masks(masks: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,6 +82,33 @@ def _boxes_from_masks(masks: torch.Tensor, margin: float) -> tuple[torch.Tensor,
     x1 = torch.where(cols, ac, -1).amax(1)
     boxes = torch.stack([x0 - margin, y0 - margin, x1 + margin, y1 + margin], 1).float()
     return boxes.clamp(0, max(h, w) - 1), valid
+
+
+def _box_masks(boxes: torch.Tensor, size) -> torch.Tensor:
+    """(N, C, 4) boxes [x0, y0, x1, y1] (NaN: none) → (N, C, H, W) bool masks of their insides."""
+    h, w = size
+    ys = torch.arange(h, dtype=boxes.dtype).view(1, 1, h, 1)
+    xs = torch.arange(w, dtype=boxes.dtype).view(1, 1, 1, w)
+    b = torch.nan_to_num(boxes, nan=-1.0)
+    inside = (xs >= b[..., 0, None, None]) & (xs <= b[..., 2, None, None]) & \
+             (ys >= b[..., 1, None, None]) & (ys <= b[..., 3, None, None])
+    return inside & ~torch.isnan(boxes[..., :1, None])
+
+
+def _slice_guide(loc, shape, frame, num_classes: int):
+    """A function: display slice indices → (N, C, 4) localiser boxes in model pixels (NaN: not expected)."""
+    nx, ny, _ = shape
+
+    def guide(idx: np.ndarray) -> torch.Tensor:
+        out = torch.full((len(idx), num_classes, 4), float("nan"))
+        for i, z in enumerate(idx):
+            for k, (x0, y0, x1, y1) in loc.organs_at(int(z)).items():
+                # Canonical RAS voxel (x, y) is display (column nx−1−x, row ny−1−y).
+                disp = np.array([nx - 1 - x1, ny - 1 - y1, nx - 1 - x0, ny - 1 - y0], dtype=np.float64)
+                out[i, k] = torch.from_numpy(frame.box_to_model(disp).astype(np.float32))
+        return out.clamp(0, 255)  # NaN (not expected) stays NaN
+
+    return guide
 
 
 class Segmenter:
@@ -121,8 +154,13 @@ class Segmenter:
             self.feature_memo[key] = feats
         return feats
 
-    def _predict_model_space(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, 256, 256) → (N, C, 256, 256) one-hot-like class scores in model space."""
+    def _predict_model_space(self, images: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, 3, 256, 256) → (N, C, 256, 256) one-hot-like class scores in model space.
+
+        ``guide``: the localiser's boxes per slice and class, (N, C, 4) [x0, y0, x1, y1] in model
+        pixels, NaN where the class is not expected in that slice. With it, each organ is looked
+        for only inside its box, and presence comes from the localiser instead of the 2D heads.
+        """
         o = self.options
         m = self.model
         feats = self._encode(images)
@@ -130,7 +168,12 @@ class Segmenter:
         logits = out["semantic_logits"] if o.mask_round is None else out["round_logits"][o.mask_round]
         probs = logits.float().softmax(1)
         c = probs.shape[1]
-        if o.presence_gating:
+        region = None
+        if guide is not None:
+            region = _box_masks(guide, probs.shape[-2:])
+            region[:, 0] = True
+            probs = probs * region
+        elif o.presence_gating:
             present = out["presence_logits"].float().sigmoid() >= o.presence_threshold
             present[:, 0] = True
             probs = probs * present[:, :, None, None]
@@ -145,14 +188,29 @@ class Segmenter:
         for k in range(1, c):
             masks = coarse == k
             keep = masks.flatten(1).sum(1) >= o.min_pixels
+            start = None
+            if guide is not None:
+                # The localiser's box stands in where the 2D heads found nothing (or always, on request).
+                expected = ~torch.isnan(guide[:, k, 0])
+                start = guide[:, k].clone()
+                use_sem = keep & expected & (o.box_source == "semantic")
+                if use_sem.any():
+                    sem, _ = _boxes_from_masks(masks[use_sem], margin=3.0)
+                    start[use_sem] = sem
+                keep = expected
             if not keep.any():
                 continue
             idx = torch.nonzero(keep).flatten()
             cur = masks[idx]
-            for _ in range(max(1, o.refine_iterations)):
-                boxes, valid = _boxes_from_masks(cur, margin=3.0)
+            for r in range(max(1, o.refine_iterations)):
+                if r == 0 and start is not None:
+                    boxes, valid = start[idx], torch.ones(len(idx), dtype=torch.bool)
+                else:
+                    boxes, valid = _boxes_from_masks(cur, margin=3.0)
                 logits_b, _ = m.binary(emb[idx], boxes)
                 cur = logits_b[:, 0] > 0
+                if region is not None:
+                    cur &= region[idx, k]
                 if not valid.all():
                     cur[~valid] = False
             fg[idx, k] = cur.float()
@@ -168,15 +226,22 @@ class Segmenter:
         row_mm, col_mm = display_spacing(volume)
         frame = make_frame(o.framing, slices, row_mm, col_mm, o.spacing_mm)
 
+        loc = self._localise(volume)
+        guide_for = _slice_guide(loc, volume.shape, frame, self.model.num_classes) if loc and loc.usable else None
+
         def predict(idx: np.ndarray) -> np.ndarray:
             lo, hi = max(0, idx[0] - o.context), min(len(slices), idx[-1] + o.context + 1)
             windowed = window(slices[lo:hi])
             images = frame.images(stack_channels(windowed, idx - lo, o.context))
-            onehot = self._predict_model_space(images).cpu()
+            guide = guide_for(idx) if guide_for is not None else None
+            onehot = self._predict_model_space(images, guide).cpu()
             # max().indices: the same labels as argmax, ≈6× faster on (N, 9, 512, 512) CPU tensors.
             return frame.maps_from_model(onehot).max(1).indices.numpy().astype(np.uint8)
 
         todo = body_slices(slices, row_mm, col_mm) if o.skip_outside_body else np.arange(len(slices))
+        if guide_for is not None:
+            # Slices far from every organ the localiser found are background: the encoder skips them.
+            todo = np.intersect1d(todo, loc.slices_needed())
         stride = o.z_stride if o.z_stride is not None else auto_z_stride(float(volume.spacing[2]), o.z_step_mm)
         if stride > 1 and len(todo) > 2:
             display, ran = strided_labels(slices.shape, todo, predict, stride, o.z_agree_dice, o.batch_size,
@@ -189,8 +254,26 @@ class Segmenter:
         if o.box_smoothing:
             labels = smooth_organ_boxes(labels)
         labels = clean_labels(labels, largest_component=o.largest_component, fill_holes=o.fill_holes)
+        loc_info = loc.summary() if loc is not None else {"usable": False, "reason": "no localiser in these weights"
+                                                                   if getattr(self.model, "localiser", None) is None
+                                                                   else "switched off"}
+        loc_info["slices_skipped"] = int(len(slices) - len(todo)) if loc is not None and loc.usable else 0
         return SegmentationResult(labels, time.time() - t0, str(self.device), {**asdict(o), "z_stride_used": stride},
-                                  self.model_info(), ran)
+                                  self.model_info(), ran, loc_info)
+
+    def _localise(self, volume: Volume):
+        """The localiser's result for ``volume`` (None without a localiser); says so when 3D context is too thin."""
+        import logging
+
+        loc_net = getattr(self.model, "localiser", None)
+        if loc_net is None or not self.options.use_localiser:
+            return None
+        from .localise import localise
+
+        res = localise(volume.array, volume.spacing, loc_net, self.device, margin_mm=self.options.localiser_margin_mm)
+        if not res.usable:
+            logging.getLogger("priorsam").warning(res.reason)
+        return res
 
 
 def auto_z_stride(slice_mm: float, step_mm: float) -> int:

@@ -213,3 +213,20 @@ def load_model(path: str | os.PathLike, device: str = "cpu", encoder: str | None
     model.config = {"spacing_mm": spec.spacing_mm, "context": spec.context, "framing": spec.framing,
                     "prior_version": spec.prior_version, "model": spec.heads}
     return model.to(device).eval()
+
+
+def compose_checkpoint(heads_path: str | os.PathLike, localiser_path: str | os.PathLike | None,
+                       out_path: str | os.PathLike, data_sources: list | None = None, **spec_updates) -> Path:
+    """One shippable checkpoint from trained heads and a separately trained localiser."""
+    from dataclasses import replace
+
+    heads, spec = read_checkpoint(heads_path)
+    heads = {k: v for k, v in heads.items() if not k.startswith(LOCALISER_PREFIX)}
+    loc_state, loc_spec = read_localiser_checkpoint(localiser_path) if localiser_path else (None, None)
+    sources = list(spec.data_sources)
+    for s in data_sources or []:
+        if s not in sources:
+            sources.append(s)
+    spec = replace(spec, localiser=loc_spec, data_sources=sources, labels=spec.labels or default_labels(),
+                   **spec_updates)
+    return write_checkpoint(out_path, heads, spec, loc_state)

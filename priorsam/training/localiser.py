@@ -58,6 +58,7 @@ class LocaliserTrainConfig:
     log_every: int = 25
     ckpt_every: int = 250
     threads: int = 0
+    refresh_every: int = 0                      # look for newly built bank cases every N steps (bank still building)
 
 
 @dataclass
@@ -235,6 +236,16 @@ def train_localiser(cfg: LocaliserTrainConfig, log=print) -> Path:
     t_last, acc = time.time(), []
     try:
         while step < cfg.steps:
+            if cfg.refresh_every and step % cfg.refresh_every == 0:
+                have = {c.case_id for c in cases}
+                new = [i for i in select_cases(cfg) if i not in have]
+                if new:
+                    cases += load_cases(cfg, new, log)
+                    ids = [c.case_id for c in cases]
+                    (out / "config.json").write_text(json.dumps({**asdict(cfg), "cases": ids}, indent=1))
+                # While the bank is still registering (it writes bank.json when done) leave it a core.
+                torch.set_num_threads(cfg.threads or (os.cpu_count() or 1) if (Path(cfg.bank) / "bank.json").is_file()
+                                      else 1)
             batch = [draw_sample(cases[int(rng.integers(len(cases)))], cfg, rng, names) for _ in range(cfg.batch_size)]
             hu = torch.from_numpy(np.stack([b[0] for b in batch]))
             lab = torch.from_numpy(np.stack([b[1] for b in batch]))

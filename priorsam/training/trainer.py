@@ -56,6 +56,7 @@ class TrainConfig:
     resume: bool = True
     threads: int = 0
     init_from: str | None = None        # start from these heads (a checkpoint of the same architecture)
+    cases: list | None = None           # restrict to these cached case ids (None: every case in the cache)
     data_sources: list = field(default_factory=list)   # {name, licence, use} records for the spec
 
 
@@ -114,6 +115,8 @@ def select_records(cache: FeatureCache, cfg: TrainConfig) -> list[dict]:
         recs = [r for r in recs if r["view"] in set(cfg.views)]
     if cfg.augmented is not None:
         recs = [r for r in recs if bool(r["augment"]) == cfg.augmented]
+    if cfg.cases is not None:
+        recs = [r for r in recs if r["case"] in set(cfg.cases)]
     if not recs:
         raise RuntimeError(f"no cached entries in {cfg.cache} match the selection")
     ctx = {r["context"] for r in recs}

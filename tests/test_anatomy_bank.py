@@ -1,0 +1,144 @@
+"""Anatomy bank loader, label-driven registration QA and pseudo-patient building on small synthetic maps.
+
+Nothing here needs ../shared: the bank's layout is recreated in tmp_path with synthetic label maps.
+"""
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from priorsam.data.anatomy import check_orientation, discover, load_anatomy
+from priorsam.errors import InputError
+
+
+def synthetic_abdomen(shape=(40, 36, 32), shift=(0, 0, 0), scale=1.0) -> np.ndarray:
+    """Our 8 organs as boxes/ellipsoids in canonical RAS voxel order (larger x = patient's right)."""
+    lab = np.zeros(shape, np.uint8)
+    x, y, z = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    cx, cy, cz = (np.array(shape) / 2) + np.array(shift)
+
+    def ell(k, c, r):
+        m = sum(((a - ci) / (ri * scale)) ** 2 for a, ci, ri in zip((x, y, z), c, r)) <= 1
+        lab[m & (lab == 0)] = k
+
+    ell(5, (cx + 9, cy + 2, cz + 4), (8, 9, 7))     # liver, patient's right
+    ell(1, (cx - 11, cy - 3, cz + 4), (4, 5, 5))    # spleen, left
+    ell(2, (cx + 8, cy - 8, cz - 6), (3, 3, 5))     # right kidney
+    ell(3, (cx - 8, cy - 8, cz - 6), (3, 3, 5))     # left kidney
+    ell(4, (cx + 5, cy + 8, cz - 1), (2, 2, 2))     # gallbladder
+    ell(6, (cx - 5, cy + 4, cz + 5), (4, 4, 4))     # stomach
+    ell(7, (cx, cy - 6, cz), (1.5, 1.5, 12))        # aorta
+    ell(8, (cx - 2, cy - 1, cz - 2), (5, 1.5, 1.5))  # pancreas
+    return lab
+
+
+def write_bank(root, maps: dict[str, np.ndarray], affine=None):
+    folder = root / "btcv_learn2reg"
+    folder.mkdir(parents=True)
+    raw_of = {1: 1, 2: 2, 3: 3, 4: 4, 5: 6, 6: 7, 7: 8, 8: 11}  # our id → BTCV id
+    aff = np.diag([3.0, 3.0, 3.0, 1.0]) if affine is None else affine
+    for name, ours in maps.items():
+        raw = np.zeros_like(ours)
+        for o, r in raw_of.items():
+            raw[ours == o] = r
+        nib.save(nib.Nifti1Image(raw, aff), str(folder / f"{name}.nii.gz"))
+    return root
+
+
+def test_loader_maps_ids_and_checks_orientation(tmp_path):
+    root = write_bank(tmp_path / "bank", {"0001": synthetic_abdomen()})
+    cases = discover(root)
+    assert [c.case_id for c in cases] == ["btcv_0001"]
+    a = load_anatomy(cases[0])
+    assert set(np.unique(a.ours)) == set(range(9))
+    assert np.array_equal(a.ours, synthetic_abdomen())
+    assert "research" in cases[0].licence
+
+
+def test_loader_refuses_mirrored_map(tmp_path):
+    """A header whose x axis is mirrored puts the liver on the patient's left: refused with one line."""
+    lab = synthetic_abdomen()
+    mirrored = np.diag([-3.0, 3.0, 3.0, 1.0])  # voxel data unchanged, x flipped: what the raw Learn2Reg maps had
+    root = write_bank(tmp_path / "bank", {"0002": lab}, affine=mirrored)
+    with pytest.raises(InputError, match="mirrored left/right") as e:
+        load_anatomy(discover(root)[0])
+    assert "\n" not in str(e.value)
+
+
+def test_orientation_check_catches_swapped_kidneys():
+    lab = synthetic_abdomen()
+    swapped = lab.copy()
+    swapped[lab == 2], swapped[lab == 3] = 3, 2
+    check_orientation(lab, np.diag([3.0, 3, 3, 1]), "ok")
+    with pytest.raises(InputError, match="mirrored kidneys"):
+        check_orientation(swapped, np.diag([3.0, 3, 3, 1]), "swapped")
+
+
+def test_missing_bank_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("PRIORSAM_ANATOMY_DIR", raising=False)
+    with pytest.raises(InputError, match="no anatomy bank given"):
+        discover(None)
+    with pytest.raises(InputError, match="not found"):
+        discover(tmp_path / "nowhere")
+
+
+def test_registration_qa_on_a_synthetic_pair():
+    """Greedy aligns a shifted, scaled copy: Dice rises from the affine step to the deformable one,
+    the deformation does not fold, and extra images follow the same transform."""
+    pytest.importorskip("picsl_greedy")
+    from priorsam.data.registration import dice_per_label, register_labels
+
+    fixed = synthetic_abdomen()
+    moving = synthetic_abdomen(shift=(2, -1, 1), scale=0.85)
+    before = np.nanmean(list(dice_per_label(moving, fixed, range(1, 9)).values()))
+    intensity = np.where(moving > 0, 40.0 + 10 * moving, -1000.0).astype(np.float32)
+    r = register_labels(fixed, moving, 3.0, {"ct": (intensity, "LINEAR", -1024.0)},
+                        affine_iters="40x20", deform_iters="40x20")
+    after = np.mean([v for v in r.dice.values()])
+    assert after > 0.8 and after > before + 0.1, (before, r.dice)
+    assert np.mean(list(r.dice.values())) >= np.mean(list(r.dice_affine.values())) - 0.02
+    assert r.folded_fraction < 0.01
+    assert r.warped["ct"].shape == fixed.shape and r.warped["labels"].dtype == np.uint8
+    # The warped intensities follow the warped labels (liver voxels carry the liver's value).
+    liver = r.warped["labels"] == 5
+    assert abs(float(np.median(r.warped["ct"][liver])) - 90.0) < 15
+
+
+def test_appearance_phase_changes_only_labelled_structures():
+    from priorsam.data import appearance as app
+
+    names = {1: "spleen", 2: "aorta", 3: "kidney_left", 4: "vertebrae_L1"}
+    full = np.zeros((20, 20, 20), np.uint8)
+    full[2:8, 2:8, 2:8] = 1
+    full[10:13, 10:13, :] = 2
+    full[12:19, 2:9, 5:15] = 3
+    full[2:6, 14:18, :] = 4
+    ct = np.full(full.shape, 40.0, np.float32)
+    ct[full == 0] = -100.0
+    rng = np.random.default_rng(0)
+    out, draws = app.apply_phase(ct, full, names, "arterial", rng, 4.0)
+    assert np.all(out[full == 0] == ct[full == 0])                        # fat untouched
+    assert np.all(out[full == 4] == ct[full == 4])                        # bone untouched
+    lo, hi = app.ARTERIAL_AORTA_HU
+    assert lo - 1 <= float(np.median(out[full == 2])) <= hi + 1           # CT angiography aorta
+    kid = out[full == 3]
+    assert kid.max() - kid.min() > 30                                     # cortex enhances more than medulla
+    syn = app.apply_synthseg(ct, full, rng)
+    assert np.all(syn[full == 0] == ct[full == 0])
+    assert len({float(syn[full == k][0]) for k in (1, 2, 3, 4)}) == 4     # one offset per structure
+
+
+def test_field_of_view_and_slab_are_edge_padded():
+    from priorsam.data import appearance as app
+
+    ct = np.arange(40 * 40 * 20, dtype=np.float32).reshape(40, 40, 20)
+    f = app.crop_field_of_view(ct, 4.0, np.random.default_rng(0), (20, 20), 80.0)
+    assert f.shape == ct.shape and np.array_equal(f[10:30, 10:30], ct[10:30, 10:30])
+    assert np.array_equal(f[0, 10:30], ct[10, 10:30])                     # the edge, not air
+    s = app.crop_slab(ct, 5, 9)
+    assert np.array_equal(s[:, :, 0], ct[:, :, 5]) and np.array_equal(s[:, :, 19], ct[:, :, 8])
+    padded, crop = app.pad_edge(np.ones((10, 30, 3)), (48, 48, 48))
+    assert padded.shape == (48, 48, 48) and padded[crop].shape == (10, 30, 3)
