@@ -4,6 +4,7 @@ fault tests, which kill it (test helper, no tests here).
 Environment:
     PRIORSAM_TEST_WEIGHTS: a file standing in for the checkpoint (only its sha256 is recorded).
     PRIORSAM_TEST_DELAY: seconds each model call takes, so that kills can land inside a case.
+    PRIORSAM_TEST_HOLD: a path; the model calls wait until it exists (lets a test act mid-run).
     PRIORSAM_TEST_KILL_AFTER_REPLACE: N > 0 makes the process SIGKILL itself right after its N-th
         atomic rename, i.e. between one output of a case and the next output or its JSON.
 """
@@ -23,7 +24,9 @@ def main() -> int:
     import reliability_helpers as rh
 
     mp = pytest.MonkeyPatch()
-    rh.install_fake_model(mp, Path(os.environ["PRIORSAM_TEST_WEIGHTS"]), float(os.environ.get("PRIORSAM_TEST_DELAY", "0")))
+    hold = os.environ.get("PRIORSAM_TEST_HOLD")
+    rh.install_fake_model(mp, Path(os.environ["PRIORSAM_TEST_WEIGHTS"]), float(os.environ.get("PRIORSAM_TEST_DELAY", "0")),
+                          Path(hold) if hold else None)
     kill_after = int(os.environ.get("PRIORSAM_TEST_KILL_AFTER_REPLACE", "0"))
     if kill_after:
         real_replace, renames = os.replace, []

@@ -211,8 +211,9 @@ def good_nifti(folder: Path, name: str = "ct.nii.gz", seed: int = 0) -> Path:
 class FakeSegmenter:
     """Stands in for :class:`priorsam.engine.segment.Segmenter` (weights + forward pass only)."""
 
-    def __init__(self, *args, delay: float = 0.0, **kwargs):
+    def __init__(self, *args, delay: float = 0.0, hold: Path | None = None, **kwargs):
         self.delay = delay
+        self.hold = hold      # the first model call waits until this file exists (the test's go signal)
         self.calls: list[str] = []
 
     def model_info(self) -> dict:
@@ -222,18 +223,20 @@ class FakeSegmenter:
         from priorsam.engine.segment import SegmentationResult
 
         self.calls.append(volume.source.path)
+        while self.hold is not None and not self.hold.exists():
+            time.sleep(0.05)
         if self.delay:
             time.sleep(self.delay)
         labels = np.where(volume.array > -500, 5, 0).astype(np.uint8)
         return SegmentationResult(labels, self.delay, "cpu", {}, self.model_info(), int(volume.shape[2]))
 
 
-def install_fake_model(mp, weights: Path, delay: float = 0.0) -> FakeSegmenter:
+def install_fake_model(mp, weights: Path, delay: float = 0.0, hold: Path | None = None) -> FakeSegmenter:
     """Replace the model in the CLI and the batch runner (``mp``: a pytest MonkeyPatch)."""
     from priorsam.batch import runner
     from priorsam.engine import segment as engine
 
-    fake = FakeSegmenter(delay=delay)
+    fake = FakeSegmenter(delay=delay, hold=hold)
     mp.setattr(engine, "Segmenter", lambda *a, **k: fake)
     mp.setattr(runner.BatchJob, "_get_segmenter", lambda self, device: fake)
     mp.setattr(runner.BatchJob, "_weights_path", lambda self: weights)

@@ -33,9 +33,11 @@ DRIVER = Path(__file__).with_name("batch_driver.py")
 DELAY = 0.4   # model seconds per case
 
 
-def start(inputs: Path, out: Path, weights: Path, *extra: str, delay: float = DELAY, kill_after: int = 0):
+def start(inputs: Path, out: Path, weights: Path, *extra: str, delay: float = DELAY, kill_after: int = 0,
+          hold: Path | None = None):
     env = {**os.environ, "PRIORSAM_TEST_WEIGHTS": str(weights), "PRIORSAM_TEST_DELAY": str(delay),
-           "PRIORSAM_TEST_KILL_AFTER_REPLACE": str(kill_after), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+           "PRIORSAM_TEST_KILL_AFTER_REPLACE": str(kill_after), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PRIORSAM_TEST_HOLD": str(hold or "")}
     cmd = [sys.executable, str(DRIVER), "--input", str(inputs), "--output", str(out), "--format", "both",
            "--device", "cpu", "--quiet", *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -145,15 +147,18 @@ def test_two_runs_on_one_folder(tmp_path, fake_weights):
     waits and then finds every case finished: no case is computed twice and nothing is corrupted."""
     inputs = make_inputs(tmp_path / "in")
     out = tmp_path / "out"
-    first = start(inputs, out, fake_weights, delay=1.5)
+    go = tmp_path / "go"                                   # the first run's model waits for this file
+    first = start(inputs, out, fake_weights, delay=0.2, hold=go)
     wait_for_log(out, "case a: processing", first)
-    assert first.poll() is None, "the first run ended before the second could start"
+    assert first.poll() is None, first.stderr.read()
     waiting = start(inputs, out, fake_weights, "--wait", "300")
     refused = start(inputs, out, fake_weights)
     r_out, r_err = refused.communicate(timeout=300)
     assert refused.returncode == 1
     lines = error_lines(r_err)
     assert len(lines) == 1 and lines[0].startswith(f"error: output folder {out} is in use by another batch (pid "), r_err
+    assert waiting.poll() is None, "the --wait run did not wait"
+    go.touch()
     assert first.wait(timeout=300) == 0, first.stderr.read()
     w_out, w_err = waiting.communicate(timeout=300)
     assert waiting.returncode == 0, w_err
