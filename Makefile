@@ -16,7 +16,7 @@ $(BIN)/python:
 # torch is pinned first so nothing later swaps it for another build.
 $(STAMP): $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e ".[test,slicer]"
+	$(BIN)/pip install -q -e ".[test,slicer,bank]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

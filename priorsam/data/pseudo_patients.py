@@ -173,6 +173,63 @@ def build_bank(anatomy: str | None, cache: str, cases: list[str] | None = None, 
     return records
 
 
+def gallery(cache: str | os.PathLike, out_png: str | os.PathLike, columns: int = 6) -> Path:
+    """One PNG: per case, a coronal slice of the pseudo-patient's CT through the organs' centre with the
+    warped organ labels (filled) and the bank's own organ outlines (lines) — registration QA at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    from ..labels import labels as label_table
+
+    recs = list_bank(cache, kept_only=False)
+    rows = int(np.ceil(len(recs) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 2.2, rows * 2.6))
+    colours = np.array([[0, 0, 0]] + [list(lab.color) for lab in label_table()]) / 255.0
+    cmap = ListedColormap(np.c_[colours, np.r_[0.0, np.full(len(colours) - 1, 0.35)]])
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    for ax, rec in zip(np.ravel(axes), recs):
+        pp = load(rec["folder"])
+        y = int(np.argwhere(pp.ours > 0)[:, 1].mean())
+        ct = np.clip((pp.ct[:, y, :].T.astype(np.float32) + 160) / 400, 0, 1)
+        ax.imshow(ct, cmap="gray", origin="lower", aspect=pp.spacing[2] / pp.spacing[0])
+        ax.imshow(pp.ours[:, y, :].T, cmap=cmap, vmin=0, vmax=len(colours) - 1, origin="lower",
+                  interpolation="nearest", aspect=pp.spacing[2] / pp.spacing[0])
+        for k in range(1, 9):
+            m = pp.target[:, y, :].T == k
+            if m.any():
+                ax.contour(m, levels=[0.5], colors=[colours[k]], linewidths=0.6)
+        ax.invert_xaxis()  # radiological convention: the patient's right on the left of the picture
+        ax.set_title(f"{rec['case_id']}\nDice {rec['mean_dice']:.2f}{'' if rec['kept'] else ' DROPPED'}", fontsize=7)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def qa_table(cache: str | os.PathLike) -> str:
+    """Markdown table of every case's registration QA."""
+    from ..labels import label_names
+
+    names = label_names()
+    lines = ["| case | source | " + " | ".join(names) + " | mean | affine mean | folded | kept | s |",
+             "|---|---|" + "---|" * (len(names) + 5)]
+    for r in list_bank(cache, kept_only=False):
+        d = r["dice"]
+        aff = np.mean(list(r["dice_affine"].values())) if r["dice_affine"] else float("nan")
+        cells = [f"{d[str(k)]:.2f}" + ("*" if k in r["unreliable_organs"] else "") if str(k) in d else "–"
+                 for k in range(1, 9)]
+        lines.append(f"| {r['case_id']} | {r['source']} | " + " | ".join(cells) +
+                     f" | {r['mean_dice']:.3f} | {aff:.3f} | {r['folded_fraction']:.1e} | "
+                     f"{'yes' if r['kept'] else 'no'} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -180,8 +237,11 @@ def main(argv=None) -> int:
     ap.add_argument("--anatomy", default=None, help="bank folder (default: $PRIORSAM_ANATOMY_DIR)")
     ap.add_argument("--cache", required=True, help="output folder of the pseudo-patients")
     ap.add_argument("--cases", nargs="*", default=None, help="only these case ids")
+    ap.add_argument("--gallery", default=None, help="also write the QA gallery PNG here")
     a = ap.parse_args(argv)
     build_bank(a.anatomy, a.cache, a.cases)
+    if a.gallery:
+        print(f"[bank] gallery: {gallery(a.cache, a.gallery)}")
     return 0
 
 

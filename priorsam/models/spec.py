@@ -137,9 +137,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, ModelSpec]:
 def write_checkpoint(path: str | os.PathLike, heads_state: dict, spec: ModelSpec,
                      localiser_state: dict | None = None) -> Path:
     """Atomically write one checkpoint: heads, optional localiser (``localiser.*``) and the spec."""
+    # A model's own state dict carries its localiser as ``localiser.*`` already; accept either form.
+    inline = {k[len(LOCALISER_PREFIX):]: v for k, v in heads_state.items() if k.startswith(LOCALISER_PREFIX)}
+    if localiser_state is None and inline:
+        localiser_state = inline
     if (localiser_state is None) != (spec.localiser is None):
         raise ValueError("a localiser state needs a localiser spec, and the other way round")
-    sd = {k: v for k, v in heads_state.items() if not k.startswith("meta.")}
+    sd = {k: v for k, v in heads_state.items() if not k.startswith(("meta.", LOCALISER_PREFIX))}
     for k, v in (localiser_state or {}).items():
         if not k.startswith("meta."):
             sd[LOCALISER_PREFIX + k] = v

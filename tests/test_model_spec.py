@@ -1,0 +1,98 @@
+"""ModelSpec and the one checkpoint format: round trip, and clear errors for checkpoints that do not fit."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from priorsam.errors import AssetError
+from priorsam.models.spec import (LocaliserSpec, build_model, load_model, read_checkpoint, spec_for_bank,
+                                  write_checkpoint)
+from priorsam.priors.bank import load_prior_bank
+
+
+@pytest.fixture(scope="module")
+def bank():
+    return load_prior_bank("v1")
+
+
+def small_spec(bank, **kw):
+    loc = LocaliserSpec(init_filters=8, trained_on=["btcv_0001"], holdout=["amos_0013"], steps=1)
+    return spec_for_bank(bank, heads={"refine_rounds": 1}, localiser=loc,
+                         data_sources=[{"name": "sample", "licence": "Apache-2.0", "use": "heads"}], **kw)
+
+
+def test_spec_checkpoint_round_trip(bank, tmp_path):
+    torch.manual_seed(0)
+    spec = small_spec(bank)
+    model = build_model(spec, encoder=None, binary_path=False, pretrained=False, prior_bank=bank)
+    assert model.localiser is not None and model.localiser.net.convInit.conv.out_channels == 8
+    path = write_checkpoint(tmp_path / "m.pt", model.trainable_state_dict(), spec)
+    raw = torch.load(path, weights_only=True)                   # tensors only: MONAI 1.6 loads it so
+    assert "meta.spec" in raw and any(k.startswith("localiser.") for k in raw)
+    state, back = read_checkpoint(path)
+    assert back == spec
+    loaded = load_model(path, encoder=None, binary_path=False)
+    own = model.trainable_state_dict()
+    assert set(own) == set(loaded.trainable_state_dict())
+    assert all(torch.equal(own[k], loaded.trainable_state_dict()[k]) for k in own)
+    x = torch.randn(1, 2, 16, 16, 16)
+    assert torch.equal(model.localiser.eval()(x), loaded.localiser(x))
+
+
+def test_wrong_priors_encoder_or_localiser_are_clear_errors(bank, tmp_path):
+    spec = small_spec(bank)
+    model = build_model(spec, encoder=None, binary_path=False, pretrained=False, prior_bank=bank)
+    state = model.trainable_state_dict()
+    bad_priors = write_checkpoint(tmp_path / "p.pt", state, replace(spec, prior_embedding_sha256="0" * 64))
+    with pytest.raises(AssetError, match="trained with priors"):
+        load_model(bad_priors, encoder=None, binary_path=False)
+    bad_encoder = write_checkpoint(tmp_path / "e.pt", state, replace(spec, encoder_sha256="f" * 64))
+    with pytest.raises(AssetError, match="encoder weights"):
+        load_model(bad_encoder, encoder=None, binary_path=False)
+    wider = replace(spec, localiser=replace(spec.localiser, init_filters=16))
+    bad_loc = write_checkpoint(tmp_path / "l.pt", state, wider)
+    with pytest.raises(AssetError, match="localiser|does not fit"):
+        load_model(bad_loc, encoder=None, binary_path=False)
+    no_loc = {k: v for k, v in state.items() if not k.startswith("localiser.")}
+    with pytest.raises(ValueError):
+        write_checkpoint(tmp_path / "n.pt", no_loc, spec)
+
+
+def test_legacy_checkpoint_is_read_as_a_spec(bank, tmp_path):
+    from priorsam.models.spec import encode_json
+
+    model = build_model(spec_for_bank(bank, heads={"refine_rounds": 1}), encoder=None, binary_path=False,
+                        pretrained=False, prior_bank=bank)
+    sd = model.trainable_state_dict()
+    sd["meta.config"] = encode_json({"prior_version": "v1", "model": {"refine_rounds": 1}, "spacing_mm": 1.5,
+                                     "context": 0, "framing": "fixed"})
+    torch.save(sd, tmp_path / "old.pt")
+    _, spec = read_checkpoint(tmp_path / "old.pt")
+    assert spec.heads == {"refine_rounds": 1} and spec.localiser is None and spec.spacing_mm == 1.5
+    assert load_model(tmp_path / "old.pt", encoder=None, binary_path=False).localiser is None
+
+
+def test_localiser_output_shapes_and_guidance():
+    """Shapes through the network, and what the engine derives from a localiser's output."""
+    import numpy as np
+
+    from priorsam.engine.localise import localise
+    from priorsam.models.localiser import OrganLocaliser
+
+    torch.manual_seed(0)
+    net = OrganLocaliser(init_filters=8).eval()
+    x = net.prepare(torch.zeros(2, 24, 32, 16))
+    assert x.shape == (2, 2, 24, 32, 16) and float(x.min()) >= 0 and float(x.max()) <= 1
+    assert net(x).shape == (2, 9, 24, 32, 16)
+    # A 0.8 mm × 0.8 mm × 2.5 mm volume: resampled to 4 mm, padded to 48³, cropped back.
+    hu = np.full((100, 90, 30), 40.0, np.float32)
+    res = localise(hu, np.array([0.8, 0.8, 2.5]), net)
+    assert res.usable and res.coarse_labels.shape == (20, 18, 19)
+    assert set(res.present) == set(range(1, 9))
+    for k, (x0, y0, z0, x1, y1, z1) in res.boxes.items():
+        assert 0 <= x0 <= x1 <= 99 and 0 <= y0 <= y1 <= 89 and 0 <= z0 <= z1 <= 29
+        assert all(0 <= z < 30 for z in res.slice_boxes[k])
+    thin = localise(hu[:, :, :3], np.array([0.8, 0.8, 1.0]), net)
+    assert not thin.usable and "too thin" in thin.reason and "per-slice model" in thin.reason
