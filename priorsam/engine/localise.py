@@ -32,14 +32,21 @@ class LocaliserResult:
     slice_boxes: dict[int, dict[int, tuple[float, float, float, float]]] = field(default_factory=dict)
     seconds: float = 0.0
     coarse_labels: np.ndarray | None = None   # (x, y, z) on the localiser grid, after clean-up
+    n_slices: int = 0
 
     def organs_at(self, z: int) -> dict[int, tuple[float, float, float, float]]:
         """organ id → in-plane box (x0, y0, x1, y1) in voxel indices of slice ``z``."""
         return {k: b[z] for k, b in self.slice_boxes.items() if z in b}
 
-    def slices_needed(self) -> np.ndarray:
+    def slices_needed(self, slice_mm: float, missing_margin_mm: float = 50.0) -> np.ndarray:
+        """Slices that may hold an organ: those of a located organ's box; when an organ was not found,
+        every slice within ``missing_margin_mm`` of the located ones (it lies among them in any adult)."""
         zs = sorted({z for b in self.slice_boxes.values() for z in b})
-        return np.array(zs, dtype=int)
+        if zs and not all(self.present.get(k, False) for k in range(1, 9)):
+            m = int(np.ceil(missing_margin_mm / max(slice_mm, 1e-3)))
+            n = int(max(self.boxes[k][5] for k in self.boxes)) + 1 + m
+            zs = range(max(0, zs[0] - m), min(n, self.n_slices) if self.n_slices else n)
+        return np.array(list(zs), dtype=int)
 
     def summary(self) -> dict:
         return {"usable": self.usable, "reason": self.reason, "seconds": round(self.seconds, 2),
@@ -83,7 +90,7 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
     probs = localiser(x).float().softmax(1)[0][(slice(None),) + crop].cpu().numpy()
     labels = probs.argmax(0).astype(np.uint8)
     voxel_ml = localiser.spacing_mm ** 3 / 1000.0
-    res = LocaliserResult(True, seconds=0.0)
+    res = LocaliserResult(True, seconds=0.0, n_slices=int(hu.shape[2]))
     clean = np.zeros_like(labels)
     nf = np.array(hu.shape)
     nc = np.array(labels.shape)

@@ -99,8 +99,11 @@ def _slice_guide(loc, shape, frame, num_classes: int):
     """A function: display slice indices → (N, C, 4) localiser boxes in model pixels (NaN: not expected)."""
     nx, ny, _ = shape
 
+    missing = [k for k in range(1, num_classes) if not loc.present.get(k, False)]
+
     def guide(idx: np.ndarray) -> torch.Tensor:
         out = torch.full((len(idx), num_classes, 4), float("nan"))
+        out[:, missing] = float("inf")
         for i, z in enumerate(idx):
             for k, (x0, y0, x1, y1) in loc.organs_at(int(z)).items():
                 # Canonical RAS voxel (x, y) is display (column nx−1−x, row ny−1−y).
@@ -158,8 +161,9 @@ class Segmenter:
         """(N, 3, 256, 256) → (N, C, 256, 256) one-hot-like class scores in model space.
 
         ``guide``: the localiser's boxes per slice and class, (N, C, 4) [x0, y0, x1, y1] in model
-        pixels, NaN where the class is not expected in that slice. With it, each organ is looked
-        for only inside its box, and presence comes from the localiser instead of the 2D heads.
+        pixels, NaN where the class is not expected in that slice; +inf for a class the localiser
+        did not find anywhere (the 2D heads then decide alone, as without a localiser). A located
+        organ is looked for only inside its box, and its presence comes from the localiser.
         """
         o = self.options
         m = self.model
@@ -169,14 +173,20 @@ class Segmenter:
         probs = logits.float().softmax(1)
         c = probs.shape[1]
         region = None
+        unguided = torch.ones(c, dtype=torch.bool)
         if guide is not None:
-            region = _box_masks(guide, probs.shape[-2:])
+            unguided = torch.isinf(guide[0, :, 0])
+            unguided[0] = False
+            region = _box_masks(torch.where(torch.isinf(guide), torch.nan, guide), probs.shape[-2:])
             region[:, 0] = True
-            probs = probs * region
-        elif o.presence_gating:
+            region[:, unguided] = True
+        if o.presence_gating:
             present = out["presence_logits"].float().sigmoid() >= o.presence_threshold
             present[:, 0] = True
+            present[:, ~unguided] = True
             probs = probs * present[:, :, None, None]
+        if region is not None:
+            probs = probs * region
         coarse = probs.argmax(1)
         if not o.sam_refine or m.binary is None:
             return F.one_hot(coarse, c).permute(0, 3, 1, 2).float()
@@ -189,7 +199,7 @@ class Segmenter:
             masks = coarse == k
             keep = masks.flatten(1).sum(1) >= o.min_pixels
             start = None
-            if guide is not None:
+            if guide is not None and not unguided[k]:
                 # The localiser's box stands in where the 2D heads found nothing (or always, on request).
                 expected = ~torch.isnan(guide[:, k, 0])
                 start = guide[:, k].clone()
@@ -240,8 +250,9 @@ class Segmenter:
 
         todo = body_slices(slices, row_mm, col_mm) if o.skip_outside_body else np.arange(len(slices))
         if guide_for is not None:
-            # Slices far from every organ the localiser found are background: the encoder skips them.
-            todo = np.intersect1d(todo, loc.slices_needed())
+            # Slices far from every organ the localiser found are background: the encoder skips them
+            # (with a wider margin when it missed an organ, which the 2D heads then look for alone).
+            todo = np.intersect1d(todo, loc.slices_needed(volume.spacing[2]))
         stride = o.z_stride if o.z_stride is not None else auto_z_stride(float(volume.spacing[2]), o.z_step_mm)
         if stride > 1 and len(todo) > 2:
             display, ran = strided_labels(slices.shape, todo, predict, stride, o.z_agree_dice, o.batch_size,
