@@ -41,3 +41,15 @@ def montage(ct_display: np.ndarray, lab_display: np.ndarray, path: str | Path, n
         sheet.paste(t, ((i % cols) * w, (i // cols) * h))
     sheet.save(path)
     return Path(path)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Write a matplotlib figure (folders created) and free it: the QA galleries and training curves."""
+    import matplotlib.pyplot as plt
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out

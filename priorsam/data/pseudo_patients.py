@@ -180,6 +180,8 @@ def gallery(cache: str | os.PathLike, out_png: str | os.PathLike, columns: int =
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ..preview import save_figure
     from matplotlib.colors import ListedColormap
 
     from ..labels import labels as label_table
@@ -204,12 +206,7 @@ def gallery(cache: str | os.PathLike, out_png: str | os.PathLike, columns: int =
                 ax.contour(m, levels=[0.5], colors=[colours[k]], linewidths=0.6)
         ax.invert_xaxis()  # radiological convention: the patient's right on the left of the picture
         ax.set_title(f"{rec['case_id']}\nDice {rec['mean_dice']:.2f}{'' if rec['kept'] else ' DROPPED'}", fontsize=7)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png, dpi=80)
 
 
 def qa_table(cache: str | os.PathLike) -> str:

@@ -6,8 +6,10 @@ Each held-out pseudo-patient (the sample CT warped onto an anatomy of the bank t
 saw) is rendered in every appearance setting: the contrast phases of :mod:`priorsam.data.appearance`
 (native, arterial/CT angiography, portal-venous, delayed), portal-venous with arms beside the trunk
 and a table, and :data:`~priorsam.data.appearance.UNSEEN_SETTING`, an appearance never drawn in
-training. Every run of RUNS.json (``{"name", "weights", "options", "what"}``) segments each of them
-through the engine; Dice and HD95 (mm and voxels) per organ against the warped sample labels.
+training. Every run of RUNS.json (``{"name", "weights", "options", "what", "settings"?}``) segments
+each of them through the engine; Dice and HD95 (mm and voxels) per organ against the warped sample
+labels. A run with ``"localiser_only": true`` scores the 3D localiser alone, on its own 4 mm grid
+(largest component per organ, against the labels resampled there by nearest neighbour).
 
 What this measures: *anatomy transfer*. Every pseudo-patient carries the sample CT's texture, so
 these numbers say whether the model finds organs where another patient has them, not whether it
@@ -67,19 +69,39 @@ def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], 
             vol = as_volume(render(pp, setting, names), pp)
             memo: dict = {}
             for run in runs:
+                if setting not in run.get("settings", settings):
+                    continue
                 seg = segs[run["name"]]
-                seg.feature_memo = memo   # runs share encoder features of identical slices
                 t0 = time.time()
-                res = seg.segment(vol, show_bar=False)
-                case = evaluate_case(res.labels, gt, pp.spacing, cid)
-                row = {"run": run["name"], "case": cid, "setting": setting, "seconds": round(time.time() - t0, 1),
-                       "slices_run": res.slices_run, "slices": int(vol.shape[2]),
-                       "localiser": res.localiser, "organs": case["organs"]}
+                if run.get("localiser_only"):
+                    row = _localiser_only(seg, vol, gt, pp, cid)
+                else:
+                    seg.feature_memo = memo   # runs share encoder features of identical slices
+                    res = seg.segment(vol, show_bar=False)
+                    case = evaluate_case(res.labels, gt, pp.spacing, cid)
+                    row = {"slices_run": res.slices_run, "slices": int(vol.shape[2]), "localiser": res.localiser,
+                           "organs": case["organs"]}
+                row.update(run=run["name"], case=cid, setting=setting, seconds=round(time.time() - t0, 1))
                 rows.append(row)
-                mean = np.nanmean([v["dice"] for v in case["organs"].values()])
+                mean = np.nanmean([v["dice"] for v in row["organs"].values()])
                 log(f"[holdout] {run['name']} {cid} {setting}: mean Dice {mean:.3f}, "
-                    f"{res.slices_run}/{vol.shape[2]} slices, {row['seconds']} s")
+                    f"{row.get('slices_run', '-')}/{vol.shape[2]} slices, {row['seconds']} s")
     return rows
+
+
+def _localiser_only(seg: Segmenter, vol: Volume, gt: np.ndarray, pp: PseudoPatient, cid: str) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from ..engine.localise import localise
+
+    loc_net = seg.model.localiser
+    res = localise(vol.array, vol.spacing, loc_net, seg.device)
+    coarse = res.coarse_labels
+    g = F.interpolate(torch.from_numpy(gt.astype(np.float32))[None, None], size=coarse.shape,
+                      mode="nearest-exact")[0, 0].numpy().astype(np.uint8)
+    case = evaluate_case(coarse, g, (loc_net.spacing_mm,) * 3, cid)
+    return {"organs": case["organs"], "localiser": res.summary()}
 
 
 def tables(rows: list[dict], runs: list[str], settings: list[str]) -> str:
@@ -88,14 +110,15 @@ def tables(rows: list[dict], runs: list[str], settings: list[str]) -> str:
     organs = [lab.name for lab in label_table()]
     lines = []
     for run in runs:
-        lines += [f"### {run}", "", "| setting | " + " | ".join(organs) + " | mean Dice | mean HD95 mm |",
-                  "|---|" + "---|" * (len(organs) + 2)]
+        lines += [f"### {run}", "", "| setting | cases | " + " | ".join(organs) + " | mean Dice | mean HD95 mm |",
+                  "|---|---|" + "---|" * (len(organs) + 2)]
         for st in settings:
             cs = [{"case": r["case"], "organs": r["organs"]} for r in rows if r["run"] == run and r["setting"] == st]
+            n_cases = len(cs)
             if not cs:
                 continue
             s = summarise(cs, organs)
-            lines.append(f"| {st} | " + " | ".join(f"{s['organs'][o]['dice']:.3f}" for o in organs)
+            lines.append(f"| {st} | {n_cases} | " + " | ".join(f"{s['organs'][o]['dice']:.3f}" for o in organs)
                          + f" | **{s['mean']['dice']:.3f}** | {s['mean']['hd95_mm']:.1f} |")
         lines.append("")
     return "\n".join(lines)
