@@ -121,7 +121,7 @@ def write_statistics(path: str | os.PathLike, statistics: dict, volume: Volume, 
               **statistics, "software": {"priorsam": __version__}}
     if result is not None:
         record["runtime"] = {"seconds": round(result.seconds, 3), "device": result.device,
-                             "slices_run": result.slices_run}
+                             "slices_run": result.slices_run, "localiser": result.localiser}
         record["model"] = {k: v for k, v in result.model.items() if k != "config"}
     return write_json(p, record)
 

@@ -283,6 +283,7 @@ class Segmenter:
 
         res = localise(volume.array, volume.spacing, loc_net, self.device, margin_mm=self.options.localiser_margin_mm)
         if not res.usable:
+            # Said where the user looks (stderr) and kept in result.localiser for reports.
             logging.getLogger("priorsam").warning(res.reason)
         return res
 
@@ -344,5 +345,6 @@ def segment_cli(image: str, out: str, device: str = "auto", series: str | None =
     counts = np.bincount(result.labels.ravel(), minlength=9)
     return {"output": str(out), "seconds": round(result.seconds, 1), "device": result.device,
             "slices_run": result.slices_run, "slices": int(seg.volume.shape[2]),
+            "localiser": {k: result.localiser[k] for k in ("usable", "reason", "slices_skipped") if k in result.localiser},
             "voxels_per_label": {int(i): int(c) for i, c in enumerate(counts) if i > 0},
             **{k: str(v) for k, v in seg.outputs.items() if k in ("statistics", "preview")}}
