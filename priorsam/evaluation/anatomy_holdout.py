@@ -55,7 +55,9 @@ def as_volume(ct: np.ndarray, pp: PseudoPatient) -> Volume:
     return Volume(ct, pp.affine, src)
 
 
-def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], log=print) -> list[dict]:
+def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], log=print,
+            partial: Path | None = None) -> list[dict]:
+    """Every run on every held-out case and setting; ``partial``: rows so far are saved there after each case."""
     from ..data.samples import totalsegmentator_class_names
 
     names = totalsegmentator_class_names()
@@ -86,6 +88,8 @@ def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], 
                 mean = np.nanmean([v["dice"] for v in row["organs"].values()])
                 log(f"[holdout] {run['name']} {cid} {setting}: mean Dice {mean:.3f}, "
                     f"{row.get('slices_run', '-')}/{vol.shape[2]} slices, {row['seconds']} s")
+        if partial is not None:
+            partial.write_text(json.dumps(rows))
     return rows
 
 
@@ -140,9 +144,9 @@ def main(argv=None) -> int:
 
         _, spec = read_checkpoint(runs[0]["weights"])
         cases = list(spec.localiser.holdout)
-    rows = measure(a.bank, runs, cases, a.settings)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    rows = measure(a.bank, runs, cases, a.settings, partial=out.with_suffix(".partial.json"))
     out.with_suffix(".json").write_text(json.dumps({"cases": cases, "settings": a.settings, "runs": runs,
                                                    "rows": rows}, indent=1))
     md = tables(rows, [r["name"] for r in runs], a.settings)
