@@ -33,7 +33,10 @@ def test_prepare_converts_and_remaps(tmp_path):
     dl = prepare(tmp_path / "syn", tmp_path / "out", pixel_mm=0.8, slice_mm=3.0)
     assert [c["case_id"] for c in dl["training"]] == ["case0005"]
     assert json.loads((tmp_path / "out" / "datalist.json").read_text()) == dl
-    vol = read_volume(dl["training"][0]["image"])
+    # TransUNet's release is clipped to [−125, 275] HU: no air, so a user's segment would refuse it;
+    # training reads it with force (priorsam.training.views.load_case), and says why.
+    vol = read_volume(dl["training"][0]["image"], force=True)
+    assert any("does not look like CT" in w for w in vol.warnings)
     assert vol.shape == (10, 8, 3)
     np.testing.assert_allclose(vol.spacing, [0.8, 0.8, 3.0])
     disp = vol.axial_slices()

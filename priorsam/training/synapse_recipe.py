@@ -49,7 +49,7 @@ def run(synapse_root: str, work: str, views: int = 8, steps: int | None = None, 
     seg = Segmenter(str(weights), device)
     results = []
     for c in datalist["validation"]:
-        vol = read_volume(c["image"])
+        vol = read_volume(c["image"], force=True)  # clipped to [−125, 275] HU by TransUNet: no air
         pred = seg.segment(vol, show_bar=False).labels
         gt = read_label_map(c["label"]).array.astype("uint8")
         results.append(evaluate_case(pred, gt, vol.spacing, c["case_id"]))

@@ -58,7 +58,9 @@ class FramedSlice:
 
 
 def load_case(case: Case):
-    vol = read_volume(case.image)
+    # Training sets may be stored windowed (TransUNet's Synapse release is clipped to [−125, 275] HU,
+    # so it has no air): the not-CT refusal is for users' inputs, here it only warns.
+    vol = read_volume(case.image, force=True)
     lab = read_label_map(case.label).array.astype(np.int64)
     if case.label_map:
         lab = remap(lab, mapping(case.label_map))
