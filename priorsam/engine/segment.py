@@ -274,8 +274,6 @@ class Segmenter:
 
     def _localise(self, volume: Volume):
         """The localiser's result for ``volume`` (None without a localiser); says so when 3D context is too thin."""
-        import logging
-
         loc_net = getattr(self.model, "localiser", None)
         if loc_net is None or not self.options.use_localiser:
             return None
@@ -283,8 +281,11 @@ class Segmenter:
 
         res = localise(volume.array, volume.spacing, loc_net, self.device, margin_mm=self.options.localiser_margin_mm)
         if not res.usable:
-            # Said where the user looks (stderr) and kept in result.localiser for reports.
-            logging.getLogger("priorsam").warning(res.reason)
+            # Said where every entry point's user looks (a "warning:" line on stderr, which the Slicer
+            # module shows too) and kept in result.localiser for reports.
+            from ..io.checks import show_warnings
+
+            show_warnings([res.reason])
         return res
 
 

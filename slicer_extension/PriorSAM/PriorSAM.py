@@ -245,6 +245,8 @@ class PriorSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             volume = self.ui.inputVolumeSelector.currentNode()
             slicer.util.setSliceViewerLayers(background=volume)
             seg.CreateClosedSurfaceRepresentation()
+            if outcome.warnings:
+                slicer.util.warningDisplay("\n".join(outcome.warnings), windowTitle="PriorSAM")
         elif outcome.state == process.FAILED:
             slicer.util.errorDisplay(outcome.message, windowTitle="PriorSAM")
         self.updateEstimate()

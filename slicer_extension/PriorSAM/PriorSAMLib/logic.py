@@ -8,7 +8,7 @@ whoever owns the event loop calls ``run.poll()`` (a QTimer in the widget, a loop
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -24,6 +24,7 @@ class Outcome:
     seconds: float
     segmentation: object = None          # vtkMRMLSegmentationNode on success
     segment_id: str | None = None        # box runs: the new segment
+    warnings: list = field(default_factory=list)   # the engine's "warning: …" lines (input checks, no 3D context)
 
 
 Finished = Callable[[Outcome], None]
@@ -188,8 +189,10 @@ class SegmentationLogic:
             except Exception as exc:
                 return Outcome(process.FAILED, f"Import failed: {exc}", run.elapsed)
             seg, sid = result if isinstance(result, tuple) else (result, None)
-            return Outcome(process.SUCCEEDED, f"Done in {estimate.format_duration(run.elapsed)}.", run.elapsed,
-                           seg, sid)
+            warnings = run.warning_messages()
+            done = f"Done in {estimate.format_duration(run.elapsed)}."
+            return Outcome(process.SUCCEEDED, done + (f" {len(warnings)} warning(s)." if warnings else ""),
+                           run.elapsed, seg, sid, warnings)
         finally:
             run.cleanup()
 

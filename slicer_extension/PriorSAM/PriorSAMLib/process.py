@@ -201,6 +201,10 @@ class Run:
         if self.work_dir is not None:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
+    def warning_messages(self) -> list[str]:
+        """The child's ``warning: ...`` lines (input checks, a volume too thin for 3D context), in order."""
+        return [ln[len("warning:"):].strip() for ln in self.lines if ln.startswith("warning:")]
+
     def error_message(self) -> str:
         """The child's one-line ``error: ...`` if it printed one, else its last output line."""
         for line in reversed(self.lines):
