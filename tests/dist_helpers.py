@@ -150,3 +150,18 @@ def sample_ct_crop(dest: Path, slices: int = 4, z0: int = 87) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.load(str(s.image)).slicer[:, :, z0:z0 + slices], str(dest))
     return dest
+
+
+def fresh_start(root: Path, venv_name: str):
+    """What both install tests start from: the 4-slice CT crop, a freshly built wheel and sdist (in
+    ``root/dist``) and a new, empty venv; skips when the sample CT cannot be had offline."""
+    import pytest
+
+    from priorsam.errors import AssetError
+
+    try:
+        ct = sample_ct_crop(root / "data" / "ct4.nii.gz")
+    except AssetError as exc:
+        pytest.skip(f"sample CT unavailable: {exc}")
+    wheel, sdist = build_distributions(root / "dist")
+    return ct, wheel, sdist, make_venv(root / venv_name)

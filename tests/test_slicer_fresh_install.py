@@ -64,15 +64,8 @@ def _installed(python: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def simulated_slicer(tmp_path_factory):
-    from priorsam.errors import AssetError
-
     root = tmp_path_factory.mktemp("fresh_slicer")
-    try:
-        ct = dh.sample_ct_crop(root / "data" / "ct4.nii.gz")
-    except AssetError as exc:
-        pytest.skip(f"sample CT unavailable: {exc}")
-    wheel, _ = dh.build_distributions(root / "wheels")
-    python = dh.make_venv(root / "slicer_python")
+    ct, wheel, _, python = dh.fresh_start(root, "slicer_python")
     pins = root / "slicer_pins.txt"
     pins.write_text("\n".join(SLICER_PACKAGES) + "\n")
     dh.pip(python, "install", "-q", "-c", str(pins), *SLICER_PACKAGES, "slicer-core")

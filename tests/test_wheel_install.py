@@ -30,15 +30,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    from priorsam.errors import AssetError
-
     root = tmp_path_factory.mktemp("wheel_install")
-    try:
-        ct = dh.sample_ct_crop(root / "data" / "ct4.nii.gz")
-    except AssetError as exc:
-        pytest.skip(f"sample CT unavailable: {exc}")
-    wheel, sdist = dh.build_distributions(root / "dist")
-    python = dh.make_venv(root / "venv")
+    ct, wheel, sdist, python = dh.fresh_start(root, "venv")
     view = dh.make_view(root / "view", dh.requirement_closure(dh.wheel_requirements(wheel)))
     dh.add_view(python, view)
     # the declared requirements are met by what the venv sees (nothing fetched: --no-index)
