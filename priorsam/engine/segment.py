@@ -109,7 +109,8 @@ def _slice_guide(loc, shape, frame, num_classes: int):
                 # Canonical RAS voxel (x, y) is display (column nx−1−x, row ny−1−y).
                 disp = np.array([nx - 1 - x1, ny - 1 - y1, nx - 1 - x0, ny - 1 - y0], dtype=np.float64)
                 out[i, k] = torch.from_numpy(frame.box_to_model(disp).astype(np.float32))
-        return out.clamp(0, 255)  # NaN (not expected) stays NaN
+        # Keep boxes inside the 256² frame; NaN (not expected here) and inf (not found anywhere) stay as they are.
+        return torch.where(torch.isfinite(out), out.clamp(0, 255), out)
 
     return guide
 
