@@ -154,7 +154,7 @@ def draw_sample(case: TrainCase, cfg: LocaliserTrainConfig, rng: np.random.Gener
     if r < cfg.p_phase:
         ph = str(rng.choice(list(cfg.phase_probs), p=np.array(list(cfg.phase_probs.values())) /
                             sum(cfg.phase_probs.values())))
-        ct, draws = app.apply_phase(ct, full, names, ph, rng, cfg.spacing_mm)
+        ct, _ = app.apply_phase(ct, full, names, ph, rng, cfg.spacing_mm)
         info["appearance"] = ph
     elif r < cfg.p_phase + cfg.p_synthseg:
         ct = app.apply_synthseg(ct, full, rng)
