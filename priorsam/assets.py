@@ -20,8 +20,12 @@ MINILM_LICENSE = "Apache-2.0 (sentence-transformers/all-MiniLM-L6-v2, via PyPI g
 
 
 def cache_dir(*parts: str) -> Path:
-    """Per-user cache (``$PRIORSAM_CACHE`` or ``~/.cache/priorsam``)."""
-    root = Path(os.environ.get("PRIORSAM_CACHE", Path.home() / ".cache" / "priorsam")).expanduser()
+    """Per-user cache: ``$PRIORSAM_CACHE``, else the platform's user cache folder (platformdirs:
+    ``~/.cache/priorsam`` on Linux, ``~/Library/Caches/priorsam`` on macOS, ``%LOCALAPPDATA%``
+    on Windows)."""
+    from platformdirs import user_cache_dir
+
+    root = Path(os.environ.get("PRIORSAM_CACHE") or user_cache_dir("priorsam", appauthor=False)).expanduser()
     path = root.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -218,6 +218,6 @@ def test_two_series_reader_picks_the_right_one(tmp_path):
 
 def test_cli_checks_need_no_torch():
     """The command's checks import no torch, so a bad input is reported in about a second."""
-    code = ("import sys, priorsam.cli, priorsam.engine.box_cli, priorsam.io; "
+    code = ("import sys, priorsam.cli, priorsam.cli.segment, priorsam.cli.segment_box, priorsam.io; "
             "sys.exit(int('torch' in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0

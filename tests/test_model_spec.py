@@ -103,17 +103,19 @@ def test_slice_guide_marks_expected_absent_and_missed_organs():
     organ the localiser did not find anywhere is +inf (the 2D heads then decide alone)."""
     import numpy as np
 
-    from priorsam.data.preprocess import UpstreamFrame
+    from priorsam.data.framed_volume import FramedVolume, Framing
     from priorsam.engine.localise import LocaliserResult
-    from priorsam.engine.segment import _box_masks, _slice_guide
+    from priorsam.engine.segment import _slice_guide
+    from priorsam.models.refinement import box_masks
 
     loc = LocaliserResult(True, present={k: k != 4 for k in range(1, 9)},
                           slice_boxes={5: {2: (10.0, 20.0, 30.0, 40.0)}})
-    guide = _slice_guide(loc, (64, 64, 5), UpstreamFrame(64, 64), 9)(np.array([1, 2]))
+    framed = FramedVolume(np.zeros((5, 64, 64), np.float32), 1.0, 1.0, Framing.upstream())
+    guide = _slice_guide(loc, (64, 64, 5), framed, 9)(np.array([1, 2]))
     assert guide.shape == (2, 9, 4)
     assert torch.isinf(guide[:, 4]).all()                       # gallbladder: missed → heads decide
     assert torch.isnan(guide[0, 5]).all() and torch.isnan(guide[:, 1]).all()
     # RAS x 10..30, y 20..40 on a 64² slice → display columns 33..53, rows 23..43, ×4 to the model frame.
     assert torch.allclose(guide[1, 5], torch.tensor([33.0, 23.0, 53.0, 43.0]) * 4)
-    m = _box_masks(torch.where(torch.isinf(guide), torch.nan, guide), (256, 256))
+    m = box_masks(torch.where(torch.isinf(guide), torch.nan, guide), (256, 256))
     assert m[1, 5].sum() > 0 and not m[0, 5].any() and not m[:, 4].any()

@@ -11,7 +11,7 @@ import torch
 from priorsam.errors import AssetError
 from priorsam.priors.bank import (PriorBank, check_identity, embedding_hash, list_versions, load_prior_bank,
                                   prior_text_root)
-from priorsam.priors.cli import PriorsCLI
+from priorsam.cli.priors import PriorsCLI
 from priorsam.priors.manifest import description_problems, read_descriptions, read_manifest, validate_schema
 
 ROOT = prior_text_root()

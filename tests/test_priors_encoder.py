@@ -9,7 +9,7 @@ import torch
 
 from priorsam.errors import AssetError
 from priorsam.priors.bank import load_prior_bank, prior_text_root
-from priorsam.priors.cli import PriorsCLI
+from priorsam.cli.priors import PriorsCLI
 from priorsam.priors.text_encoder import encode_texts, encoder_identity
 
 # Held-out plain queries, one per organ; none of them is a line of the prior texts.

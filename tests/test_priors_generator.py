@@ -20,7 +20,7 @@ import torch
 
 from priorsam.errors import AssetError
 from priorsam.priors.bank import load_prior_bank, prior_text_root
-from priorsam.priors.cli import PriorsCLI
+from priorsam.cli.priors import PriorsCLI
 from priorsam.priors.generator import PriorValidationError, generate_version, parse_items
 from priorsam.priors.manifest import read_descriptions, read_manifest
 

@@ -14,7 +14,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..assets import sha256_file
 from ..errors import InputError
+from ..io.readers import is_dicom_file
 
 log = logging.getLogger("priorsam.batch")
 
@@ -54,15 +56,6 @@ def safe_id(text: str) -> str:
     return out or "case"
 
 
-def _is_dicom_file(p: Path) -> bool:
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def scan_dicom(folder: Path, exclude: Path | None = None) -> dict[str, dict]:
     """SeriesInstanceUID → {"files": sorted paths, "number": SeriesNumber} for image series under ``folder``."""
     import pydicom
@@ -71,7 +64,7 @@ def scan_dicom(folder: Path, exclude: Path | None = None) -> dict[str, dict]:
 
     series: dict[str, dict] = {}
     for p in _walk(folder, exclude):
-        if p.name.lower().endswith(IMAGE_SUFFIXES) or not _is_dicom_file(p):
+        if p.name.lower().endswith(IMAGE_SUFFIXES) or not is_dicom_file(p):
             continue
         try:
             ds = pydicom.dcmread(p, stop_before_pixels=True,
@@ -178,7 +171,7 @@ def read_case_list(csv_path: Path) -> list[Case]:
             raise InputError(f"{csv_path}:{i}: duplicate case_id {case_id!r}")
         ids.add(case_id)
         uid = row.get("series_uid") or None
-        if path.is_file() and _is_dicom_file(path):
+        if path.is_file() and is_dicom_file(path):
             # One instance named: the case is its series, in the instance's folder.
             uid = uid or _series_uid_of(path)
             path = path.parent
@@ -233,14 +226,6 @@ def resolve_input_files(case: Case) -> list[str]:
         listing = ", ".join(f"{u} ({len(e['files'])} files)" for u, e in series.items()) or "none"
         raise InputError(f"{folder}: {len(series)} DICOM series found; give series_uid in the case list: {listing}")
     return next(iter(series.values()))["files"]
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def hash_input(files: list[str], root: str | None = None) -> str:

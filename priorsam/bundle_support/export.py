@@ -48,21 +48,3 @@ def export_bundle(dest: str | os.PathLike) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-class BundleCLI:
-    """The MONAI bundle shipped with priorsam."""
-
-    def export(self, dir: str):
-        """Write a complete MONAI bundle folder to DIR (new or empty).
-
-        Then: cd DIR && python -m monai.bundle run --config_file configs/inference.json
-        --dataset_dir IN --output_dir OUT [--device auto|cpu|cuda]
-        """
-        out = export_bundle(dir)
-        return {"bundle": str(out), "run": f"cd {out} && python -m monai.bundle run --config_file "
-                                          "configs/inference.json --dataset_dir IN --output_dir OUT"}
-
-    def path(self):
-        """Where the installed bundle is (read-only use; export a copy to change it)."""
-        return str(packaged_bundle())

@@ -58,14 +58,10 @@ def _is_dicom_folder(p: Path) -> bool:
     """A folder with at least one file carrying the DICOM preamble (checked on a few files only)."""
     if not p.is_dir():
         return False
-    for i, f in enumerate(sorted(x for x in p.iterdir() if x.is_file())):
-        if i >= 8:
-            break
-        with open(f, "rb") as fh:
-            head = fh.read(132)
-        if len(head) == 132 and head[128:132] == b"DICM":
-            return True
-    return False
+    from ..io.readers import is_dicom_file
+
+    files = sorted(x for x in p.iterdir() if x.is_file())[:8]
+    return any(is_dicom_file(f) for f in files)
 
 
 def case_name(path: str | os.PathLike) -> str:

@@ -88,6 +88,10 @@ class UpstreamFrame:
         """Box [x0, y0, x1, y1] in slice pixels → model pixels."""
         return np.asarray(box_xyxy, dtype=np.float32) * self.scale
 
+    def box_from_model(self, box_xyxy: np.ndarray) -> np.ndarray:
+        """Box [x0, y0, x1, y1] in model pixels → slice pixels."""
+        return np.asarray(box_xyxy, dtype=np.float32) / self.scale
+
     def labels_to_model(self, labels: np.ndarray) -> torch.Tensor:
         """(N, H, W) integer labels → (N, 256, 256): nearest resize, zero pad (training targets)."""
         import cv2

@@ -103,12 +103,6 @@ def _write_our_labels(raw_path: Path, out_path: Path) -> None:
     os.replace(tmp, out_path)
 
 
-def samples_cli():
-    """`priorsam samples`: fetch the sample CT into the cache and print its paths."""
-    s = sample_ct()
-    return {"image": str(s.image), "label": str(s.label), "raw_label": str(s.raw_label), "dicom_dir": str(s.dicom_dir)}
-
-
 def totalsegmentator_class_names(task: str = "total") -> dict[int, str]:
     """id → structure name of the sample's full label map, read from the same archive
     (``totalsegmentator/map_to_binary.py``) so the names cannot drift from the ids."""

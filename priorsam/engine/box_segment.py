@@ -3,17 +3,17 @@
 Starts at the middle slice of the user's 3D box and propagates up and down: each next
 slice is prompted with the previous slice's mask box plus a margin, and propagation stops
 when the mask vanishes or leaves the box's slice range. Framing is LiteMedSAM's own
-(:class:`~priorsam.data.preprocess.UpstreamFrame`), which the pretrained decoder expects.
+(:meth:`~priorsam.data.framed_volume.Framing.upstream`), which the pretrained decoder expects.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..data.preprocess import UpstreamFrame, stack_channels, window
-from ..io import Volume, from_display
-from .box_cli import segment_box_cli  # noqa: F401  (the CLI lives in a torch-free module; old import path kept)
-from .boxes import DisplayBox, box_to_display, parse_box  # noqa: F401  (re-exported)
+from ..data.framed_volume import FramedVolume, Framing
+from ..io import Volume, display_spacing, from_display
+from ..models.refinement import mask_box
+from .boxes import DisplayBox, box_to_display, parse_box
 from .device import resolve_device
 from .progress import ProgressFn, ProgressReporter
 
@@ -21,14 +21,16 @@ from .progress import ProgressFn, ProgressReporter
 class LiteMedSAMBoxPredictor:
     """Slice embeddings (cached per slice) and box → mask predictions with pretrained LiteMedSAM."""
 
-    def __init__(self, slices_hu: np.ndarray, device: str = "auto", encoder_backend: str = "auto"):
+    def __init__(self, slices_hu: np.ndarray, device: str = "auto", encoder_backend: str = "auto",
+                 row_mm: float = 1.0, col_mm: float = 1.0):
         from ..assets import load_litemedsam
         from ..models.encoder_backend import cpu_encoder
 
         self.device = resolve_device(device)
         self.net = load_litemedsam(str(self.device))
         self.slices = slices_hu
-        self.frame = UpstreamFrame(slices_hu.shape[1], slices_hu.shape[2])
+        # The upstream framing ignores pixel size (longest side → 256), as LiteMedSAM was trained.
+        self.framed = FramedVolume(slices_hu, row_mm, col_mm, Framing.upstream())
         self._cache: dict[int, torch.Tensor] = {}
         self.encoder = cpu_encoder(encoder_backend, self.device)  # None: the network's PyTorch encoder
 
@@ -37,8 +39,7 @@ class LiteMedSAMBoxPredictor:
         todo = [z for z in zs if z not in self._cache]
         if not todo:
             return
-        chans = stack_channels(window(self.slices[np.array(todo)]), np.arange(len(todo)), 0)
-        images = self.frame.images(chans)
+        images = self.framed.images(np.array(todo))
         emb = (self.encoder(images).embedding if self.encoder is not None
                else self.net.image_encoder(images.to(self.device)))
         for z, e in zip(todo, emb):
@@ -48,20 +49,12 @@ class LiteMedSAMBoxPredictor:
     def predict(self, z: int, box_xyxy: np.ndarray) -> np.ndarray:
         """Binary mask (H, W) for slice ``z`` from a box [x0, y0, x1, y1] in slice pixels."""
         self.embed([z])
-        box = torch.as_tensor(self.frame.box_to_model(box_xyxy), device=self.device)[None, None]
+        box = torch.as_tensor(self.framed.box_to_model(box_xyxy), device=self.device)[None, None]
         sparse, dense = self.net.prompt_encoder(points=None, boxes=box, masks=None)
         logits, _ = self.net.mask_decoder(image_embeddings=self._cache[z], image_pe=self.net.prompt_encoder.get_dense_pe(),
                                           sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
                                           multimask_output=False)
-        return (self.frame.maps_from_model(logits.float()).sigmoid()[0, 0] > 0.5).cpu().numpy()
-
-
-def mask_box(mask: np.ndarray) -> np.ndarray | None:
-    rows = np.flatnonzero(mask.any(1))
-    cols = np.flatnonzero(mask.any(0))
-    if rows.size == 0:
-        return None
-    return np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float32)
+        return (self.framed.maps_from_model(logits.float()).sigmoid()[0, 0] > 0.5).cpu().numpy()
 
 
 def propagate_box(predictor: LiteMedSAMBoxPredictor, box: DisplayBox, margin_px: tuple[float, float],
@@ -104,7 +97,8 @@ def segment_box(volume: Volume, box, space: str = "voxel", device: str = "auto",
     """Segment one organ from a 3D box; returns a canonical-RAS bool mask of the volume's shape."""
     dbox = box_to_display(volume, parse_box(box), space)
     slices = volume.axial_slices()
-    predictor = predictor or LiteMedSAMBoxPredictor(slices, device)
+    row_mm, col_mm = display_spacing(volume)
+    predictor = predictor or LiteMedSAMBoxPredictor(slices, device, row_mm=row_mm, col_mm=col_mm)
     sx, sy, _ = volume.spacing
     mask = propagate_box(predictor, dbox, (margin_mm / sy, margin_mm / sx), progress=progress, show_bar=show_bar)
     return from_display(mask)

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from ..data.appearance import pad_edge
+from ..data.framed_volume import resample_to_grid
 
 
 @dataclass
@@ -52,21 +52,6 @@ class LocaliserResult:
         return {"usable": self.usable, "reason": self.reason, "seconds": round(self.seconds, 2),
                 "present": {str(k): v for k, v in self.present.items()},
                 "volume_ml": {str(k): round(v, 1) for k, v in self.volume_ml.items()}}
-
-
-def resample_to_grid(hu: np.ndarray, spacing: np.ndarray, target_mm: float) -> np.ndarray:
-    """(X,Y,Z) HU at ``spacing`` → the same field of view at ``target_mm``: area averaging along axes
-    that shrink (anti-aliasing, and 5× faster than a Gaussian prefilter on a 512² × 150 CT), then
-    trilinear along axes that grow; voxel edges aligned."""
-    factors = np.asarray(spacing, float) / target_mm
-    shape = tuple(int(v) for v in np.maximum(1, np.round(np.array(hu.shape) * factors)))
-    t = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))[None, None]
-    shrunk = tuple(min(n, m) for n, m in zip(hu.shape, shape))
-    if shrunk != tuple(hu.shape):
-        t = F.adaptive_avg_pool3d(t, shrunk)
-    if shrunk != shape:
-        t = F.interpolate(t, size=shape, mode="trilinear", align_corners=False)
-    return t[0, 0].numpy()
 
 
 def coarse_to_fine_index(c0: float, c1: float, n_fine: int, n_coarse: int) -> tuple[float, float]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data.preprocess import make_frame, stack_channels, window
-from ..io import Volume, display_spacing, to_display
+from ..data.framed_volume import FramedVolume
+from ..io import Volume, to_display
+from ..models.refinement import mask_box
 from .segment import Segmenter
 
 
@@ -19,31 +20,17 @@ def name_prompted_organ(volume: Volume, mask_ras: np.ndarray, weights: str | Non
                         max_slices: int = 3) -> tuple[str, int, float]:
     """(organ name, label id, probability) for the object in ``mask_ras`` (canonical RAS bool)."""
     seg = Segmenter(weights, device)
-    model, o = seg.model, seg.options
+    model = seg.model
     mask_d = to_display(mask_ras.astype(np.uint8)) > 0
     areas = mask_d.reshape(len(mask_d), -1).sum(1)
     if areas.max() == 0:
         raise ValueError("empty mask: nothing to name")
     zs = np.argsort(areas)[::-1][:max_slices]
     zs = zs[areas[zs] > 0]
-    slices = volume.axial_slices()
-    row_mm, col_mm = display_spacing(volume)
-    frame = make_frame(o.framing, slices, row_mm, col_mm, o.spacing_mm)
-    images = frame.images(stack_channels(window(slices), zs, o.context))
-    boxes = []
-    for z in zs:
-        rows, cols = np.flatnonzero(mask_d[z].any(1)), np.flatnonzero(mask_d[z].any(0))
-        boxes.append(frame.box_to_model(np.array([cols[0], rows[0], cols[-1], rows[-1]], dtype=np.float32)))
-    feats = seg._encode(images)
-    out = model(features=feats, boxes=torch.as_tensor(np.stack(boxes)))
+    framed = FramedVolume.from_volume(volume, seg.framing())
+    boxes = np.stack([framed.box_to_model(mask_box(mask_d[z])) for z in zs])
+    out = model(features=seg.features(framed.images(zs)), boxes=torch.as_tensor(boxes))
     probs = out["prompted_class_logits"].float().softmax(1).mean(0)
     probs[0] = 0  # a prompted object is an organ; background is not an answer
     k = int(probs.argmax())
-    return model.class_names[k], _label_id(model, k), float(probs[k] / probs.sum())
-
-
-def _label_id(model, k: int) -> int:
-    from ..priors.bank import load_prior_bank
-
-    version = (getattr(model, "config", None) or {}).get("prior_version", "v1")
-    return int(load_prior_bank(version).label_ids[k])
+    return model.class_names[k], int(model.label_ids[k]), float(probs[k] / probs.sum())

@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..models.refinement import mask_box
 from .progress import ProgressFn
 from .slices import run_over_slices
 
@@ -94,10 +95,9 @@ def interpolate_gap(a: np.ndarray, b: np.ndarray, ts) -> np.ndarray:
     for k in np.union1d(np.unique(a), np.unique(b)):
         if k == 0:
             continue
-        either = (a == k) | (b == k)
-        rows, cols = np.flatnonzero(either.any(1)), np.flatnonzero(either.any(0))
-        r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, a.shape[0])
-        c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, a.shape[1])
+        x0, y0, x1, y1 = mask_box((a == k) | (b == k)).astype(int)
+        r0, r1 = max(y0 - 1, 0), min(y1 + 2, a.shape[0])
+        c0, c1 = max(x0 - 1, 0), min(x1 + 2, a.shape[1])
         crop = np.s_[r0:r1, c0:c1]
         sd = [ndimage.distance_transform_edt(~m) - ndimage.distance_transform_edt(m) if m.any() else None
               for m in (a[crop] == k, b[crop] == k)]

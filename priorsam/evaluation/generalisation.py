@@ -11,7 +11,6 @@ shared by all runs with the same framing.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import math

@@ -36,15 +36,19 @@ def read_volume(path: str | Path, series_uid: str | None = None, check: bool = T
         return read_nifti(p, check, force)
     if name.endswith((".nrrd", ".nhdr", ".mha", ".mhd")):
         return read_itk_file(p, "nrrd", check, force)
-    if _looks_like_dicom(p):
+    if is_dicom_file(p):
         return read_dicom_series(p.parent, series_uid, force=force, files=files)
     raise InputError(f"{p}: not a readable image (expected .nii, .nii.gz, .nrrd or a DICOM series folder)")
 
 
-def _looks_like_dicom(p: Path) -> bool:
-    with open(p, "rb") as fh:
-        head = fh.read(132)
-    return len(head) == 132 and head[128:132] == b"DICM"
+def is_dicom_file(p: str | Path) -> bool:
+    """Whether ``p`` carries the DICOM preamble (pydicom's check); an unreadable file is not DICOM."""
+    from pydicom.misc import is_dicom
+
+    try:
+        return is_dicom(p)
+    except OSError:
+        return False
 
 
 def read_nifti(p: Path, check: bool = True, force: bool = False) -> Volume:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +32,7 @@ from .fusion import MultiLevelFusion
 from .image_encoder import EncoderFeatures, build_image_encoder
 from .mask_optimizer import IterativeMaskOptimizer
 from .prior_aligner import PriorAligner
+from .refinement import RefineOptions, refine_to_labels
 from .semantic_decoder import SemanticAwareDecoder
 
 GRID = 64  # the heads' embedding grid (SAM prompt encoder's image_embedding_size for LiteMedSAM)
@@ -39,6 +41,13 @@ FROZEN_PREFIXES = ("encoder.", "binary.")
 
 def _str_to_tensor(text: str) -> torch.Tensor:
     return torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8)
+
+
+def to_head_grid(embedding: torch.Tensor) -> torch.Tensor:
+    """(B,256,h,w) image embedding → (B,256,64,64), the grid the heads and the binary path work on."""
+    if tuple(embedding.shape[-2:]) != (GRID, GRID):
+        embedding = F.interpolate(embedding, size=(GRID, GRID), mode="bilinear", align_corners=False)
+    return embedding
 
 
 def tensor_to_str(t: torch.Tensor) -> str:
@@ -73,6 +82,7 @@ class PriorSAM(nn.Module):
     def __init__(self, encoder: nn.Module | str | None = "lite", prior_bank: Any = None, *,
                  text_embeddings: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
                  prior_version: str = "", embedding_sha256: str = "", class_names: list[str] | None = None,
+                 label_ids: list[int] | None = None,
                  skip_channels: tuple[int, int] | None = None, dim: int = 64, fusion_mid: int = 32,
                  fusion_out: int = 16, decoder_depth: int = 2, num_heads: int = 2, mlp_dim: int = 256,
                  refine_rounds: int = 2, refine_hidden: int = 8, use_text: bool = True,
@@ -83,6 +93,7 @@ class PriorSAM(nn.Module):
             text_embeddings, text_mask = prior_bank.embeddings, prior_bank.mask
             prior_version, embedding_sha256 = prior_bank.version, prior_bank.embedding_sha256
             class_names = list(prior_bank.class_names)
+            label_ids = list(prior_bank.label_ids)
         if text_embeddings is None or text_mask is None:
             raise InputError("PriorSAM needs a prior bank (or text_embeddings and text_mask)")
         text_embeddings = torch.as_tensor(text_embeddings, dtype=torch.float32)
@@ -93,6 +104,10 @@ class PriorSAM(nn.Module):
         num_classes, _, text_dim = text_embeddings.shape
         self.num_classes = int(num_classes)
         self.class_names = class_names or [str(i) for i in range(num_classes)]
+        # Class index → label id of the written label map; the one place classes become label ids.
+        self.label_ids = [int(v) for v in (label_ids if label_ids is not None else range(num_classes))]
+        if len(self.label_ids) != self.num_classes:
+            raise InputError(f"{len(self.label_ids)} label ids for {self.num_classes} classes")
         self.register_buffer("text_embeddings", text_embeddings.clone())
         self.register_buffer("text_mask", text_mask.clone())
         self.register_buffer("prior_version", _str_to_tensor(prior_version))
@@ -155,8 +170,7 @@ class PriorSAM(nn.Module):
             raise InputError(f"image embedding must be (B,256,h,w), got {tuple(embedding.shape)}")
         if len(skips) != 2:
             raise InputError(f"expected two skip features, got {len(skips)}")
-        if tuple(embedding.shape[-2:]) != (GRID, GRID):
-            embedding = F.interpolate(embedding, size=(GRID, GRID), mode="bilinear", align_corners=False)
+        embedding = to_head_grid(embedding)
 
         text = self.text_embeddings if self.aligner.use_text else None
         mask = self.text_mask if self.aligner.use_text else None
@@ -187,6 +201,31 @@ class PriorSAM(nn.Module):
             out["binary_logits"], out["binary_iou"] = self.binary(embedding, boxes)
             out["prompted_class_logits"] = dec.prompted_class_logits
         return out
+
+    @torch.inference_mode()
+    def segment_slices(self, features: EncoderFeatures, guide: torch.Tensor | None = None,
+                       options: RefineOptions = RefineOptions()) -> torch.Tensor:
+        """Prompt-free labels of a batch of slices: heads, then coarse-to-fine refinement
+        (:mod:`priorsam.models.refinement`).
+
+        Args:
+            features: the encoder's features of (N,3,256,256) slices.
+            guide: optional (N,C,4) boxes of a 3D localiser in model pixels (NaN: class not expected in
+                that slice; +inf: class not found by the localiser, the heads decide alone).
+            options: presence gating, refinement rounds, box source.
+
+        Returns (N,C,256,256) one-hot class scores in model space (class indices; :meth:`to_label_ids`
+        turns them into label ids).
+        """
+        out = self(features=features)
+        return refine_to_labels(out, to_head_grid(features[0]), self.binary, guide, options)
+
+    def to_label_ids(self, classes):
+        """Class indices (an integer array) → the label ids of the written label map."""
+        lut = np.asarray(self.label_ids, dtype=np.uint8)
+        if np.array_equal(lut, np.arange(len(lut))):
+            return classes
+        return lut[np.asarray(classes)]
 
     # ------------------------------------------------------------------ weights
     def _is_frozen_key(self, key: str, trainable_names: set[str]) -> bool:

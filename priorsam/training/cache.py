@@ -1,7 +1,7 @@
 """On-disk cache of frozen-encoder features per slice and per augmented view.
 
-Keyed by content hash: (case pixels + labels, view spec, slice, encoder id), so a changed
-scan, view or encoder never reuses stale features. Entries are fp16 and written atomically;
+Keyed by content hash: (case pixels + labels, view spec, framing with its version, slice, encoder
+id), so a changed scan, view, framing or encoder never reuses stale features. Entries are fp16 and written atomically;
 ``index.jsonl`` lists them for the training dataset.
 """
 from __future__ import annotations
@@ -16,11 +16,13 @@ import torch
 from torch.utils.data import Dataset
 
 from ..models.image_encoder import EncoderFeatures
-from .views import Case, ViewSpec, content_hash, iter_view, load_case
+from .views import Case, ViewSpec, content_hash, iter_view, load_case, view_framing
 
 
 def entry_key(case_hash: str, spec: ViewSpec, z: int, encoder_id: str) -> str:
-    return hashlib.sha256(f"{case_hash}|{spec.key()}|{z}|{encoder_id}".encode()).hexdigest()[:24]
+    # The framing's key carries FRAMING_VERSION: a change to how slices are framed invalidates entries.
+    parts = f"{case_hash}|{spec.key()}|{view_framing(spec).key()}|{z}|{encoder_id}"
+    return hashlib.sha256(parts.encode()).hexdigest()[:24]
 
 
 class FeatureCache:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import appearance as app
-from ..engine.localise import resample_to_grid
+from ..data.framed_volume import resample_to_grid
 from ..models.localiser import OrganLocaliser
 
 IGNORE = 255

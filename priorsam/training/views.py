@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -18,8 +17,8 @@ import torch
 
 from ..data.augment import (TOTALSEG_GROUPS, RandContrastPhased, RandSliceThicknessd, RandWindowJitter,
                             slice_augmentation)
-from ..data.preprocess import make_frame, stack_channels, window
-from ..io import display_spacing, read_label_map, read_volume
+from ..data.framed_volume import FramedVolume, Framing
+from ..io import read_label_map, read_volume, to_display
 from ..labels import mapping, remap
 
 
@@ -68,8 +67,9 @@ def load_case(case: Case):
     return vol, lab, groups
 
 
-def _display(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.transpose(a[::-1, ::-1, :], (2, 1, 0)))
+def view_framing(spec: "ViewSpec") -> Framing:
+    """The framing of a view: the spec's spacing and context, fixed framing unless ``extra`` says otherwise."""
+    return Framing(framing=spec.extra.get("framing", "fixed"), spacing_mm=spec.spacing_mm, context=spec.context)
 
 
 def content_hash(case: Case) -> str:
@@ -86,17 +86,16 @@ def iter_view(case: Case, spec: ViewSpec, loaded=None) -> Iterator[FramedSlice]:
     """Yield the framed (and, unless view 0 / augment=False, augmented) slices of one view."""
     vol, lab, groups = loaded or load_case(case)
     rng = np.random.RandomState(spec.seed)
-    hu = vol.axial_slices()
-    lab_d = _display(lab).astype(np.uint8)
-    row_mm, col_mm = display_spacing(vol)
+    lab_d = to_display(lab).astype(np.uint8)
     # The frame (and trunk centre) comes from the unaugmented scan. ``extra["framing"]`` switches to
     # LiteMedSAM's upstream framing for the scale-normalisation ablation.
-    framing = spec.extra.get("framing", "fixed")
-    frame = make_frame(framing, hu, row_mm, col_mm, spec.spacing_mm)
-    meta = {"framing": framing, "phase": "non_contrast", "thickness_mm": float(vol.spacing[2]), "level": 40.0, "width": 400.0}
-    level, width = 40.0, 400.0
+    framed = FramedVolume.from_volume(vol, view_framing(spec))
+    hu = framed.slices
+    level, width = framed.framing.level, framed.framing.width
+    meta = {"framing": framed.framing.framing, "phase": "non_contrast", "thickness_mm": float(vol.spacing[2]),
+            "level": level, "width": width}
     if spec.augment:
-        grp = _display(groups) if groups is not None else None
+        grp = to_display(groups) if groups is not None else None
         if grp is not None:
             t = RandContrastPhased(keys=["image"], label_key="groups", groups=TOTALSEG_GROUPS,
                                    phase_probs={"non_contrast": 0.3, "arterial": 0.3, "portal_venous": 0.4})
@@ -121,11 +120,11 @@ def iter_view(case: Case, spec: ViewSpec, loaded=None) -> Iterator[FramedSlice]:
     organ_z, empty_z = np.flatnonzero(has_organ), np.flatnonzero(~has_organ)
     pick = lambda zs, f: zs if f >= 1 else np.sort(rng.choice(zs, int(round(len(zs) * f)), replace=False))
     zs = np.sort(np.r_[pick(organ_z, spec.organ_fraction), pick(empty_z, spec.empty_fraction)]).astype(int)
-    windowed = window(hu, level, width)
+    framed = framed.with_slices(hu)
     aug = slice_augmentation(int(rng.randint(2**31))) if spec.augment else None
     for z in zs:
-        img = frame.images(stack_channels(windowed, np.array([z]), spec.context))[0]
-        lbl = frame.labels_to_model(lab_d[z:z + 1].astype(np.int64))[0]
+        img = framed.images([z], level, width)[0]
+        lbl = framed.labels_to_model(lab_d[z:z + 1].astype(np.int64))[0]
         if aug is not None:
             o = aug({"image": img, "label": lbl[None].float()})
             # MONAI returns MetaTensors; the cache stores plain tensors (loadable with weights_only=True).

@@ -26,11 +26,11 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
         weights: PriorSAM checkpoint used by ``--label auto`` (default: the bundle's models/model.pt).
         force: segment an image that does not look like CT in Hounsfield units (with a warning).
     """
+    from ..engine.boxes import box_to_display, parse_box
     from ..errors import InputError
     from ..io import check_writable, read_volume, write_label_map
     from ..io.checks import show_warnings
     from ..labels import labels
-    from .boxes import box_to_display, parse_box
 
     check_writable(out)
     parsed = parse_box(box)
@@ -38,8 +38,8 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
     volume = read_volume(image, series_uid=series, force=force)
     show_warnings(volume.warnings)
     box_to_display(volume, parsed, space)  # rejects a box outside the volume before the model loads
-    from .box_segment import segment_box
-    from .progress import StdoutProgress
+    from ..engine.box_segment import segment_box
+    from ..engine.progress import StdoutProgress
 
     ids = {lab.name: lab.id for lab in labels()}
     mask = segment_box(volume, parsed, space=space, device=device, margin_mm=margin_mm,
@@ -48,7 +48,7 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
     if str(label) == "auto":
         if not mask.any():
             raise InputError("the box gave an empty mask, so there is no object to name")
-        from .naming import name_prompted_organ
+        from ..engine.naming import name_prompted_organ
 
         label, value, score = name_prompted_organ(volume, mask, weights, device)
         print(f"PRIORSAM_LABEL {label} {value} {score:.3f}", flush=True)

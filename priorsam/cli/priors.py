@@ -13,14 +13,14 @@ class PriorsCLI:
         self._root = root
 
     def _rootpath(self) -> Path:
-        from .bank import prior_text_root
+        from ..priors.bank import prior_text_root
 
         return Path(self._root) if self._root else prior_text_root()
 
     def generate(self, model: str, version: str, classes_from: str | None = None, template: str | None = None,
                  n: int = 10, max_new_tokens: int = 1024) -> str:
         """Write prior_text/VERSION with the local causal LM at MODEL (greedy, offline); refuses an existing VERSION."""
-        from .generator import generate_version
+        from ..priors.generator import generate_version
 
         return str(generate_version(model, str(version), root=self._rootpath(), classes_from=classes_from,
                                     template=template, n=int(n), max_new_tokens=int(max_new_tokens)))
@@ -33,9 +33,9 @@ class PriorsCLI:
         """
         import torch
 
-        from .bank import _read_embeddings, embedding_hash, pad_embeddings, save_embeddings, version_folder
-        from .manifest import EMBEDDINGS, read_manifest, verify_files, write_manifest
-        from .text_encoder import _max_tokens, _resolve, encode_texts, encoder_identity, token_counts
+        from ..priors.bank import _read_embeddings, embedding_hash, pad_embeddings, save_embeddings, version_folder
+        from ..priors.manifest import EMBEDDINGS, read_manifest, verify_files, write_manifest
+        from ..priors.text_encoder import _max_tokens, _resolve, encode_texts, encoder_identity, token_counts
 
         root = self._rootpath()
         folder = version_folder(str(version), root)
@@ -72,8 +72,8 @@ class PriorsCLI:
 
     def check(self, version: str | None = None) -> str:
         """Validate VERSION (default: every version): schema, hashes, content checks, embeddings."""
-        from .bank import list_versions, load_prior_bank, version_folder
-        from .manifest import description_problems, read_manifest, verify_files
+        from ..priors.bank import list_versions, load_prior_bank, version_folder
+        from ..priors.manifest import description_problems, read_manifest, verify_files
 
         root = self._rootpath()
         versions = [str(version)] if version else list_versions(root)

@@ -1,21 +1,26 @@
-"""The ``priorsam`` command line (python-fire). Each group lives in its own module and is imported lazily."""
+"""The ``priorsam`` command line (python-fire): every command's adapter lives in this package, one
+module a group, imported lazily so ``priorsam --help`` and bad-input errors do not wait for torch.
+
+The adapters only parse, check and print; the work is the library's (:func:`priorsam.segment`,
+:mod:`priorsam.engine`, :mod:`priorsam.batch`, :mod:`priorsam.evaluation`, :mod:`priorsam.priors`).
+"""
 from __future__ import annotations
 
 import importlib
 import sys
 
-from .errors import PriorSAMError
+from ..errors import PriorSAMError
 
 # group name -> "module:attribute"; kept lazy so `priorsam --help` does not import torch.
 _GROUPS = {
-    "segment-box": "priorsam.engine.box_cli:segment_box_cli",
-    "segment": "priorsam.engine.segment:segment_cli",
-    "priors": "priorsam.priors.cli:PriorsCLI",
-    "batch": "priorsam.batch.runner:batch_cli",
-    "train": "priorsam.training.cli:train_cli",
-    "evaluate": "priorsam.evaluation.cli:evaluate_cli",
-    "samples": "priorsam.data.samples:samples_cli",
-    "bundle": "priorsam.bundle_support.export:BundleCLI",
+    "segment-box": "priorsam.cli.segment_box:segment_box_cli",
+    "segment": "priorsam.cli.segment:segment_cli",
+    "priors": "priorsam.cli.priors:PriorsCLI",
+    "batch": "priorsam.cli.batch:batch_cli",
+    "train": "priorsam.cli.train:train_cli",
+    "evaluate": "priorsam.cli.evaluate:evaluate_cli",
+    "samples": "priorsam.cli.samples:samples_cli",
+    "bundle": "priorsam.cli.bundle:BundleCLI",
 }
 
 
@@ -30,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("--version", "-V", "version"):
-        from . import __version__
+        from .. import __version__
 
         print(f"priorsam {__version__}")
         return 0

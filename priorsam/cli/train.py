@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .trainer import TrainConfig, train
+from ..training.trainer import TrainConfig, train
 
 
 def train_cli(cache: str, out_dir: str, config: str | None = None, build_views: int = 0, **overrides):
@@ -19,7 +19,7 @@ def train_cli(cache: str, out_dir: str, config: str | None = None, build_views: 
     fields = json.load(open(config)) if config else {}
     fields.update(overrides)
     if build_views:
-        from .build_cache import main as build
+        from ..training.build_cache import main as build
 
         build(["--cache", cache, "--views", str(build_views)])
     path = train(TrainConfig(cache=cache, out_dir=out_dir, **fields))

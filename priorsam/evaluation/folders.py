@@ -1,4 +1,5 @@
-"""``priorsam evaluate``: Dice and HD95 (mm) of predicted label maps against references, per case and mean.
+"""Dice and HD95 (mm) of a folder of predicted label maps against a folder of references (``priorsam
+evaluate``, :mod:`priorsam.cli.evaluate`), per case and mean.
 
 Cases are paired by name: ``REF/<case>.nii.gz`` with ``PRED/<case>_seg.nii.gz`` (what ``priorsam
 segment``, batch and the MONAI bundle write) or ``PRED/<case>.nii.gz``. The metrics are MONAI's
@@ -76,25 +77,3 @@ def evaluate_folders(pred: str | Path, ref: str | Path, labels=None) -> tuple[li
         result["organs"] = {n: result["organs"][n] for n in names}
         cases.append(result)
     return cases, names
-
-
-def evaluate_cli(pred: str, ref: str, labels=None, out: str = "evaluation"):
-    """Dice and HD95 (mm) of every predicted label map against its reference, per case and on average.
-
-    Args:
-        pred: folder of predictions (<case>_seg.nii.gz as priorsam writes them, or <case>.nii.gz).
-        ref: folder of reference label maps <case>.nii.gz (label ids as priorsam's: 1 spleen … 8 pancreas).
-        labels: organs to evaluate, names or ids, comma-separated (default: all 8).
-        out: folder for metrics_per_case.csv and report.md.
-    """
-    from .metrics import case_means, summarise, write_report
-
-    cases, names = evaluate_folders(pred, ref, labels)
-    paths = write_report(cases, out, title="PriorSAM evaluation", names=names, per_case=True,
-                         note=f"Predictions `{pred}`, references `{ref}`.")
-    s = summarise(cases, names)
-    r = lambda v, d: None if np.isnan(v) else round(float(v), d)  # noqa: E731 - JSON-friendly rounding
-    return {"cases": len(cases), "organs": names,
-            "mean_dice": r(s["mean"]["dice"], 4), "mean_hd95_mm": r(s["mean"]["hd95_mm"], 2),
-            "per_case_dice": {c["case"]: r(case_means(c, names)["dice"], 4) for c in cases},
-            "csv": str(paths["csv"]), "markdown": str(paths["markdown"])}
