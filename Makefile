@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-fast bench train evaluate generalisation clean
+.PHONY: install demo test bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)

@@ -181,7 +181,7 @@ def report(info: dict, load0, load1, res: dict) -> str:
         "**Caveat: the CPU was shared with other jobs while this ran** (1-minute load average "
         f"{load0[0]:.1f} at the start and {load1[0]:.1f} at the end, on {info['cores']} cores), so every time "
         "below is inflated compared with an idle machine, by a factor that varied with the other jobs "
-        "(DESIGN.md §8 measured ≈ 2.3–3 s per slice for this encoder in PyTorch eager on an idle 2-core AVX2 machine). "
+        "(measured when the project was planned: ≈ 2.3–3 s per slice for this encoder in PyTorch eager on an idle 2-core AVX2 machine). "
         "Memory figures are not affected by the load.", "",
         "## Machine", "",
         *(f"- {k}: {v}" for k, v in info.items()), "",

@@ -4,7 +4,7 @@
 It is imported on first use, so ``import priorsam`` (and ``priorsam --help``) stays light.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["__version__", "segment"]
 

@@ -102,7 +102,7 @@ def statistics_of(volume: Volume, labels: np.ndarray) -> dict:
 
 def write_statistics(path: str | os.PathLike, statistics: dict, volume: Volume, result=None) -> Path:
     """JSON (everything, with geometry, model and timing) or CSV (one row per organ)."""
-    from . import __version__
+    from .version import __version__
     from .batch.report import write_csv, write_json
 
     p = Path(path)
@@ -187,7 +187,7 @@ def segment(input, output: str | os.PathLike | None = None, *, weights: str | os
 
 def write_output(volume: Volume, labels: np.ndarray, output: str | os.PathLike, result=None) -> Path:
     """The label map (NIfTI/NRRD) or, for ``.dcm``, a DICOM SEG referencing the source series."""
-    from . import __version__
+    from .version import __version__
     from .io import write_label_map
 
     if _output_kind(output) == "label_map":

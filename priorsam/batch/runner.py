@@ -115,7 +115,7 @@ def _software() -> dict:
 
     import torch
 
-    from .. import __version__
+    from ..version import __version__
 
     info = {"priorsam": __version__, "python": platform.python_version(), "torch": torch.__version__}
     try:

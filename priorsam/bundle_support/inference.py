@@ -74,7 +74,8 @@ def volume_from_image(image: torch.Tensor, force: bool = False) -> Volume:
     The source file's header gets the reader's checks as well (LoadImaged would quietly accept a zero
     pixdim or a series with a missing slice); warnings are printed as ``warning: FILE: …`` lines.
     """
-    from ..io.checks import check_source_file, show_warnings
+    from ..io.checks import show_warnings
+    from ..io.readers import check_source_file
 
     if not isinstance(image, MetaTensor):
         raise InputError("the image must be a MetaTensor from LoadImaged (it carries the affine)")

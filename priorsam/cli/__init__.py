@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("--version", "-V", "version"):
-        from .. import __version__
+        from ..version import __version__
 
         print(f"priorsam {__version__}")
         return 0

@@ -1,7 +1,7 @@
 """Appearance and field-of-view simulation for pseudo-patients (docs/augmentation.md).
 
 Every pixel of a pseudo-patient comes from one non-contrast 3 mm scan, so the localiser is
-shown that scan's anatomy-independent appearance changed per labelled structure (DESIGN.md §10):
+shown that scan's anatomy-independent appearance changed per labelled structure (docs/augmentation.md):
 
 * **physiological phases** over every structure of the full TotalSegmentator map: native,
   arterial / CT angiography (aorta 250–600 HU), portal-venous, delayed; renal cortex and

@@ -1,4 +1,4 @@
-"""Augmentations that teach the model more than one scan (DESIGN.md §9, docs/augmentation.md).
+"""Augmentations that teach the model more than one scan (docs/augmentation.md).
 
 Volume-level (HU, display stack (Z, H, W), before framing):
   * :class:`RandContrastPhased` — per-structure HU shifts from the labels, drawn from ranges

@@ -6,7 +6,7 @@ back:
 * :class:`UpstreamFrame` — exactly LiteMedSAM's: resize the longest side to 256 with area
   interpolation, zero-pad bottom/right. Used by the box-prompted path.
 * :class:`FixedScaleFrame` — resample to one fixed in-plane spacing centred on the trunk,
-  so every patient appears at the same physical scale (DESIGN.md §9). Used by the
+  so every patient appears at the same physical scale (docs/architecture.md). Used by the
   prompt-free path.
 
 Both share the intensity step: CT window L40/W400 → [0, 255], then per-image min-max to

@@ -1,7 +1,7 @@
 """Pseudo-patients: the sample CT and its full label map warped onto each anatomy of the bank.
 
 Every pixel of texture still comes from the one sample scan, but the organs take the size,
-shape, position and neighbourhood of another patient (DESIGN.md §10). One case of the bank
+shape, position and neighbourhood of another patient (docs/anatomy_bank.md). One case of the bank
 gives one pseudo-patient on the anatomy's field of view at 3 mm:
 
 * ``ct``     int16 HU (air, −1024, outside the sample's field of view),

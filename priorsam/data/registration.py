@@ -1,7 +1,7 @@
 """Label-driven deformable registration with Greedy (``picsl-greedy``), and its quality checks.
 
 Used to warp the sample CT and its full label map onto another patient's anatomy
-(:mod:`priorsam.data.pseudo_patients`). The recipe (DESIGN.md §10, checked on BTCV 0001: organ
+(:mod:`priorsam.data.pseudo_patients`). The recipe (docs/anatomy_bank.md; checked on BTCV 0001: organ
 Dice 0.42 after the affine step, 0.91 after the deformable one):
 
 * both label maps on one isotropic grid (3 mm), the centroids of their organ unions aligned;

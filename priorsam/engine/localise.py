@@ -3,7 +3,8 @@
 volume (canonical RAS HU) → resampled to the localiser's grid (anti-aliased) → edge-padded to
 its minimum input (a tight field of view or a thin slab is presented as training presented it)
 → probabilities → per organ: the largest connected component, presence, a 3D box grown (never
-shifted: DESIGN.md §10) → per original slice, the organs to look for and their in-plane boxes.
+shifted: where the localiser is off, a shifted box cuts the organ, a grown one only searches more) →
+per original slice, the organs to look for and their in-plane boxes.
 
 A volume whose z coverage is under ``min_z_mm`` gives no 3D context: :func:`localise` returns a
 result with ``usable=False`` and the reason, and the per-slice model runs alone.

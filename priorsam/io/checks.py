@@ -5,7 +5,7 @@ header field or value at fault) or returns ``warning`` strings that the caller s
 What is refused and what is only warned about is listed in docs/reliability.md.
 
 The reader calls these for every file it opens (``read_volume``), and the MONAI bundle calls them
-on what ``LoadImaged`` gave it (:func:`check_source_file`, :func:`check_ct_values`), so every entry
+on what ``LoadImaged`` gave it (:func:`~priorsam.io.readers.check_source_file`, :func:`check_ct_values`), so every entry
 point (CLI, batch, bundle, Slicer, Python API) gets the same answers.
 """
 from __future__ import annotations
@@ -264,29 +264,6 @@ def check_dicom_files(files: list[str], label: str) -> tuple[list[str], list[str
     return ordered or list(files), warnings
 
 
-# ---------------------------------------------------------------------------------- any source
-
-def check_source_file(path: str | os.PathLike) -> list[str]:
-    """Header checks of a file or DICOM folder that something else (MONAI's LoadImaged) reads."""
-    p = Path(path)
-    name = p.name.lower()
-    if p.is_file() and name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        try:
-            with quiet_nibabel():
-                header = raw_nifti_header(p, type(nib.load(str(p)).header))
-        except Exception as exc:
-            raise InputError(f"{p}: not a readable NIfTI image ({exc})") from exc
-        return check_nifti_header(header, str(p))
-    if p.is_dir():
-        from .readers import dicom_series_files
-
-        _, _, warnings = dicom_series_files(p)
-        return warnings
-    return []
-
-
 def check_spacing(affine: np.ndarray, path: str) -> None:
     """Refuse a voxel grid with a zero, negative-definite or non-finite voxel size."""
     if not np.isfinite(affine).all():
@@ -318,5 +295,5 @@ def show_warnings(warnings: list[str], prefix: str = "", file=None) -> None:
 
 
 __all__ = ["check_ct_values", "check_nifti_header", "check_dicom_geometry", "check_dicom_files",
-           "check_source_file", "check_spacing", "probe_writable", "show_warnings", "read_slice_header",
+           "check_spacing", "probe_writable", "show_warnings", "read_slice_header",
            "no_uid_key", "geometry_key", "SliceHeader", "NO_UID_WARNING", "FORCE_HINT"]

@@ -1,4 +1,4 @@
-"""PriorSAM model components (see DESIGN.md §3); each file holds one component."""
+"""PriorSAM model components (docs/architecture.md); each file holds one component."""
 from .binary_path import BinaryPromptPath
 from .fusion import MultiLevelFusion
 from .image_encoder import EncoderFeatures, LiteImageEncoder, ViTBImageEncoder, build_image_encoder

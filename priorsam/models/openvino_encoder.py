@@ -2,7 +2,7 @@
 
 It runs the same ONNX graph as :mod:`.onnx_encoder` (exported once into the user cache).
 OpenVINO picks its CPU inference precision itself: bf16 on CPUs with AVX512-BF16 or AMX,
-fp32 elsewhere; ``precision="f32"`` forces fp32. On the 2-core AMD EPYC of DESIGN.md §8 it
+fp32 elsewhere; ``precision="f32"`` forces fp32. On the project's 2-core AMD EPYC machine it
 is ≈2.3× faster than ONNX Runtime per slice at an embedding cosine of 0.9993 against PyTorch
 (docs/benchmarks.md), with no Dice change on the sample CT. The compiled blob is cached beside
 the ONNX file, so the second process loads in a fraction of the first one's time.

@@ -1,7 +1,7 @@
 """Train the 3D organ localiser on pseudo-patients (and the sample CT itself).
 
 Each step draws, per batch item: a training case; one of its reliable organs, uniformly (class
-balance: without it the small organs are never learned, DESIGN.md §10); a crop centred on a
+balance: in a first try without it the small organs were never learned); a crop centred on a
 random voxel of that organ; an appearance (physiological phase, SynthSeg-style offsets or
 native); arms and a table; a tight field of view or a thin slab; slice thickness, noise and
 kernel. Voxels whose pixels do not support their label (outside a simulated field of view or
