@@ -42,6 +42,11 @@ def label_names() -> list[str]:
     return [lab.name for lab in labels()]
 
 
+def organ_ids() -> list[int]:
+    """The foreground label ids (1 … 8 today): loops over organs use this, never a literal range."""
+    return [lab.id for lab in labels()]
+
+
 def category() -> dict:
     return dict(_table()["category"])
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..labels import organ_ids
+
 
 def segment_cli(image: str, out: str, device: str = "auto", series: str | None = None, weights: str | None = None,
                 progress: bool = False, z_stride: int | None = None, encoder: str = "auto",
@@ -40,7 +42,7 @@ def segment_cli(image: str, out: str, device: str = "auto", series: str | None =
                   preview=preview, progress=StdoutProgress() if progress else None, z_stride=z_stride,
                   encoder_backend=encoder)
     result = seg.result
-    counts = np.bincount(result.labels.ravel(), minlength=9)
+    counts = np.bincount(result.labels.ravel(), minlength=len(organ_ids()) + 1)
     return {"output": str(out), "seconds": round(result.seconds, 1), "device": result.device,
             "slices_run": result.slices_run, "slices": int(seg.volume.shape[2]),
             "localiser": {k: result.localiser[k] for k in ("usable", "reason", "slices_skipped") if k in result.localiser},

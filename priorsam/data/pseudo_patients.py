@@ -29,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..labels import mapping, remap
+from ..labels import mapping, organ_ids, remap
 from .anatomy import AnatomyCase, discover, load_anatomy
+from .preprocess import window
 from .registration import register_labels, resample_isotropic
 
 RECIPE_VERSION = "greedy-labels-v1"
@@ -104,7 +105,7 @@ def build_one(case: AnatomyCase, sample, recipe: BankRecipe, log_path: str | Non
           "mean_dice": round(mean, 4), "folded_fraction": reg.folded_fraction,
           "jacobian_range": [round(v, 4) for v in reg.jacobian_range],
           "unreliable_organs": unreliable,
-          "missing_organs": [k for k in range(1, 9) if not (fixed == k).any()],
+          "missing_organs": [k for k in organ_ids() if not (fixed == k).any()],
           "kept": bool(mean >= recipe.min_case_dice and reg.folded_fraction <= recipe.max_folded),
           "seconds": round(time.time() - t0, 1), "shape": list(fixed.shape), "spacing_mm": recipe.spacing_mm}
     ct_w = np.clip(np.rint(reg.warped["ct"]), -1024, 3071).astype(np.int16)
@@ -196,11 +197,11 @@ def gallery(cache: str | os.PathLike, out_png: str | os.PathLike, columns: int =
     for ax, rec in zip(np.ravel(axes), recs):
         pp = load(rec["folder"])
         y = int(np.argwhere(pp.ours > 0)[:, 1].mean())
-        ct = np.clip((pp.ct[:, y, :].T.astype(np.float32) + 160) / 400, 0, 1)
+        ct = window(pp.ct[:, y, :].T.astype(np.float32)) / 255.0
         ax.imshow(ct, cmap="gray", origin="lower", aspect=pp.spacing[2] / pp.spacing[0])
         ax.imshow(pp.ours[:, y, :].T, cmap=cmap, vmin=0, vmax=len(colours) - 1, origin="lower",
                   interpolation="nearest", aspect=pp.spacing[2] / pp.spacing[0])
-        for k in range(1, 9):
+        for k in organ_ids():
             m = pp.target[:, y, :].T == k
             if m.any():
                 ax.contour(m, levels=[0.5], colors=[colours[k]], linewidths=0.6)
@@ -220,7 +221,7 @@ def qa_table(cache: str | os.PathLike) -> str:
         d = r["dice"]
         aff = np.mean(list(r["dice_affine"].values())) if r["dice_affine"] else float("nan")
         cells = [f"{d[str(k)]:.2f}" + ("*" if k in r["unreliable_organs"] else "") if str(k) in d else "–"
-                 for k in range(1, 9)]
+                 for k in organ_ids()]
         lines.append(f"| {r['case_id']} | {r['source']} | " + " | ".join(cells) +
                      f" | {r['mean_dice']:.3f} | {aff:.3f} | {r['folded_fraction']:.1e} | "
                      f"{'yes' if r['kept'] else 'no'} | {r['seconds']:.0f} |")

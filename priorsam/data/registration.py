@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import AssetError
+from ..labels import organ_ids
 
 AFFINE_ITERS = "100x50x20"
 DEFORM_ITERS = "100x60x30"
@@ -114,7 +115,7 @@ def dice_per_label(a: np.ndarray, b: np.ndarray, ids) -> dict[int, float]:
 
 def register_labels(fixed: np.ndarray, moving: np.ndarray, spacing: float,
                     moving_images: dict[str, tuple[np.ndarray, str, float]] | None = None,
-                    organs=range(1, 9), sigma_vox: float = 1.0, log_path: str | None = None,
+                    organs=None, sigma_vox: float = 1.0, log_path: str | None = None,
                     affine_iters: str = AFFINE_ITERS, deform_iters: str = DEFORM_ITERS) -> RegistrationResult:
     """Register ``moving`` labels onto ``fixed`` labels (both (X,Y,Z), same isotropic ``spacing``).
 
@@ -125,7 +126,8 @@ def register_labels(fixed: np.ndarray, moving: np.ndarray, spacing: float,
     import SimpleITK as sitk
     from scipy.ndimage import gaussian_filter
 
-    organs = [int(k) for k in organs if (fixed == k).any() and (moving == k).any()]
+    organs = [int(k) for k in (organs if organs is not None else organ_ids())
+              if (fixed == k).any() and (moving == k).any()]
     if not organs:
         raise ValueError("the two label maps share no organ")
     # Origins put each organ union's centroid at 0 mm: the affine starts from aligned centroids.

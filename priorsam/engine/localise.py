@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from ..data.appearance import pad_edge
 from ..data.framed_volume import resample_to_grid
+from ..labels import organ_ids
 
 
 @dataclass
@@ -43,7 +44,7 @@ class LocaliserResult:
         """Slices that may hold an organ: those of a located organ's box; when an organ was not found,
         every slice within ``missing_margin_mm`` of the located ones (it lies among them in any adult)."""
         zs = sorted({z for b in self.slice_boxes.values() for z in b})
-        if zs and not all(self.present.get(k, False) for k in range(1, 9)):
+        if zs and not all(self.present.get(k, False) for k in organ_ids()):
             m = int(np.ceil(missing_margin_mm / max(slice_mm, 1e-3)))
             n = int(max(self.boxes[k][5] for k in self.boxes)) + 1 + m
             zs = range(max(0, zs[0] - m), min(n, self.n_slices) if self.n_slices else n)

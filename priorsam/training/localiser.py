@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..data import appearance as app
 from ..data.framed_volume import resample_to_grid
+from ..labels import organ_ids
 from ..models.localiser import OrganLocaliser
 
 IGNORE = 255
@@ -105,7 +106,7 @@ def load_cases(cfg: LocaliserTrainConfig, case_ids: list[str], log=print) -> lis
             pp = load(recs[cid]["folder"])
             c, f, o, vz = to_grid(pp.ct.astype(np.float32), pp.full, pp.ours, pp.fov, pp.spacing, cfg.spacing_mm)
             unrel = pp.unreliable
-        organs = [k for k in range(1, 9) if k not in unrel and (o == k).sum() >= 8]
+        organs = [k for k in organ_ids() if k not in unrel and (o == k).sum() >= 8]
         out.append(TrainCase(cid, c, f, o, vz, unrel, organs))
         log(f"[localiser] loaded {cid}: {c.shape}, valid z {vz}, organs {organs}")
     return out
