@@ -22,6 +22,15 @@ def test_auto_prefers_openvino_then_onnx_on_cpu_and_torch_on_gpu(monkeypatch):
         resolve_backend("tensorrt", cpu)
 
 
+def test_weights_on_another_encoder_never_run_the_litemedsam_runtimes(monkeypatch):
+    import priorsam.models.encoder_backend as eb
+
+    monkeypatch.setattr(eb, "_installed", lambda m: True)
+    assert resolve_backend("auto", torch.device("cpu"), encoder="vit_b") == "torch"
+    with pytest.raises(ValueError, match="holds LiteMedSAM's encoder, not 'vit_b'"):
+        resolve_backend("openvino", torch.device("cpu"), encoder="vit_b")
+
+
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1)).min())
 

@@ -104,7 +104,9 @@ class Segmenter:
         self.options = options or SegmentOptions()
         self.feature_memo: dict | None = None   # (runtime, image hash) → encoder features, shared by evaluation runs
         # None: the model's own PyTorch encoder.
-        self.encoder = encoder if encoder is not None else cpu_encoder(self.options.encoder_backend, self.device)
+        spec = getattr(self.model, "spec", None)
+        self.encoder = encoder if encoder is not None else cpu_encoder(
+            self.options.encoder_backend, self.device, encoder=spec.encoder if spec is not None else "lite")
         if self.options.spacing_mm is None:
             self.options.spacing_mm = float(cfg.get("spacing_mm", 1.5))
         if self.options.context is None:

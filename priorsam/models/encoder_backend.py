@@ -2,6 +2,8 @@
 
 ``auto`` picks, on a CPU, the fastest runtime that is installed (OpenVINO, then ONNX Runtime),
 and PyTorch on a GPU. All of them return the same :class:`~.image_encoder.EncoderFeatures`.
+The exported runtimes hold LiteMedSAM's encoder only: weights built on another encoder (the spec's
+``encoder``) always run it in PyTorch.
 """
 from __future__ import annotations
 
@@ -17,10 +19,15 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend (``torch``, ``onnx`` or ``openvino``) that ``backend`` means on ``device``."""
+def resolve_backend(backend: str, device: torch.device, encoder: str = "lite") -> str:
+    """The concrete backend (``torch``, ``onnx`` or ``openvino``) that ``backend`` means on ``device``
+    for the image ``encoder`` the weights were built on."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown encoder backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if encoder != "lite":
+        if backend in ("onnx", "openvino"):
+            raise ValueError(f"the {backend} runtime holds LiteMedSAM's encoder, not {encoder!r}: use torch or auto")
+        return "torch"
     if backend != "auto":
         return backend
     if device.type != "cpu":
@@ -31,10 +38,11 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "torch"
 
 
-def cpu_encoder(backend: str, device: torch.device, threads: int | None = None) -> Callable | None:
+def cpu_encoder(backend: str, device: torch.device, threads: int | None = None,
+                encoder: str = "lite") -> Callable | None:
     """An encoder callable (images (B,3,256,256) → EncoderFeatures) for ``backend``, or None for PyTorch
     (the model's own encoder then runs)."""
-    name = resolve_backend(backend, device)
+    name = resolve_backend(backend, device, encoder)
     if name == "openvino":
         from .openvino_encoder import OpenVinoLiteEncoder
 

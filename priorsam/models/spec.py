@@ -47,6 +47,7 @@ class LocaliserSpec:
 
     spacing_mm: float = 4.0
     init_filters: int = 16
+    num_classes: int = 9                                 # background + organs it was trained on
     windows: list = field(default_factory=lambda: [[40.0, 400.0], [0.0, 2000.0]])
     min_shape: list = field(default_factory=lambda: [48, 48, 48])
     trained_on: list = field(default_factory=list)      # case ids
@@ -173,8 +174,8 @@ def check_encoder(spec: ModelSpec, encoder_sha256: str) -> None:
 def build_localiser(spec: LocaliserSpec):
     from .localiser import OrganLocaliser
 
-    return OrganLocaliser(spacing_mm=spec.spacing_mm, init_filters=spec.init_filters, windows=spec.windows,
-                          min_shape=spec.min_shape)
+    return OrganLocaliser(num_classes=spec.num_classes, spacing_mm=spec.spacing_mm, init_filters=spec.init_filters,
+                          windows=spec.windows, min_shape=spec.min_shape)
 
 
 def build_model(spec: ModelSpec, *, encoder: str | None = "spec", device: str = "cpu", binary_path: bool = True,

@@ -1,1 +1,1 @@
-"""Training: feature cache of augmented views, datasets, the training loop and its CLI."""
+"""Training: feature cache of augmented views, datasets, the training loops (heads and 3D localiser)."""

@@ -214,7 +214,7 @@ def train_localiser(cfg: LocaliserTrainConfig, log=print) -> Path:
     names = totalsegmentator_class_names()
     ids = select_cases(cfg)
     cases = load_cases(cfg, ids, log)
-    model = OrganLocaliser(spacing_mm=cfg.spacing_mm, init_filters=cfg.init_filters)
+    model = OrganLocaliser(num_classes=len(organ_ids()) + 1, spacing_mm=cfg.spacing_mm, init_filters=cfg.init_filters)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s, cfg.steps) / cfg.steps)))
     step = 0
@@ -282,9 +282,9 @@ def export_localiser(model: OrganLocaliser, cfg: LocaliserTrainConfig, cases: li
     """Tensors-only localiser weights with its spec (see :mod:`priorsam.models.spec`)."""
     from ..models.spec import LocaliserSpec, encode_json
 
-    spec = LocaliserSpec(spacing_mm=cfg.spacing_mm, init_filters=cfg.init_filters, windows=model.windows,
-                         min_shape=list(model.min_shape), trained_on=cases, holdout=list(cfg.holdout),
-                         steps=cfg.steps)
+    spec = LocaliserSpec(spacing_mm=cfg.spacing_mm, init_filters=cfg.init_filters, num_classes=model.num_classes,
+                         windows=model.windows, min_shape=list(model.min_shape), trained_on=cases,
+                         holdout=list(cfg.holdout), steps=cfg.steps)
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     sd["meta.localiser_spec"] = encode_json(asdict(spec))
     tmp = path.with_suffix(".part")
