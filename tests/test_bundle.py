@@ -187,11 +187,12 @@ def test_synapse_averaging_per_organ_then_mean(tmp_path):
 
 
 def test_bundle_preprocessing_reads_dicom_folder_like_the_library():
-    """A DICOM series folder goes through the bundle's LoadImaged + Orientationd to exactly the
-    volume the library reads (so the engine sees the same input), named after the folder."""
+    """A DICOM series folder goes through the bundle's LoadVolumed to exactly the volume the library
+    reads, geometry of the stored file included (so the engine sees the same input and the label map
+    is written on the same grid), named after the folder."""
     from monai.bundle import ConfigParser
 
-    from priorsam.bundle_support.inference import volume_from_image
+    from priorsam.bundle_support.io_transforms import volume_of
     from priorsam.data.samples import sample_ct
     from priorsam.errors import AssetError
     from priorsam.io import read_volume
@@ -203,7 +204,46 @@ def test_bundle_preprocessing_reads_dicom_folder_like_the_library():
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs/inference.json"))
     item = parser.get_parsed_content("preprocessing")({"image": str(folder)})
-    got, ref = volume_from_image(item["image"]), read_volume(folder)
+    got, ref = volume_of(item["image"]), read_volume(folder)
     assert np.array_equal(got.array, ref.array)
     assert np.allclose(got.affine, ref.affine, atol=1e-6)
+    assert (got.source.format, got.source.shape) == (ref.source.format, ref.source.shape)
+    assert np.array_equal(got.source.to_canonical, ref.source.to_canonical)
     assert Path(item["image"].meta["filename_or_obj"]).name == folder.name
+
+
+def test_load_and_save_transforms_keep_the_stored_grid_through_collation(tmp_path):
+    """LoadVolumed → MONAI collate/decollate → SaveLabelMapd writes the label map exactly as the command
+    line's writer does: same stored array, affine and header codes, for a file stored far from RAS."""
+    import nibabel as nib
+    from monai.data import decollate_batch, list_data_collate
+
+    from priorsam.bundle_support.io_transforms import LoadVolumed, SaveLabelMapd, volume_of
+    from priorsam.io import read_volume, write_label_map
+
+    odd = np.array([[-2.0, 0, 0, 40], [0, 0, 3.0, -10], [0, -2.0, 0, 20], [0, 0, 0, 1]])
+    src = save_nifti(tmp_path / "odd.nii.gz", synthetic_ct_array((36, 6, 30)), odd)
+    item = LoadVolumed("image")({"image": str(src)})
+    item = decollate_batch(list_data_collate([item]))[0]
+    volume = volume_of(item["image"])
+    ref = read_volume(src)
+    assert np.array_equal(volume.array, ref.array) and np.allclose(volume.affine, ref.affine)
+    labels = (volume.array > 0).astype(np.uint8) * 5
+    pred = item["image"].clone()
+    pred[0] = torch.from_numpy(labels)
+    SaveLabelMapd("pred", str(tmp_path / "bundle"))({"pred": pred})
+    write_label_map(ref, labels, tmp_path / "cli_seg.nii.gz")
+    got, want = nib.load(str(tmp_path / "bundle" / "odd_seg.nii.gz")), nib.load(str(tmp_path / "cli_seg.nii.gz"))
+    assert np.array_equal(np.asarray(got.dataobj), np.asarray(want.dataobj))
+    assert np.allclose(got.affine, odd) and np.allclose(want.affine, odd)
+    assert int(got.header["sform_code"]) == int(want.header["sform_code"])
+
+
+def test_volume_of_refuses_an_image_without_its_source():
+    from monai.data import MetaTensor
+
+    from priorsam.bundle_support.io_transforms import volume_of
+    from priorsam.errors import InputError
+
+    with pytest.raises(InputError, match="LoadVolumed"):
+        volume_of(MetaTensor(torch.zeros((1, 4, 4, 4))))

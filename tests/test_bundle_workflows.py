@@ -24,8 +24,8 @@ CONFIGS = BUNDLE / "configs"
 
 pytestmark = pytest.mark.slow
 
-# An affine that stores the volume far from RAS (x → L, array axis 1 → I, axis 2 → A), so
-# Orientationd and Invertd really have to permute and flip.
+# An affine that stores the volume far from RAS (x → L, array axis 1 → I, axis 2 → A), so reading
+# to canonical RAS and writing back on the stored grid really have to permute and flip.
 ODD_AFFINE = np.array([[-2.0, 0, 0, 40], [0, 0, 3.0, -10], [0, -2.0, 0, 20], [0, 0, 0, 1]])
 
 

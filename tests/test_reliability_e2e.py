@@ -61,10 +61,20 @@ def test_bundle_goes_on_past_bad_files(tmp_path, random_checkpoint):
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 3, proc.stderr[-3000:]
     assert errors[0].startswith(f"error: {data / 'b_truncated.nii.gz'}: ")
-    assert "does not look like CT" in errors[1] and "--inferer#force True" in errors[1]
+    assert "does not look like CT" in errors[1] and "override with --force True" in errors[1]
     assert errors[2].startswith("error: 2 of 3 inputs failed") and "Traceback" not in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["a_good_seg.nii.gz", "failures.csv"]
     assert [Path(r["input"]).name for r in rows(out / "failures.csv")] == ["b_truncated.nii.gz", "c_mr.nii.gz"]
+    # The override the message names works: the not-CT image is segmented, with a warning.
+    (data / "a_good.nii.gz").unlink()
+    (data / "b_truncated.nii.gz").unlink()
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                           str(REPO / "bundle/configs/inference.json"), "--dataset_dir", str(data),
+                           "--output_dir", str(out), "--ckpt_path", str(random_checkpoint), "--force", "True"],
+                          env=ENV, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warning:" in proc.stderr and "does not look like CT" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a_good_seg.nii.gz", "c_mr_seg.nii.gz"]
 
 
 @pytest.mark.slow

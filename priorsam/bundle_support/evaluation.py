@@ -9,8 +9,9 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from ..errors import InputError
 from ..evaluation.metrics import evaluate_case, summarise, write_report
-from ..labels import mapping, remap
+from ..labels import mapping, organ_ids, remap
 from .paths import case_name
 
 
@@ -29,17 +30,23 @@ class RemapLabelsd(MapTransform):
             arr = np.rint(np.asarray(lab.detach().cpu() if isinstance(lab, torch.Tensor) else lab)).astype(np.int64)
             if self.table is not None:
                 arr = remap(arr, self.table)
-            elif arr.min() < 0 or arr.max() > 8:
-                raise ValueError(f"label ids {arr.min()}..{arr.max()} are not ours (0..8); set label_map")
+            elif arr.min() < 0 or arr.max() > max(organ_ids()):
+                raise ValueError(f"label ids {arr.min()}..{arr.max()} are not ours (0..{max(organ_ids())}); "
+                                 f"set label_map")
             new = torch.as_tensor(arr.astype(np.uint8))
-            if isinstance(lab, MetaTensor):  # keep affine and applied transforms so Invertd still works
+            if isinstance(lab, MetaTensor):  # keep the affine and the source geometry
                 new = MetaTensor(new, meta=dict(lab.meta), applied_operations=list(lab.applied_operations))
             d[key] = new
         return d
 
 
+def _plain_affine(t) -> np.ndarray:
+    a = t.affine if hasattr(t, "affine") else t
+    return np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64).reshape(4, 4)
+
+
 def _spacing(affine) -> np.ndarray:
-    a = np.asarray(affine.detach().cpu() if isinstance(affine, torch.Tensor) else affine, dtype=np.float64)
+    a = _plain_affine(affine)
     return np.sqrt((a[:3, :3] ** 2).sum(axis=0))
 
 
@@ -67,6 +74,9 @@ class CaseMetricsHandler:
             pred, label = item[self.pred_key], item[self.label_key]
             p = np.asarray(pred.detach().cpu())[0].astype(np.uint8)
             g = np.asarray(label.detach().cpu())[0].astype(np.uint8)
+            if p.shape != g.shape or not np.allclose(_plain_affine(pred), _plain_affine(label), atol=1e-3):
+                raise InputError(f"{label.meta.get('filename_or_obj', 'label')}: the reference label map is not on "
+                                 f"the image's grid ({g.shape} vs {p.shape})")
             name = case_name(str(pred.meta.get("filename_or_obj", f"case{len(self.cases)}")))
             result = evaluate_case(p, g, _spacing(pred.affine), case=name)
             self.cases.append(result)

@@ -1,11 +1,11 @@
 """MONAI-side adapters around the library's volume engine (no preprocessing of their own).
 
-After ``LoadImaged`` (channel first) and ``Orientationd(axcodes="RAS")`` the image is a
-MetaTensor (1, X, Y, Z) in HU on a RAS grid with its affine in the meta data. These
-adapters turn it into a :class:`priorsam.io.Volume`, run
-:func:`priorsam.segment` (the library's one entry point) and hand back the label map as a
-MetaTensor with the image's meta data, so ``Invertd`` can undo the orientation and
-``SaveImaged`` writes it on the input's grid.
+:class:`~.io_transforms.LoadVolumed` reads each input with the library's readers (the same checks,
+warnings and canonical RAS grid as ``priorsam segment``) into a (1, X, Y, Z) MetaTensor that carries
+the file's geometry. The inferer here turns it back into a :class:`priorsam.io.Volume`, runs
+:func:`priorsam.segment` (the library's one entry point) and hands back the label map as a
+MetaTensor with the image's meta data, which :class:`~.io_transforms.SaveLabelMapd` writes on the
+input's own grid through :func:`priorsam.io.write_label_map`.
 """
 from __future__ import annotations
 
@@ -14,14 +14,15 @@ from typing import Any, Hashable, Mapping
 
 import numpy as np
 import torch
-from monai.data import Dataset, MetaTensor, NibabelWriter
+from monai.data import Dataset, MetaTensor
+from monai.data.utils import collate_meta_tensor
 from monai.transforms import MapTransform
 
 from ..engine.device import resolve_device
 from ..engine.progress import StdoutProgress
 from ..engine.segment import SegmentOptions
 from ..errors import AssetError, InputError, PriorSAMError
-from ..io.volume import Source, Volume, canonicalize
+from .io_transforms import volume_of
 
 
 def bundle_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -68,32 +69,6 @@ def load_network(ckpt_path: str, device: str | torch.device = "auto"):
     return load_priorsam(str(ckpt_path), str(resolve_device(str(device))))
 
 
-def volume_from_image(image: torch.Tensor, force: bool = False) -> Volume:
-    """A (1, X, Y, Z) MetaTensor (RAS-oriented, HU) → a canonical :class:`Volume` (checks the input too).
-
-    The source file's header gets the reader's checks as well (LoadImaged would quietly accept a zero
-    pixdim or a series with a missing slice); warnings are printed as ``warning: FILE: …`` lines.
-    """
-    from ..io.checks import show_warnings
-    from ..io.readers import check_source_file
-
-    if not isinstance(image, MetaTensor):
-        raise InputError("the image must be a MetaTensor from LoadImaged (it carries the affine)")
-    if image.ndim != 4 or image.shape[0] != 1:
-        raise InputError(f"expected a channel-first single-channel 3D image (1,X,Y,Z), got {tuple(image.shape)}")
-    array = image[0].detach().cpu().numpy().astype(np.float32, copy=False)
-    affine = np.asarray(image.affine.detach().cpu().numpy(), dtype=np.float64)
-    if affine.shape == (1, 4, 4):
-        affine = affine[0]
-    path = str(image.meta.get("filename_or_obj", "<image>"))
-    fmt = "dicom" if Path(path).is_dir() else "nifti"
-    source = Source(path, fmt, tuple(array.shape), affine, np.zeros((3, 2)))
-    warnings = check_source_file(path) if Path(path).exists() else []
-    volume = canonicalize(array, affine, source, force=force, warnings=warnings)
-    show_warnings(volume.warnings, prefix=f"{path}: ")
-    return volume
-
-
 def _labels_like(labels: np.ndarray, image: MetaTensor) -> MetaTensor:
     """The (1, X, Y, Z) uint8 label map with ``image``'s meta data (affine, file name, applied transforms)."""
     out = MetaTensor(torch.from_numpy(np.ascontiguousarray(labels)).to(torch.uint8)[None])
@@ -109,28 +84,24 @@ class SegmentOrgansInferer:
         options: :class:`SegmentOptions` fields (None: the library's defaults, as trained).
         progress: print ``PRIORSAM_PROGRESS done total`` lines (parsed by the Slicer module).
         show_bar: a tqdm bar on stderr.
-        force: segment images that do not look like CT in Hounsfield units (with a warning).
 
     An image that fails (unreadable, refused by the input checks, or an error in the engine) does not
     stop the run: its label map is an empty placeholder marked with the error in its meta data
     (``FAILED_KEY``), which :class:`SkipFailed` records instead of saving.
     """
 
-    def __init__(self, options: Mapping[str, Any] | None = None, progress: bool = True, show_bar: bool = False,
-                 force: bool = False):
+    def __init__(self, options: Mapping[str, Any] | None = None, progress: bool = True, show_bar: bool = False):
         SegmentOptions(**dict(options or {}))  # reject unknown option names at config time
         self.options = dict(options or {})
         self.progress = bool(progress)
         self.show_bar = bool(show_bar)
-        # A command-line override may arrive as text; "false" must not count as true.
-        self.force = force.strip().lower() in ("1", "true", "yes") if isinstance(force, str) else bool(force)
         self.last_results: list = []
 
     def segment_image(self, image: MetaTensor, network) -> MetaTensor:
         """One (1, X, Y, Z) image → its (1, X, Y, Z) label MetaTensor (through :func:`priorsam.segment`)."""
         from ..api import segment
 
-        seg = segment(volume_from_image(image, self.force), model=network, progress=StdoutProgress() if self.progress else None,
+        seg = segment(volume_of(image), model=network, progress=StdoutProgress() if self.progress else None,
                       show_bar=self.show_bar, **self.options)
         self.last_results.append(seg.result)
         return _labels_like(seg.labels, image)
@@ -141,7 +112,9 @@ class SegmentOrgansInferer:
         self.last_results = []
         # Indexing a batched MetaTensor gives each item its own meta data (affine, file name).
         items = [self._segment_or_mark(inputs[i], network) for i in range(inputs.shape[0])]
-        return torch.stack(items) if len(items) > 1 else items[0][None]
+        # MONAI's own collation: the per-item meta data (the source geometry too) gets its batch axis back,
+        # so the engine's decollation hands each item its own again.
+        return collate_meta_tensor(items)
 
 
     def _segment_or_mark(self, image: MetaTensor, network) -> MetaTensor:
@@ -152,10 +125,7 @@ class SegmentOrgansInferer:
             except AssetError:
                 raise  # the model itself is unusable: no image can succeed
             except Exception as exc:
-                from ..io.checks import FORCE_HINT
-
-                # The bundle's switch for the CLI's --force is an inferer argument.
-                error = one_line(exc).replace(FORCE_HINT, "override with --inferer#force True")
+                error = one_line(exc)
         out = _labels_like(np.zeros(tuple(image.shape[1:]), np.uint8), image)
         out.meta[FAILED_KEY] = error
         return out
@@ -164,7 +134,8 @@ class SegmentOrgansInferer:
 class SegmentOrgansd(MapTransform):
     """Dictionary transform form of :class:`SegmentOrgansInferer`: ``data[image_key]`` → ``data[output_key]``.
 
-    For pipelines without an engine (e.g. a plain ``Compose``); the network is loaded once.
+    For pipelines without an engine, e.g. ``Compose([LoadVolumed("image"), SegmentOrgansd(),
+    SaveLabelMapd("pred", OUT)])``; the network is loaded once.
     """
 
     def __init__(self, keys: str = "image", output_key: str = "pred", ckpt_path: str | None = None,
@@ -201,7 +172,12 @@ def one_line(exc: BaseException) -> str:
         cur = cur.__cause__ or cur.__context__
     exc = next((c for c in chain if isinstance(c, PriorSAMError)), chain[-1])  # else the root cause
     text = (str(exc).strip().splitlines() or [""])[0]
-    return text if isinstance(exc, PriorSAMError) else f"{type(exc).__name__}: {text}".rstrip(": ")
+    if not isinstance(exc, PriorSAMError):
+        return f"{type(exc).__name__}: {text}".rstrip(": ")
+    from ..io.checks import FORCE_HINT
+
+    # The bundle's switch for the CLI's --force is the config's "force".
+    return text.replace(FORCE_HINT, "override with --force True")
 
 
 class TolerantDataset(Dataset):
@@ -220,7 +196,7 @@ class TolerantDataset(Dataset):
 
 
 class SkipFailed:
-    """Postprocessing guard: runs ``transform`` (Invertd, SaveImaged) on good items only, records every
+    """Postprocessing guard: runs ``transform`` (SaveLabelMapd) on good items only, records every
     failed item, and :meth:`finish` ends the run non-zero listing them (``failures.csv`` in ``output_dir``).
 
     ``output_dir`` is checked for writability when the config is built, before any model work.
@@ -280,14 +256,3 @@ class SkipFailed:
 
 class BundleIncomplete(PriorSAMError):
     """Some inputs failed; the others were written."""
-
-
-class AtomicNibabelWriter(NibabelWriter):
-    """``SaveImaged``'s NIfTI writer through a temp file renamed on success: a killed or failed
-    write never leaves a half label map under the final name."""
-
-    def write(self, filename, verbose: bool = False, **obj_kwargs):
-        from ..io import atomic_path
-
-        with atomic_path(filename) as tmp:
-            super().write(str(tmp), verbose=verbose, **obj_kwargs)

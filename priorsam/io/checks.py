@@ -4,9 +4,9 @@ Each check either raises :class:`~priorsam.errors.InputError` (one line, naming 
 header field or value at fault) or returns ``warning`` strings that the caller shows and records.
 What is refused and what is only warned about is listed in docs/reliability.md.
 
-The reader calls these for every file it opens (``read_volume``), and the MONAI bundle calls them
-on what ``LoadImaged`` gave it (:func:`~priorsam.io.readers.check_source_file`, :func:`check_ct_values`), so every entry
-point (CLI, batch, bundle, Slicer, Python API) gets the same answers.
+The reader calls these for every file it opens (``read_volume``), and every entry point (CLI,
+batch, the MONAI bundle's ``LoadVolumed``, Slicer, Python API) reads through it, so all get the
+same answers.
 """
 from __future__ import annotations
 

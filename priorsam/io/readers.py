@@ -195,24 +195,3 @@ def read_dicom_series(folder: Path, series_uid: str | None = None, force: bool =
     src = Source(str(folder), "dicom", tuple(arr.shape), affine, np.zeros((3, 2)), series_uid=series_uid,
                  dicom_files=list(files))
     return canonicalize(arr.astype(np.float32, copy=False), affine, src, force=force, warnings=warnings)
-
-
-def check_source_file(path: str | Path) -> list[str]:
-    """Header checks of a file or DICOM folder that something else (MONAI's LoadImaged) reads."""
-    from .checks import check_nifti_header, quiet_nibabel, raw_nifti_header
-
-    p = Path(path)
-    name = p.name.lower()
-    if p.is_file() and name.endswith((".nii", ".nii.gz")):
-        import nibabel as nib
-
-        try:
-            with quiet_nibabel():
-                header = raw_nifti_header(p, type(nib.load(str(p)).header))
-        except Exception as exc:
-            raise InputError(f"{p}: not a readable NIfTI image ({exc})") from exc
-        return check_nifti_header(header, str(p))
-    if p.is_dir():
-        _, _, warnings = dicom_series_files(p)
-        return warnings
-    return []
