@@ -52,7 +52,15 @@ def resources_dir() -> Path:
 
 
 def labels_json_path() -> Path:
-    return Path(__file__).resolve().parents[3] / "priorsam" / "resources" / "labels.json"
+    """The label table of the installed ``priorsam`` package (this generator runs where the package is
+    installed, e.g. a checkout's venv); inside Slicer the module reads the shipped terminology instead."""
+    from importlib import resources
+
+    try:
+        return Path(str(resources.files("priorsam.resources").joinpath("labels.json")))
+    except ModuleNotFoundError as exc:
+        raise RuntimeError("regenerating the colour table needs the priorsam package installed "
+                           "(pip install -e . in the checkout)") from exc
 
 
 def read_labels_json(path: str | Path | None = None) -> tuple[list[Organ], Category]:
