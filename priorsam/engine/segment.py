@@ -11,7 +11,7 @@ per organ and hole filling → label ids (:meth:`PriorSAM.to_label_ids`).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -27,19 +27,14 @@ from .zstride import strided_labels
 
 
 @dataclass
-class SegmentOptions:
-    """Inference switches (the ablations of the evaluation table flip these)."""
+class SegmentOptions(RefineOptions):
+    """Inference switches (the ablations of the evaluation table flip these): the per-slice decisions of
+    :class:`~priorsam.models.refinement.RefineOptions` and the volume-level ones below."""
 
     spacing_mm: float | None = None     # None: the spacing the weights were trained at
     context: int | None = None          # None: as trained (0 = 2D, 1 = 2.5D)
     framing: str | None = None          # None: as trained ("fixed" trunk-centred spacing, or "upstream")
     batch_size: int = 4
-    presence_gating: bool = True
-    presence_threshold: float = 0.5
-    sam_refine: bool = True             # coarse-to-fine through the pretrained binary path
-    refine_iterations: int = 1          # box → mask → box rounds of the binary path
-    mask_round: int | None = None       # which iterative-optimizer round to use (None: last)
-    min_pixels: int = 12                # coarse masks smaller than this (model px) are dropped
     box_smoothing: bool = True          # cut each organ to the running median of its per-slice boxes (3D)
     largest_component: bool = True
     fill_holes: bool = True
@@ -53,8 +48,6 @@ class SegmentOptions:
     use_localiser: bool = True          # 3D organ localiser (when the weights have one): which organs each
                                         # slice may hold, their boxes, and which slices to skip
     localiser_margin_mm: float = 10.0   # localiser boxes are grown by this in-plane (larger, never shifted)
-    box_source: str = "semantic"        # box prompt per organ: "semantic" (coarse mask inside the localiser
-                                        # box, else that box) or "localiser" (always the localiser box)
 
 
 @dataclass
@@ -141,10 +134,7 @@ class Segmenter:
         return Framing(framing=o.framing, spacing_mm=float(o.spacing_mm), context=int(o.context))
 
     def refine_options(self) -> RefineOptions:
-        o = self.options
-        return RefineOptions(presence_gating=o.presence_gating, presence_threshold=o.presence_threshold,
-                             sam_refine=o.sam_refine, refine_iterations=o.refine_iterations, mask_round=o.mask_round,
-                             min_pixels=o.min_pixels, box_source=o.box_source)
+        return RefineOptions(**{f.name: getattr(self.options, f.name) for f in fields(RefineOptions)})
 
     def segment(self, volume: Volume, progress: ProgressFn | None = None, show_bar: bool = True) -> SegmentationResult:
         t0 = time.time()

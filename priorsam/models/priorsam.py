@@ -204,7 +204,7 @@ class PriorSAM(nn.Module):
 
     @torch.inference_mode()
     def segment_slices(self, features: EncoderFeatures, guide: torch.Tensor | None = None,
-                       options: RefineOptions = RefineOptions()) -> torch.Tensor:
+                       options: RefineOptions | None = None) -> torch.Tensor:
         """Prompt-free labels of a batch of slices: heads, then coarse-to-fine refinement
         (:mod:`priorsam.models.refinement`).
 
@@ -218,7 +218,7 @@ class PriorSAM(nn.Module):
         turns them into label ids).
         """
         out = self(features=features)
-        return refine_to_labels(out, to_head_grid(features[0]), self.binary, guide, options)
+        return refine_to_labels(out, to_head_grid(features[0]), self.binary, guide, options or RefineOptions())
 
     def to_label_ids(self, classes):
         """Class indices (an integer array) → the label ids of the written label map."""

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 
-@dataclass(frozen=True)
+@dataclass
 class RefineOptions:
     """The per-slice decisions (the engine's ``SegmentOptions`` fill these)."""
 
@@ -33,7 +33,8 @@ class RefineOptions:
     refine_iterations: int = 1          # box → mask → box rounds of the binary path
     mask_round: int | None = None       # which iterative-optimizer round to use (None: last)
     min_pixels: int = 12                # coarse masks smaller than this (model px) are dropped
-    box_source: str = "semantic"        # "semantic": coarse mask's box inside the localiser box; "localiser"
+    box_source: str = "semantic"        # box prompt per organ: "semantic" (coarse mask inside the localiser
+                                        # box, else that box) or "localiser" (always the localiser box)
     box_margin: float = 3.0             # model pixels added around a mask's box
 
 
@@ -72,7 +73,7 @@ def box_masks(boxes: torch.Tensor, size) -> torch.Tensor:
 
 
 def refine_to_labels(out: dict, embedding: torch.Tensor, binary, guide: torch.Tensor | None = None,
-                     options: RefineOptions = RefineOptions()) -> torch.Tensor:
+                     options: RefineOptions | None = None) -> torch.Tensor:
     """PriorSAM's output dict for N slices → (N, C, 256, 256) one-hot labels in model space.
 
     Args:
@@ -82,7 +83,7 @@ def refine_to_labels(out: dict, embedding: torch.Tensor, binary, guide: torch.Te
             (then the coarse semantic masks are the answer).
         guide: optional (N, C, 4) localiser boxes (see the module docstring).
     """
-    o = options
+    o = options or RefineOptions()
     logits = out["semantic_logits"] if o.mask_round is None else out["round_logits"][o.mask_round]
     probs = logits.float().softmax(1)
     c = probs.shape[1]
