@@ -5,10 +5,10 @@
 Each held-out pseudo-patient (the sample CT warped onto an anatomy of the bank that training never
 saw) is rendered in every appearance setting: the contrast phases of :mod:`priorsam.data.appearance`
 (native, arterial/CT angiography, portal-venous, delayed), portal-venous with arms beside the trunk
-and a table, and :data:`~priorsam.data.appearance.UNSEEN_SETTING`, an appearance never drawn in
-training. Every run of RUNS.json (``{"name", "weights", "options", "what", "settings"?}``) segments
-each of them through the engine; Dice and HD95 (mm and voxels) per organ against the warped sample
-labels. A run with ``"localiser_only": true`` scores the 3D localiser alone, on its own 4 mm grid
+and a table, :data:`~priorsam.data.appearance.UNSEEN_SETTING` (an appearance never drawn in
+training), and ``cta_crop``: the arterial phase reconstructed on a 150 mm field around the aorta.
+Every run of RUNS.json (``{"name", "weights", "options", "what", "settings"?}``) segments each of
+them through the engine; Dice and HD95 (mm and voxels) per organ against the warped sample labels. A run with ``"localiser_only": true`` scores the 3D localiser alone, on its own 4 mm grid
 (largest component per organ, against the labels resampled there by nearest neighbour).
 
 What this measures: *anatomy transfer*. Every pseudo-patient carries the sample CT's texture, so
@@ -31,7 +31,8 @@ from ..engine.segment import SegmentOptions, Segmenter
 from ..io.volume import Source, Volume
 from .metrics import evaluate_case, summarise
 
-SETTINGS = ["native", "arterial", "portal_venous", "delayed", "portal_venous_arms_table", "unseen"]
+SETTINGS = ["native", "arterial", "portal_venous", "delayed", "portal_venous_arms_table", "unseen", "cta_crop"]
+CTA_FOV_MM = 150.0   # cta_crop: a CT angiography reconstructed on a 150 mm field around the aorta
 
 
 def render(pp: PseudoPatient, setting: str, names: dict[int, str]) -> np.ndarray:
@@ -41,7 +42,7 @@ def render(pp: PseudoPatient, setting: str, names: dict[int, str]) -> np.ndarray
     ct = pp.ct.astype(np.float32)
     if setting == "unseen":
         return app.apply_unseen(ct, pp.full, names, rng, sp)
-    phase = "portal_venous" if setting == "portal_venous_arms_table" else setting
+    phase = {"portal_venous_arms_table": "portal_venous", "cta_crop": "arterial"}.get(setting, setting)
     if phase != "native":
         ct, _ = app.apply_phase(ct, pp.full, names, phase, rng, sp)
     if setting == "portal_venous_arms_table":
@@ -49,10 +50,29 @@ def render(pp: PseudoPatient, setting: str, names: dict[int, str]) -> np.ndarray
     return app.add_noise(ct, 10.0, rng)
 
 
-def as_volume(ct: np.ndarray, pp: PseudoPatient) -> Volume:
-    src = Source(path=f"{pp.case_id}.nii.gz", format="nifti", shape=tuple(ct.shape), affine=pp.affine,
+def field_of_view(pp: PseudoPatient, setting: str) -> tuple[slice, slice]:
+    """The in-plane (x, y) crop of a setting: the whole slice, or for ``cta_crop`` a reconstruction of
+    :data:`CTA_FOV_MM` centred on the aorta (the real CTA of the issue that started the bank: organs cut
+    by the field's edge, the rest of the trunk missing)."""
+    if setting != "cta_crop":
+        return slice(None), slice(None)
+    aorta = np.argwhere(pp.ours == 7)
+    cx, cy = (aorta[:, :2].mean(0) if len(aorta) else np.array(pp.ours.shape[:2]) / 2)
+    half = CTA_FOV_MM / float(pp.spacing[0]) / 2
+    x0, y0 = int(max(0, round(cx - half))), int(max(0, round(cy - half)))
+    return (slice(x0, int(min(pp.ours.shape[0], round(cx + half)))),
+            slice(y0, int(min(pp.ours.shape[1], round(cy + half)))))
+
+
+def as_volume(ct: np.ndarray, pp: PseudoPatient, crop: tuple[slice, slice] = (slice(None), slice(None))) -> Volume:
+    """The rendered CT as a library Volume; a crop keeps the voxels where they are in space."""
+    start = np.array([crop[0].start or 0, crop[1].start or 0, 0, 1], dtype=float)
+    affine = pp.affine.copy()
+    affine[:3, 3] = (pp.affine @ start)[:3]
+    ct = np.ascontiguousarray(ct[crop])
+    src = Source(path=f"{pp.case_id}.nii.gz", format="nifti", shape=tuple(ct.shape), affine=affine,
                  to_canonical=np.array([[0, 1], [1, 1], [2, 1]], dtype=float))
-    return Volume(ct, pp.affine, src)
+    return Volume(ct, affine, src)
 
 
 def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], log=print,
@@ -66,9 +86,10 @@ def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], 
     rows = []
     for cid in cases:
         pp = load(recs[cid]["folder"])
-        gt = pp.ours.copy()
         for setting in settings:
-            vol = as_volume(render(pp, setting, names), pp)
+            crop = field_of_view(pp, setting)
+            vol = as_volume(render(pp, setting, names), pp, crop)
+            gt = np.ascontiguousarray(pp.ours[crop])
             memo: dict = {}
             for run in runs:
                 if setting not in run.get("settings", settings):

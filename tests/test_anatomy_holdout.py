@@ -1,0 +1,31 @@
+"""The held-out-anatomy evaluation's cropped CTA setting: a real 150 mm field around the aorta, the
+voxels left where they are in space (synthetic pseudo-patient, no bank needed)."""
+from __future__ import annotations
+
+import numpy as np
+
+from priorsam.data.pseudo_patients import PseudoPatient
+from priorsam.evaluation.anatomy_holdout import CTA_FOV_MM, as_volume, field_of_view
+
+
+def fake_patient(shape=(120, 100, 10), spacing=3.0) -> PseudoPatient:
+    ours = np.zeros(shape, np.uint8)
+    ours[70:76, 40:46, :] = 7   # aorta, off centre
+    ours[20:60, 30:80, 2:8] = 5
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = (-100.0, -50.0, 20.0)
+    return PseudoPatient(case_id="p", ct=np.zeros(shape, np.int16), full=ours.copy(), ours=ours, target=ours,
+                         fov=np.ones(shape, np.uint8), affine=affine, qa={})
+
+
+def test_cta_crop_is_centred_on_the_aorta_and_keeps_world_positions():
+    pp = fake_patient()
+    crop = field_of_view(pp, "cta_crop")
+    assert field_of_view(pp, "arterial") == (slice(None), slice(None))
+    width = [(c.stop - c.start) * 3.0 for c in crop]
+    assert all(abs(w - CTA_FOV_MM) <= 3.0 for w in width)
+    assert abs((crop[0].start + crop[0].stop) / 2 - 72.5) <= 1 and abs((crop[1].start + crop[1].stop) / 2 - 42.5) <= 1
+    vol = as_volume(pp.ct.astype(np.float32), pp, crop)
+    assert vol.shape == (crop[0].stop - crop[0].start, crop[1].stop - crop[1].start, 10)
+    # voxel (0, 0, 0) of the crop is voxel (x0, y0, 0) of the whole volume
+    assert np.allclose(vol.affine @ [0, 0, 0, 1], pp.affine @ [crop[0].start, crop[1].start, 0, 1])
