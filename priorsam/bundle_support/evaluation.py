@@ -12,6 +12,7 @@ from monai.transforms import MapTransform
 from ..errors import InputError
 from ..evaluation.metrics import evaluate_case, summarise, write_report
 from ..labels import mapping, organ_ids, remap
+from .io_transforms import to_numpy
 from .paths import case_name
 
 
@@ -27,7 +28,7 @@ class RemapLabelsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             lab = d[key]
-            arr = np.rint(np.asarray(lab.detach().cpu() if isinstance(lab, torch.Tensor) else lab)).astype(np.int64)
+            arr = np.rint(to_numpy(lab)).astype(np.int64)
             if self.table is not None:
                 arr = remap(arr, self.table)
             elif arr.min() < 0 or arr.max() > max(organ_ids()):
@@ -41,8 +42,7 @@ class RemapLabelsd(MapTransform):
 
 
 def _plain_affine(t) -> np.ndarray:
-    a = t.affine if hasattr(t, "affine") else t
-    return np.asarray(a.detach().cpu() if isinstance(a, torch.Tensor) else a, dtype=np.float64).reshape(4, 4)
+    return to_numpy(t.affine if hasattr(t, "affine") else t).astype(np.float64).reshape(4, 4)
 
 
 def _spacing(affine) -> np.ndarray:
@@ -72,8 +72,8 @@ class CaseMetricsHandler:
         items = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
         for item in items:
             pred, label = item[self.pred_key], item[self.label_key]
-            p = np.asarray(pred.detach().cpu())[0].astype(np.uint8)
-            g = np.asarray(label.detach().cpu())[0].astype(np.uint8)
+            p = to_numpy(pred)[0].astype(np.uint8)
+            g = to_numpy(label)[0].astype(np.uint8)
             if p.shape != g.shape or not np.allclose(_plain_affine(pred), _plain_affine(label), atol=1e-3):
                 raise InputError(f"{label.meta.get('filename_or_obj', 'label')}: the reference label map is not on "
                                  f"the image's grid ({g.shape} vs {p.shape})")

@@ -42,8 +42,6 @@ def one_line_errors() -> None:
     """
     import sys
 
-    from ..errors import PriorSAMError
-
     previous = sys.excepthook
     if getattr(previous, "_priorsam", False):
         return
@@ -96,13 +94,24 @@ class SegmentOrgansInferer:
         self.progress = bool(progress)
         self.show_bar = bool(show_bar)
         self.last_results: list = []
+        self._segmenter = None
+
+    def segmenter(self, network):
+        """One :class:`~priorsam.engine.segment.Segmenter` per network, kept across images: the encoder
+        runtime (an OpenVINO or ONNX Runtime session) is set up once per run, not once per image."""
+        from ..engine.segment import Segmenter
+
+        if self._segmenter is None or self._segmenter.model is not network:
+            device = str(next(network.parameters()).device)
+            self._segmenter = Segmenter(None, device, SegmentOptions(**self.options), model=network)
+        return self._segmenter
 
     def segment_image(self, image: MetaTensor, network) -> MetaTensor:
         """One (1, X, Y, Z) image → its (1, X, Y, Z) label MetaTensor (through :func:`priorsam.segment`)."""
         from ..api import segment
 
-        seg = segment(volume_of(image), model=network, progress=StdoutProgress() if self.progress else None,
-                      show_bar=self.show_bar, **self.options)
+        seg = segment(volume_of(image), segmenter=self.segmenter(network),
+                      progress=StdoutProgress() if self.progress else None, show_bar=self.show_bar)
         self.last_results.append(seg.result)
         return _labels_like(seg.labels, image)
 
@@ -115,7 +124,6 @@ class SegmentOrgansInferer:
         # MONAI's own collation: the per-item meta data (the source geometry too) gets its batch axis back,
         # so the engine's decollation hands each item its own again.
         return collate_meta_tensor(items)
-
 
     def _segment_or_mark(self, image: MetaTensor, network) -> MetaTensor:
         error = image.meta.get(FAILED_KEY)

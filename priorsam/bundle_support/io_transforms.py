@@ -28,7 +28,8 @@ SOURCE_KEY = "priorsam_source"
 WARNINGS_KEY = "priorsam_warnings"
 
 
-def _plain(value) -> np.ndarray:
+def to_numpy(value) -> np.ndarray:
+    """A tensor (any device) or array-like as a numpy array."""
     return np.asarray(value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value)
 
 
@@ -51,9 +52,9 @@ def source_from_meta(meta: Mapping) -> Source:
         header = (nib.Nifti2Header if len(block) == nib.Nifti2Header.sizeof_hdr else nib.Nifti1Header)(
             binaryblock=bytes(block))
     return Source(path=str(meta["path"]), format=str(meta["format"]),
-                  shape=tuple(int(v) for v in _plain(meta["shape"]).reshape(-1)),
-                  affine=_plain(meta["affine"]).astype(np.float64).reshape(4, 4),
-                  to_canonical=_plain(meta["to_canonical"]).astype(np.float64).reshape(3, 2),
+                  shape=tuple(int(v) for v in to_numpy(meta["shape"]).reshape(-1)),
+                  affine=to_numpy(meta["affine"]).astype(np.float64).reshape(4, 4),
+                  to_canonical=to_numpy(meta["to_canonical"]).astype(np.float64).reshape(3, 2),
                   header=header, series_uid=str(meta.get("series_uid") or "") or None)
 
 
@@ -76,7 +77,7 @@ def volume_of(image: MetaTensor, array: np.ndarray | None = None) -> Volume:
             raise InputError(f"expected a single-channel 3D image (1,X,Y,Z), got {tuple(image.shape)}")
         array = image[0].detach().cpu().numpy().astype(np.float32, copy=False)
     warnings = [w for w in str(meta.get(WARNINGS_KEY) or "").split("\n") if w]
-    return Volume(array, _plain(image.affine).astype(np.float64).reshape(4, 4), source_from_meta(meta[SOURCE_KEY]),
+    return Volume(array, to_numpy(image.affine).astype(np.float64).reshape(4, 4), source_from_meta(meta[SOURCE_KEY]),
                   warnings)
 
 
@@ -128,7 +129,7 @@ class SaveLabelMapd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            labels = np.asarray(d[key].detach().cpu())[0].astype(np.uint8)
+            labels = to_numpy(d[key])[0].astype(np.uint8)
             volume = volume_of(d[key], labels)
             self.output_dir.mkdir(parents=True, exist_ok=True)
             write_label_map(volume, labels, self.output_path(volume.source.path))

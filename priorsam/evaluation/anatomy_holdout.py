@@ -56,7 +56,9 @@ def field_of_view(pp: PseudoPatient, setting: str) -> tuple[slice, slice]:
     by the field's edge, the rest of the trunk missing)."""
     if setting != "cta_crop":
         return slice(None), slice(None)
-    aorta = np.argwhere(pp.ours == 7)
+    from ..labels import labels
+
+    aorta = np.argwhere(pp.ours == next(lab.id for lab in labels() if lab.name == "aorta"))
     cx, cy = (aorta[:, :2].mean(0) if len(aorta) else np.array(pp.ours.shape[:2]) / 2)
     half = CTA_FOV_MM / float(pp.spacing[0]) / 2
     x0, y0 = int(max(0, round(cx - half))), int(max(0, round(cy - half)))
