@@ -58,3 +58,36 @@ def test_onnx_and_openvino_match_the_pytorch_encoder():
     # Slices of a batch run as parallel requests: the order must survive.
     single = ov(x[1:2])
     assert _cos(single.embedding, f.embedding[1:2]) > 0.9999
+
+
+def test_openvino_box_decoder_matches_the_pytorch_binary_path(tmp_path, monkeypatch):
+    """The refinement's box decoder compiled by OpenVINO (fp32) gives PyTorch's logits, pair for pair,
+    in the order given, from the model's own (here random) weights; its IR is reused from the cache."""
+    import priorsam.models.openvino_binary_path as ovb
+    from priorsam.models.binary_path import BinaryPromptPath
+
+    monkeypatch.setattr(ovb, "cache_dir", lambda *p: tmp_path)
+    torch.manual_seed(0)
+    path = BinaryPromptPath(pretrained=False).eval()
+    emb = torch.randn(3, 256, 64, 64) * 0.3
+    boxes = torch.tensor([[40.0, 50.0, 120.0, 150.0], [100.0, 90.0, 200.0, 140.0], [10.0, 10.0, 60.0, 250.0]])
+    with torch.inference_mode():
+        ref, ref_iou = path(emb, boxes)
+    fast = ovb.OpenVinoBinaryPath(path, threads=2, precision="f32")
+    got, iou = fast(emb, boxes)
+    assert got.shape == ref.shape == (3, 1, 256, 256) and iou.shape == ref_iou.shape
+    assert (got - ref).abs().max() < 1e-3
+    assert fast(emb[:0], boxes[:0])[0].shape == (0, 1, 256, 256)
+    assert len(list(tmp_path.glob("box_decoder_*.xml"))) == 1
+    ovb.OpenVinoBinaryPath(path, threads=2, precision="f32")   # second build: the cached IR
+    assert len(list(tmp_path.glob("box_decoder_*.xml"))) == 1
+    other = BinaryPromptPath(pretrained=False)
+    assert ovb.weights_digest(other) != ovb.weights_digest(path)
+
+
+def test_the_box_decoder_runs_where_the_encoder_runs(monkeypatch):
+    import priorsam.models.encoder_backend as eb
+
+    monkeypatch.setattr(eb, "_installed", lambda m: m == "onnxruntime")
+    assert eb.cpu_binary_path("auto", torch.device("cpu"), object()) is None   # ONNX Runtime: PyTorch path
+    assert eb.cpu_binary_path("openvino", torch.device("cpu"), None) is None  # no binary path in the model

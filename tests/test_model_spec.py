@@ -94,6 +94,10 @@ def test_localiser_output_shapes_and_guidance():
     for k, (x0, y0, z0, x1, y1, z1) in res.boxes.items():
         assert 0 <= x0 <= x1 <= 99 and 0 <= y0 <= y1 <= 89 and 0 <= z0 <= z1 <= 29
         assert all(0 <= z < 30 for z in res.slice_boxes[k])
+        # A prompt box lies inside its slice's search box (the search box is grown, the prompt is not).
+        for z, (px0, py0, px1, py1) in res.prompt_boxes[k].items():
+            sx0, sy0, sx1, sy1 = res.slice_boxes[k][z]
+            assert sx0 <= px0 <= px1 <= sx1 and sy0 <= py0 <= py1 <= sy1
     thin = localise(hu[:, :, :3], np.array([0.8, 0.8, 1.0]), net)
     assert not thin.usable and "too thin" in thin.reason and "per-slice model" in thin.reason
 
@@ -109,13 +113,41 @@ def test_slice_guide_marks_expected_absent_and_missed_organs():
     from priorsam.models.refinement import box_masks
 
     loc = LocaliserResult(True, present={k: k != 4 for k in range(1, 9)},
-                          slice_boxes={5: {2: (10.0, 20.0, 30.0, 40.0)}})
+                          slice_boxes={5: {2: (10.0, 20.0, 30.0, 40.0)}},
+                          prompt_boxes={5: {2: (12.0, 22.0, 28.0, 38.0)}})
     framed = FramedVolume(np.zeros((5, 64, 64), np.float32), 1.0, 1.0, Framing.upstream())
-    guide = _slice_guide(loc, (64, 64, 5), framed, 9)(np.array([1, 2]))
-    assert guide.shape == (2, 9, 4)
+    guide, prompts = _slice_guide(loc, (64, 64, 5), framed, 9)(np.array([1, 2]))
+    assert guide.shape == prompts.shape == (2, 9, 4)
+    # The localiser's own (tight) box as a prompt, only where its mask is; NaN elsewhere, never inf.
+    assert torch.allclose(prompts[1, 5], torch.tensor([35.0, 25.0, 51.0, 41.0]) * 4)
+    assert torch.isnan(prompts[0]).all() and torch.isnan(prompts[1, [1, 2, 3, 4, 6, 7, 8]]).all()
     assert torch.isinf(guide[:, 4]).all()                       # gallbladder: missed → heads decide
     assert torch.isnan(guide[0, 5]).all() and torch.isnan(guide[:, 1]).all()
     # RAS x 10..30, y 20..40 on a 64² slice → display columns 33..53, rows 23..43, ×4 to the model frame.
     assert torch.allclose(guide[1, 5], torch.tensor([33.0, 23.0, 53.0, 43.0]) * 4)
     m = box_masks(torch.where(torch.isinf(guide), torch.nan, guide), (256, 256))
     assert m[1, 5].sum() > 0 and not m[0, 5].any() and not m[:, 4].any()
+
+
+def test_localiser_keeps_the_component_with_the_most_probability():
+    """Two blobs of one organ: the small confident one is kept, not the large doubtful one."""
+    import numpy as np
+
+    from priorsam.engine.localise import localise
+
+    class Fixed(torch.nn.Module):
+        spacing_mm, min_shape, num_classes = 4.0, (16, 16, 16), 9
+
+        def prepare(self, x):
+            return x[:, None]
+
+        def forward(self, x):
+            logits = torch.zeros(1, 9, *x.shape[2:])
+            logits[0, 1, 2:4, 2:4, 2:4] = 9.0        # spleen: 8 voxels, confident
+            logits[0, 1, 8:11, 8:11, 8:11] = 0.3     # spleen: 27 voxels, barely above background
+            return logits
+
+    res = localise(np.zeros((16, 16, 16), np.float32), np.array([4.0, 4.0, 4.0]), Fixed(), margin_mm=0.0,
+                   z_margin_mm=0.0, min_ml=0.0)
+    assert res.coarse_labels[2:4, 2:4, 2:4].all() and not res.coarse_labels[8:, 8:, 8:].any()
+    assert res.boxes[1] == (1.5, 1.5, 1.5, 3.5, 3.5, 3.5)   # the voxels' extent, not their centres

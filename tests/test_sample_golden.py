@@ -2,7 +2,9 @@
 (issue 15): restructuring the code must not change what a user gets.
 
 The hash was made on this project's CPU machine with the shipped ``bundle/models/model.pt``
-(bundle 0.4.0) and the engine's defaults (encoder runtime ``auto``: OpenVINO on CPU). A change that
+and the engine's defaults (runtime ``auto``: OpenVINO for the encoder and the box decoder on CPU);
+last updated for bundle 0.4.2's inference (box prompts from the localiser's mask, conflicts by the
+box decoder, the localiser's component by probability mass, the OpenVINO box decoder). A change that
 is meant to alter the output (new weights, new defaults) updates the hash in the same commit, and
 says so in its message.
 """
@@ -16,8 +18,8 @@ import pytest
 import priorsam
 from priorsam.data.samples import sample_ct
 
-SAMPLE_LABELS_SHA256 = "457eaa563e3251887dbb86417fa7a65f9e50c0868f672ca62e30218a5dd22a66"
-SAMPLE_VOXELS_PER_LABEL = [1303925, 9882, 7548, 5424, 1608, 44573, 4672, 1916, 516]
+SAMPLE_LABELS_SHA256 = "7c21d0a6c553d533944513d78ed0864d9aa3f688c5a38e458813c33197313e59"
+SAMPLE_VOXELS_PER_LABEL = [1304664, 9686, 7394, 5222, 1209, 44553, 4757, 1913, 666]
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 volume (canonical RAS HU) → resampled to the localiser's grid (anti-aliased) → edge-padded to
 its minimum input (a tight field of view or a thin slab is presented as training presented it)
-→ probabilities → per organ: the largest connected component, presence, a 3D box grown (never
+→ probabilities → per organ: the connected component with the most probability mass, presence, a 3D box grown (never
 shifted: where the localiser is off, a shifted box cuts the organ, a grown one only searches more) →
 per original slice, the organs to look for and their in-plane boxes.
 
@@ -32,6 +32,9 @@ class LocaliserResult:
     volume_ml: dict[int, float] = field(default_factory=dict)
     boxes: dict[int, tuple[float, float, float, float, float, float]] = field(default_factory=dict)  # x0,y0,z0,x1,y1,z1
     slice_boxes: dict[int, dict[int, tuple[float, float, float, float]]] = field(default_factory=dict)
+    # Per organ and slice: the box of the localiser's own mask in the coarse slice that holds the slice's
+    # centre, not grown (a box prompt for the binary path; slice_boxes are where to search).
+    prompt_boxes: dict[int, dict[int, tuple[float, float, float, float]]] = field(default_factory=dict)
     seconds: float = 0.0
     coarse_labels: np.ndarray | None = None   # (x, y, z) on the localiser grid, after clean-up
     n_slices: int = 0
@@ -39,6 +42,10 @@ class LocaliserResult:
     def organs_at(self, z: int) -> dict[int, tuple[float, float, float, float]]:
         """organ id → in-plane box (x0, y0, x1, y1) in voxel indices of slice ``z``."""
         return {k: b[z] for k, b in self.slice_boxes.items() if z in b}
+
+    def prompts_at(self, z: int) -> dict[int, tuple[float, float, float, float]]:
+        """organ id → the localiser mask's own box (x0, y0, x1, y1) in slice ``z`` (voxel indices)."""
+        return {k: b[z] for k, b in self.prompt_boxes.items() if z in b}
 
     def slices_needed(self, slice_mm: float, missing_margin_mm: float = 50.0) -> np.ndarray:
         """Slices that may hold an organ: those of a located organ's box; when an organ was not found,
@@ -90,11 +97,14 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
         if m.any():
             lab, n = ndimage.label(m)
             if n > 1:
-                sizes = ndimage.sum_labels(m, lab, np.arange(1, n + 1))
-                m = lab == (int(np.argmax(sizes)) + 1)
+                # The component holding most of the organ's probability, not the most voxels: a large
+                # blob of barely-winning voxels elsewhere (a "spleen" in the stomach wall) loses to
+                # the confident one.
+                mass = ndimage.sum_labels(probs[k], lab, np.arange(1, n + 1))
+                m = lab == (int(np.argmax(mass)) + 1)
         ml = float(m.sum()) * voxel_ml
         res.volume_ml[k] = ml
-        res.present[k] = ml >= min_ml
+        res.present[k] = bool(m.any()) and ml >= min_ml
         if not res.present[k]:
             continue
         clean[m] = k
@@ -107,7 +117,7 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
             box.append((max(0.0, f0 - grow), min(nf[a] - 1.0, f1 + grow)))
         res.boxes[k] = (box[0][0], box[1][0], box[2][0], box[0][1], box[1][1], box[2][1])
         # Per fine slice: the union of the in-plane boxes of the coarse slices it overlaps (±1).
-        per = {}
+        per, tight = {}, {}
         zc_of = (np.arange(nf[2]) + 0.5) * nc[2] / nf[2] - 0.5
         g = margin_mm / float(spacing[0]), margin_mm / float(spacing[1])
         for z in range(int(np.floor(box[2][0])), int(np.ceil(box[2][1])) + 1):
@@ -122,7 +132,14 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
             fy0, fy1 = coarse_to_fine_index(ys.min(), ys.max(), nf[1], nc[1])
             per[z] = (max(0.0, fx0 - g[0]), max(0.0, fy0 - g[1]), min(nf[0] - 1.0, fx1 + g[0]),
                       min(nf[1] - 1.0, fy1 + g[1]))
+            own = m[:, :, int(np.clip(np.rint(zc), 0, nc[2] - 1))]
+            if own.any():
+                xs, ys = np.nonzero(own)
+                fx0, fx1 = coarse_to_fine_index(xs.min(), xs.max(), nf[0], nc[0])
+                fy0, fy1 = coarse_to_fine_index(ys.min(), ys.max(), nf[1], nc[1])
+                tight[z] = (max(0.0, fx0), max(0.0, fy0), min(nf[0] - 1.0, fx1), min(nf[1] - 1.0, fy1))
         res.slice_boxes[k] = per
+        res.prompt_boxes[k] = tight
     res.coarse_labels = clean
     res.seconds = time.time() - t0
     return res

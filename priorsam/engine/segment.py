@@ -62,21 +62,29 @@ class SegmentationResult:
 
 
 def _slice_guide(loc, shape, framed: FramedVolume, num_classes: int):
-    """A function: display slice indices → (N, C, 4) localiser boxes in model pixels (NaN: not expected)."""
+    """A function: display slice indices → ((N, C, 4) localiser search boxes, (N, C, 4) localiser prompt
+    boxes) in model pixels (NaN: not expected there; inf in the search boxes: not found anywhere)."""
     nx, ny, _ = shape
 
     missing = [k for k in range(1, num_classes) if not loc.present.get(k, False)]
 
-    def guide(idx: np.ndarray) -> torch.Tensor:
+    def to_model(box) -> torch.Tensor:
+        x0, y0, x1, y1 = box
+        # Canonical RAS voxel (x, y) is display (column nx−1−x, row ny−1−y).
+        disp = np.array([nx - 1 - x1, ny - 1 - y1, nx - 1 - x0, ny - 1 - y0], dtype=np.float64)
+        return torch.from_numpy(framed.box_to_model(disp).astype(np.float32))
+
+    def guide(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.full((len(idx), num_classes, 4), float("nan"))
+        prompts = out.clone()
         out[:, missing] = float("inf")
         for i, z in enumerate(idx):
-            for k, (x0, y0, x1, y1) in loc.organs_at(int(z)).items():
-                # Canonical RAS voxel (x, y) is display (column nx−1−x, row ny−1−y).
-                disp = np.array([nx - 1 - x1, ny - 1 - y1, nx - 1 - x0, ny - 1 - y0], dtype=np.float64)
-                out[i, k] = torch.from_numpy(framed.box_to_model(disp).astype(np.float32))
+            for k, box in loc.organs_at(int(z)).items():
+                out[i, k] = to_model(box)
+            for k, box in loc.prompts_at(int(z)).items():
+                prompts[i, k] = to_model(box)
         # Keep boxes inside the 256² frame; NaN (not expected here) and inf (not found anywhere) stay as they are.
-        return torch.where(torch.isfinite(out), out.clamp(0, 255), out)
+        return torch.where(torch.isfinite(out), out.clamp(0, 255), out), prompts.clamp(0, 255)
 
     return guide
 
@@ -88,7 +96,7 @@ class Segmenter:
                  model=None, encoder=None):
         """``encoder``: a callable images (B,3,256,256) → EncoderFeatures to use instead of the one
         ``options.encoder_backend`` picks (e.g. a counting or memoising wrapper in benchmarks)."""
-        from ..models.encoder_backend import cpu_encoder
+        from ..models.encoder_backend import cpu_binary_path, cpu_encoder
         from .weights import load_priorsam
 
         self.device = resolve_device(device)
@@ -100,6 +108,9 @@ class Segmenter:
         spec = getattr(self.model, "spec", None)
         self.encoder = encoder if encoder is not None else cpu_encoder(
             self.options.encoder_backend, self.device, encoder=spec.encoder if spec is not None else "lite")
+        # The refinement's box decoder runs where the encoder runs (None: the model's PyTorch path).
+        self.binary = cpu_binary_path(self.options.encoder_backend, self.device, getattr(self.model, "binary", None),
+                                      encoder=spec.encoder if spec is not None else "lite")
         if self.options.spacing_mm is None:
             self.options.spacing_mm = float(cfg.get("spacing_mm", 1.5))
         if self.options.context is None:
@@ -148,8 +159,9 @@ class Segmenter:
         guide_for = _slice_guide(loc, volume.shape, framed, self.model.num_classes) if loc and loc.usable else None
 
         def predict(idx: np.ndarray) -> np.ndarray:
-            guide = guide_for(idx) if guide_for is not None else None
-            onehot = self.model.segment_slices(self.features(framed.images(idx)), guide, refine).cpu()
+            guide, prompts = guide_for(idx) if guide_for is not None else (None, None)
+            onehot = self.model.segment_slices(self.features(framed.images(idx)), guide, refine, self.binary,
+                                               prompts).cpu()
             # max().indices: the same labels as argmax, ≈6× faster on (N, 9, 512, 512) CPU tensors.
             return framed.maps_from_model(onehot).max(1).indices.numpy().astype(np.uint8)
 

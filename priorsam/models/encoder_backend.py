@@ -1,9 +1,11 @@
-"""Which runtime runs the frozen LiteMedSAM encoder: one choice shared by every engine.
+"""Which runtime runs the frozen pretrained parts (LiteMedSAM's encoder, and SAM's box-prompt path
+of the refinement): one choice shared by every engine.
 
 ``auto`` picks, on a CPU, the fastest runtime that is installed (OpenVINO, then ONNX Runtime),
 and PyTorch on a GPU. All of them return the same :class:`~.image_encoder.EncoderFeatures`.
 The exported runtimes hold LiteMedSAM's encoder only: weights built on another encoder (the spec's
-``encoder``) always run it in PyTorch.
+``encoder``) always run it in PyTorch. OpenVINO also runs the box-prompt path
+(:mod:`.openvino_binary_path`); with ONNX Runtime or PyTorch it runs in PyTorch.
 """
 from __future__ import annotations
 
@@ -52,3 +54,15 @@ def cpu_encoder(backend: str, device: torch.device, threads: int | None = None,
 
         return OnnxLiteEncoder(threads=threads)
     return None
+
+
+def cpu_binary_path(backend: str, device: torch.device, path, threads: int | None = None,
+                    encoder: str = "lite") -> Callable | None:
+    """A box-prompt callable (embedding (B,256,64,64), boxes (B,4) → logits, IoU) compiled from the
+    model's own binary ``path`` when ``backend`` resolves to OpenVINO, else None (the model's PyTorch
+    path runs)."""
+    if path is None or resolve_backend(backend, device, encoder) != "openvino":
+        return None
+    from .openvino_binary_path import OpenVinoBinaryPath
+
+    return OpenVinoBinaryPath(path, threads=threads)

@@ -204,7 +204,8 @@ class PriorSAM(nn.Module):
 
     @torch.inference_mode()
     def segment_slices(self, features: EncoderFeatures, guide: torch.Tensor | None = None,
-                       options: RefineOptions | None = None) -> torch.Tensor:
+                       options: RefineOptions | None = None, binary=None,
+                       prompts: torch.Tensor | None = None) -> torch.Tensor:
         """Prompt-free labels of a batch of slices: heads, then coarse-to-fine refinement
         (:mod:`priorsam.models.refinement`).
 
@@ -213,12 +214,17 @@ class PriorSAM(nn.Module):
             guide: optional (N,C,4) boxes of a 3D localiser in model pixels (NaN: class not expected in
                 that slice; +inf: class not found by the localiser, the heads decide alone).
             options: presence gating, refinement rounds, box source.
+            binary: another runtime of this model's box-prompt path (e.g.
+                :class:`~.openvino_binary_path.OpenVinoBinaryPath`); None: :attr:`binary` itself.
+            prompts: optional (N,C,4) box prompts from the localiser's own mask (NaN: none in that slice),
+                used by ``options.box_source == "localiser"``.
 
         Returns (N,C,256,256) one-hot class scores in model space (class indices; :meth:`to_label_ids`
         turns them into label ids).
         """
         out = self(features=features)
-        return refine_to_labels(out, to_head_grid(features[0]), self.binary, guide, options or RefineOptions())
+        return refine_to_labels(out, to_head_grid(features[0]), binary if binary is not None else self.binary,
+                                guide, options or RefineOptions(), prompts)
 
     def to_label_ids(self, classes):
         """Class indices (an integer array) → the label ids of the written label map."""

@@ -1,5 +1,6 @@
-"""Coarse-to-fine refinement: PriorSAM's semantic masks → per-organ boxes → the pretrained SAM
-binary path → final masks, with conflicts between organs settled by the semantic probabilities.
+"""Coarse-to-fine refinement: per-organ boxes (from a 3D localiser's own mask where the weights have
+one, else from PriorSAM's semantic masks) → the pretrained SAM binary path → final masks, with
+conflicts between organs settled by the binary path's logits (or the semantic probabilities).
 
 Shapes (N slices, C classes incl. background, model space 256²):
 
@@ -7,10 +8,13 @@ Shapes (N slices, C classes incl. background, model space 256²):
     per organ k: coarse == k --box (+margin)--> (n,4) --BinaryPromptPath(embedding (n,256,64,64))--> (n,256,256)
     → (N,C,256,256) one-hot labels
 
-``guide`` (N,C,4) carries a 3D localiser's boxes per slice and class in model pixels: NaN where
-the class is not expected in that slice, +inf for a class the localiser did not find anywhere
+``guide`` (N,C,4) carries a 3D localiser's search boxes per slice and class in model pixels: NaN
+where the class is not expected in that slice, +inf for a class the localiser did not find anywhere
 (the 2D heads then decide alone, as without a localiser). A located organ is looked for only
-inside its box, and its presence comes from the localiser.
+inside its box, and its presence comes from the localiser. ``prompts`` (N,C,4) are the boxes of the
+localiser's own mask per slice: by default the box prompt of a located organ, and the slices it is in.
+Why: on training anatomies the one-scan heads' masks were the weak link inside the localiser's box
+(stomach, pancreas, spleen), while the binary path given a fitting box draws the organ well.
 
 :meth:`priorsam.models.priorsam.PriorSAM.segment_slices` is the public entry; the engine calls it.
 """
@@ -33,9 +37,15 @@ class RefineOptions:
     refine_iterations: int = 1          # box → mask → box rounds of the binary path
     mask_round: int | None = None       # which iterative-optimizer round to use (None: last)
     min_pixels: int = 12                # coarse masks smaller than this (model px) are dropped
-    box_source: str = "semantic"        # box prompt per organ: "semantic" (coarse mask inside the localiser
-                                        # box, else that box) or "localiser" (always the localiser box)
+    box_source: str = "localiser"       # box prompt per located organ: "localiser" (the box of the localiser's own
+                                        # mask in the slice), "semantic" (the heads' coarse mask inside the
+                                        # localiser's search box, else that box) or "agree" (the heads' box where
+                                        # it overlaps the localiser's by IoU >= agree_iou, else the localiser's);
+                                        # chosen on training anatomies (docs/generalisation.md)
+    agree_iou: float = 0.5
     box_margin: float = 3.0             # model pixels added around a mask's box
+    conflicts: str = "binary"           # who wins a pixel two organs' masks claim: "binary" (the binary path's
+                                        # own mask logit) or "semantic" (the heads' probability)
 
 
 def boxes_from_masks(masks: torch.Tensor, margin: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,8 +82,16 @@ def box_masks(boxes: torch.Tensor, size) -> torch.Tensor:
     return inside & ~torch.isnan(boxes[..., :1, None])
 
 
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N, 4) and (N, 4) boxes [x0, y0, x1, y1] → (N,) intersection over union (0 where either is NaN)."""
+    lo, hi = torch.maximum(a[:, :2], b[:, :2]), torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (hi - lo).clamp(min=0).prod(1)
+    area = lambda x: (x[:, 2:] - x[:, :2]).clamp(min=0).prod(1)  # noqa: E731
+    return torch.nan_to_num(inter / (area(a) + area(b) - inter).clamp(min=1e-6), nan=0.0)
+
+
 def refine_to_labels(out: dict, embedding: torch.Tensor, binary, guide: torch.Tensor | None = None,
-                     options: RefineOptions | None = None) -> torch.Tensor:
+                     options: RefineOptions | None = None, prompts: torch.Tensor | None = None) -> torch.Tensor:
     """PriorSAM's output dict for N slices → (N, C, 256, 256) one-hot labels in model space.
 
     Args:
@@ -82,6 +100,8 @@ def refine_to_labels(out: dict, embedding: torch.Tensor, binary, guide: torch.Te
         binary: the pretrained :class:`~priorsam.models.binary_path.BinaryPromptPath`, or None
             (then the coarse semantic masks are the answer).
         guide: optional (N, C, 4) localiser boxes (see the module docstring).
+        prompts: optional (N, C, 4) boxes of the localiser's own mask per slice (NaN: none there), the
+            prompts of ``box_source`` "localiser" and "agree".
     """
     o = options or RefineOptions()
     logits = out["semantic_logits"] if o.mask_round is None else out["round_logits"][o.mask_round]
@@ -105,7 +125,12 @@ def refine_to_labels(out: dict, embedding: torch.Tensor, binary, guide: torch.Te
     coarse = probs.argmax(1)
     if not o.sam_refine or binary is None:
         return F.one_hot(coarse, c).permute(0, 3, 1, 2).float()
+    if o.box_source not in ("semantic", "localiser", "agree"):
+        raise ValueError(f"box_source must be semantic, localiser or agree, not {o.box_source!r}")
+    if o.conflicts not in ("semantic", "binary"):
+        raise ValueError(f"conflicts must be semantic or binary, not {o.conflicts!r}")
     fg = torch.zeros_like(probs)
+    mask_logit = torch.full_like(probs, -float("inf"))
     for k in range(1, c):
         masks = coarse == k
         keep = masks.flatten(1).sum(1) >= o.min_pixels
@@ -114,10 +139,18 @@ def refine_to_labels(out: dict, embedding: torch.Tensor, binary, guide: torch.Te
             # The localiser's box stands in where the 2D heads found nothing (or always, on request).
             expected = ~torch.isnan(guide[:, k, 0])
             start = guide[:, k].clone()
-            use_sem = keep & expected & (o.box_source == "semantic")
+            sem, _ = boxes_from_masks(masks, margin=o.box_margin)
+            if o.box_source == "semantic" or prompts is None:
+                use_sem = keep & expected
+            else:
+                own = prompts[:, k] + torch.tensor([-1.0, -1.0, 1.0, 1.0]) * o.box_margin
+                has_own = ~torch.isnan(own[:, 0])
+                start[has_own] = own[has_own].clamp(0, probs.shape[-1] - 1)
+                use_sem = keep & expected & (o.box_source == "agree") & (box_iou(sem, own) >= o.agree_iou)
+                # The localiser's mask decides in which slices the organ is (its search box spans more).
+                expected = expected & has_own
             if use_sem.any():
-                sem, _ = boxes_from_masks(masks[use_sem], margin=o.box_margin)
-                start[use_sem] = sem
+                start[use_sem] = sem[use_sem]
             keep = expected
         if not keep.any():
             continue
@@ -130,12 +163,14 @@ def refine_to_labels(out: dict, embedding: torch.Tensor, binary, guide: torch.Te
                 boxes, valid = boxes_from_masks(cur, margin=o.box_margin)
             logits_b, _ = binary(embedding[idx], boxes)
             cur = logits_b[:, 0] > 0
+            mask_logit[idx, k] = logits_b[:, 0].float()
             if region is not None:
                 cur &= region[idx, k]
             if not valid.all():
                 cur[~valid] = False
         fg[idx, k] = cur.float()
-    # Conflicts between organs: the semantic probability decides; no organ → background.
-    score = fg * (probs + 1e-6)
+    # Conflicts between organs: the semantic probability (or the binary path's logit) decides; no organ →
+    # background.
+    score = fg * (probs + 1e-6) if o.conflicts == "semantic" else fg * (torch.sigmoid(mask_logit) + 1e-6)
     score[:, 0] = (fg[:, 1:].amax(1) == 0).float()
     return F.one_hot(score.argmax(1), c).permute(0, 3, 1, 2).float()
