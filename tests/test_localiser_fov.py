@@ -69,3 +69,18 @@ def test_thin_slab_falls_back_on_the_per_slice_model(shipped_localiser):
     vol, spacing = cta_crop()
     res = localise(vol[:, :, :3], spacing, shipped_localiser)
     assert not res.usable and "per-slice model" in res.reason
+
+
+def test_loss_of_a_crop_with_no_labelled_voxel_is_finite():
+    """A training crop entirely outside the labelled field of view has no CE term (not NaN)."""
+    import torch
+
+    from priorsam.training.localiser import IGNORE, localiser_loss
+
+    logits = torch.randn(1, 9, 8, 8, 8, requires_grad=True)
+    loss, parts = localiser_loss(logits, torch.full((1, 8, 8, 8), IGNORE))
+    loss.backward()
+    assert torch.isfinite(loss) and parts["ce"] == 0.0 and torch.isfinite(logits.grad).all()
+    half = torch.full((1, 8, 8, 8), IGNORE)
+    half[..., :4] = 5
+    assert parts["ce"] == 0.0 and localiser_loss(logits, half)[1]["ce"] > 0

@@ -196,7 +196,9 @@ def localiser_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     from monai.losses import MaskedDiceLoss
 
     valid = labels != IGNORE
-    ce = F.cross_entropy(logits, labels.long(), ignore_index=IGNORE)
+    # A crop that is all IGNORE (outside a tight field of view) has no CE term: PyTorch's mean over zero
+    # voxels is NaN (with a zero gradient), which would only poison the logged loss.
+    ce = F.cross_entropy(logits, labels.long(), ignore_index=IGNORE) if bool(valid.any()) else logits.sum() * 0.0
     target = torch.where(valid, labels, torch.zeros_like(labels)).long()[:, None]
     dice = MaskedDiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)(
         logits, target, mask=valid[:, None].float())
