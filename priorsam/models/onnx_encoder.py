@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..assets import LITEMEDSAM_SHA256, cache_dir
+from .cpu_runtime import cpu_threads
 from .image_encoder import EncoderFeatures, LiteImageEncoder
 
 
@@ -63,7 +64,7 @@ class OnnxLiteEncoder:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
+        opts.intra_op_num_threads = cpu_threads(threads)
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(export_onnx()), opts, providers=["CPUExecutionProvider"])
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..assets import cache_dir
 from .binary_path import BinaryPromptPath
+from .cpu_runtime import OpenVinoCompiled
 
 
 class _OnePair(nn.Module):
@@ -87,19 +88,8 @@ class OpenVinoBinaryPath:
     """
 
     def __init__(self, path: BinaryPromptPath, threads: int | None = None, precision: str | None = None):
-        import openvino as ov
-
-        core = ov.Core()
-        core.set_property({"CACHE_DIR": str(cache_dir("openvino"))})
-        threads = threads or max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
-        config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "THROUGHPUT"}
-        if precision is not None:
-            config["INFERENCE_PRECISION_HINT"] = precision
-        self.compiled = core.compile_model(str(export_ir(path)), "CPU", config)
-        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
-        self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)   # "bf16", "f32"
-        n = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self.requests = [self.compiled.create_infer_request() for _ in range(max(1, n))]
+        self.runtime = OpenVinoCompiled(str(export_ir(path)), threads, precision)
+        self.precision = self.runtime.precision
 
     def __call__(self, embedding: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         e = embedding.detach().float().cpu().numpy()
@@ -108,15 +98,5 @@ class OpenVinoBinaryPath:
             raise ValueError(f"{e.shape[0]} embeddings for {b.shape[0]} boxes")
         if len(e) == 0:
             return torch.zeros(0, 1, 256, 256), torch.zeros(0, 1)
-        masks: list = [None] * len(e)
-        ious: list = [None] * len(e)
-        for start in range(0, len(e), len(self.requests)):
-            active = []
-            for req, i in zip(self.requests, range(start, min(start + len(self.requests), len(e)))):
-                req.start_async({0: np.ascontiguousarray(e[i:i + 1]), 1: np.ascontiguousarray(b[i:i + 1])})
-                active.append((req, i))
-            for req, i in active:
-                req.wait()
-                masks[i] = np.array(req.get_output_tensor(0).data)
-                ious[i] = np.array(req.get_output_tensor(1).data)
-        return torch.from_numpy(np.concatenate(masks)), torch.from_numpy(np.concatenate(ious))
+        outs = self.runtime.run_each([{0: e[i:i + 1], 1: b[i:i + 1]} for i in range(len(e))], 2)
+        return tuple(torch.from_numpy(np.concatenate([o[k] for o in outs])) for k in range(2))

@@ -12,18 +12,12 @@ few cores, two half-width requests keep the cores busier than one request using 
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
 
-from ..assets import cache_dir
+from .cpu_runtime import OpenVinoCompiled
 from .image_encoder import EncoderFeatures
 from .onnx_encoder import export_onnx
-
-
-def _threads(threads: int | None) -> int:
-    return threads or max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
 
 
 class OpenVinoLiteEncoder:
@@ -41,34 +35,11 @@ class OpenVinoLiteEncoder:
     embed_dim = 256
 
     def __init__(self, threads: int | None = None, precision: str | None = None, mode: str = "throughput"):
-        import openvino as ov
-
-        if mode not in ("throughput", "latency"):
-            raise ValueError(f"mode must be throughput or latency, not {mode!r}")
-        core = ov.Core()
-        # Compiling the graph costs seconds on a 2-core CPU; the cached blob makes later loads cheap.
-        core.set_property({"CACHE_DIR": str(cache_dir("openvino"))})
-        config = {"INFERENCE_NUM_THREADS": _threads(threads), "PERFORMANCE_HINT": mode.upper()}
-        if precision is not None:
-            config["INFERENCE_PRECISION_HINT"] = precision
-        self.compiled = core.compile_model(str(export_onnx()), "CPU", config)
-        self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
-        n = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if mode == "throughput" else 1
-        self.requests = [self.compiled.create_infer_request() for _ in range(max(1, n))]
-
-    def _run(self, x: np.ndarray) -> list[np.ndarray]:
-        """(B,3,256,256) float32 → [embedding, skip0, skip1], each (B, …); one slice per request."""
-        outs: list = [None] * x.shape[0]
-        for start in range(0, x.shape[0], len(self.requests)):
-            active = []
-            for req, i in zip(self.requests, range(start, min(start + len(self.requests), x.shape[0]))):
-                req.start_async({0: np.ascontiguousarray(x[i:i + 1])})
-                active.append((req, i))
-            for req, i in active:
-                req.wait()
-                outs[i] = [np.array(req.get_output_tensor(k).data) for k in range(3)]
-        return [np.concatenate([o[k] for o in outs]) for k in range(3)]
+        self.runtime = OpenVinoCompiled(str(export_onnx()), threads, precision, mode)
+        self.precision = self.runtime.precision
 
     def __call__(self, images: torch.Tensor) -> EncoderFeatures:
-        emb, s0, s1 = (torch.from_numpy(a) for a in self._run(images.detach().float().cpu().numpy()))
+        x = images.detach().float().cpu().numpy()
+        outs = self.runtime.run_each([{0: x[i:i + 1]} for i in range(len(x))], 3)
+        emb, s0, s1 = (torch.from_numpy(np.concatenate([o[k] for o in outs])) for k in range(3))
         return EncoderFeatures(emb, (s0, s1))

@@ -1,0 +1,64 @@
+"""What the CPU runtimes of the frozen pretrained parts share (the ONNX Runtime and OpenVINO encoders,
+the OpenVINO box decoder): their thread count, OpenVINO compilation with the user cache, and running a
+batch as one OpenVINO infer request per item.
+
+Why one request per item: on a CPU with few cores, two half-width requests in flight (OpenVINO's
+throughput mode) keep the cores busier than one request using both (docs/benchmarks.md).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from ..assets import cache_dir
+
+
+def cpu_threads(threads: int | None = None) -> int:
+    """``threads``, or torch's thread count at most the core count."""
+    return threads or max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
+
+
+class OpenVinoCompiled:
+    """An OpenVINO model compiled for the CPU, with its infer requests.
+
+    Args:
+        model_path: ONNX or IR (.xml) file.
+        threads: CPU threads in all (default: :func:`cpu_threads`).
+        precision: None (OpenVINO's default for the CPU: bf16 on CPUs with AVX512-BF16 or AMX, else
+            fp32) or ``"f32"``.
+        mode: ``"throughput"`` (parallel requests over a batch) or ``"latency"`` (one request).
+    """
+
+    def __init__(self, model_path: str, threads: int | None = None, precision: str | None = None,
+                 mode: str = "throughput"):
+        import openvino as ov
+
+        if mode not in ("throughput", "latency"):
+            raise ValueError(f"mode must be throughput or latency, not {mode!r}")
+        core = ov.Core()
+        # Compiling costs seconds on a 2-core CPU; the cached blob makes later loads cheap.
+        core.set_property({"CACHE_DIR": str(cache_dir("openvino"))})
+        config = {"INFERENCE_NUM_THREADS": cpu_threads(threads), "PERFORMANCE_HINT": mode.upper()}
+        if precision is not None:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        self.compiled = core.compile_model(str(model_path), "CPU", config)
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        self.precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)   # "bf16", "f32"
+        n = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if mode == "throughput" else 1
+        self.requests = [self.compiled.create_infer_request() for _ in range(max(1, n))]
+
+    def run_each(self, feeds: list[dict[int, np.ndarray]], n_outputs: int) -> list[list[np.ndarray]]:
+        """One request per feed (input index → array), as many in flight as there are requests; the
+        first ``n_outputs`` outputs of each, in the order of ``feeds``."""
+        outs: list = [None] * len(feeds)
+        for start in range(0, len(feeds), len(self.requests)):
+            active = []
+            for req, i in zip(self.requests, range(start, min(start + len(self.requests), len(feeds)))):
+                req.start_async({k: np.ascontiguousarray(v) for k, v in feeds[i].items()})
+                active.append((req, i))
+            for req, i in active:
+                req.wait()
+                outs[i] = [np.array(req.get_output_tensor(k).data) for k in range(n_outputs)]
+        return outs
