@@ -70,6 +70,16 @@ def coarse_to_fine_index(c0: float, c1: float, n_fine: int, n_coarse: int) -> tu
     return c0 * f - 0.5, (c1 + 1) * f - 0.5
 
 
+def _fine_box(coarse_slice: np.ndarray, nf, nc, grow: tuple[float, float] = (0.0, 0.0)):
+    """A non-empty (x, y) coarse mask → its in-plane box (x0, y0, x1, y1) in fine voxel indices, grown by
+    ``grow`` fine voxels and kept inside the fine slice."""
+    xs, ys = np.nonzero(coarse_slice)
+    fx0, fx1 = coarse_to_fine_index(xs.min(), xs.max(), nf[0], nc[0])
+    fy0, fy1 = coarse_to_fine_index(ys.min(), ys.max(), nf[1], nc[1])
+    return (max(0.0, fx0 - grow[0]), max(0.0, fy0 - grow[1]), min(nf[0] - 1.0, fx1 + grow[0]),
+            min(nf[1] - 1.0, fy1 + grow[1]))
+
+
 @torch.inference_mode()
 def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch.device = "cpu",
              margin_mm: float = 10.0, z_margin_mm: float = 6.0, min_z_mm: float = 40.0,
@@ -127,17 +137,10 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
             sl = m[:, :, cz].any(2)
             if not sl.any():
                 continue
-            xs, ys = np.nonzero(sl)
-            fx0, fx1 = coarse_to_fine_index(xs.min(), xs.max(), nf[0], nc[0])
-            fy0, fy1 = coarse_to_fine_index(ys.min(), ys.max(), nf[1], nc[1])
-            per[z] = (max(0.0, fx0 - g[0]), max(0.0, fy0 - g[1]), min(nf[0] - 1.0, fx1 + g[0]),
-                      min(nf[1] - 1.0, fy1 + g[1]))
+            per[z] = _fine_box(sl, nf, nc, g)
             own = m[:, :, int(np.clip(np.rint(zc), 0, nc[2] - 1))]
             if own.any():
-                xs, ys = np.nonzero(own)
-                fx0, fx1 = coarse_to_fine_index(xs.min(), xs.max(), nf[0], nc[0])
-                fy0, fy1 = coarse_to_fine_index(ys.min(), ys.max(), nf[1], nc[1])
-                tight[z] = (max(0.0, fx0), max(0.0, fy0), min(nf[0] - 1.0, fx1), min(nf[1] - 1.0, fy1))
+                tight[z] = _fine_box(own, nf, nc)
         res.slice_boxes[k] = per
         res.prompt_boxes[k] = tight
     res.coarse_labels = clean

@@ -106,11 +106,12 @@ class Segmenter:
         self.feature_memo: dict | None = None   # (runtime, image hash) → encoder features, shared by evaluation runs
         # None: the model's own PyTorch encoder.
         spec = getattr(self.model, "spec", None)
+        encoder_name = spec.encoder if spec is not None else "lite"
         self.encoder = encoder if encoder is not None else cpu_encoder(
-            self.options.encoder_backend, self.device, encoder=spec.encoder if spec is not None else "lite")
+            self.options.encoder_backend, self.device, encoder=encoder_name)
         # The refinement's box decoder runs where the encoder runs (None: the model's PyTorch path).
         self.binary = cpu_binary_path(self.options.encoder_backend, self.device, getattr(self.model, "binary", None),
-                                      encoder=spec.encoder if spec is not None else "lite")
+                                      encoder=encoder_name)
         if self.options.spacing_mm is None:
             self.options.spacing_mm = float(cfg.get("spacing_mm", 1.5))
         if self.options.context is None:

@@ -8,8 +8,9 @@ saw) is rendered in every appearance setting: the contrast phases of :mod:`prior
 and a table, :data:`~priorsam.data.appearance.UNSEEN_SETTING` (an appearance never drawn in
 training), and ``cta_crop``: the arterial phase reconstructed on a 150 mm field around the aorta.
 Every run of RUNS.json (``{"name", "weights", "options", "what", "settings"?}``) segments each of
-them through the engine; Dice and HD95 (mm and voxels) per organ against the warped sample labels. A run with ``"localiser_only": true`` scores the 3D localiser alone, on its own 4 mm grid
-(largest component per organ, against the labels resampled there by nearest neighbour).
+them through the engine; Dice and HD95 (mm and voxels) per organ against the warped sample labels.
+A run with ``"localiser_only": true`` scores the 3D localiser alone, on its own 4 mm grid (per organ
+the component it keeps, against the labels resampled there by nearest neighbour).
 
 What this measures: *anatomy transfer*. Every pseudo-patient carries the sample CT's texture, so
 these numbers say whether the model finds organs where another patient has them, not whether it

@@ -136,7 +136,8 @@ def refine_to_labels(out: dict, embedding: torch.Tensor, binary, guide: torch.Te
         keep = masks.flatten(1).sum(1) >= o.min_pixels
         start = None
         if guide is not None and not unguided[k]:
-            # The localiser's box stands in where the 2D heads found nothing (or always, on request).
+            # A located organ: the prompt is the localiser's own box, the heads' mask box, or the heads'
+            # box where it matches the localiser's (box_source); the search box stands in where neither exists.
             expected = ~torch.isnan(guide[:, k, 0])
             start = guide[:, k].clone()
             sem, _ = boxes_from_masks(masks, margin=o.box_margin)
@@ -169,7 +170,7 @@ def refine_to_labels(out: dict, embedding: torch.Tensor, binary, guide: torch.Te
             if not valid.all():
                 cur[~valid] = False
         fg[idx, k] = cur.float()
-    # Conflicts between organs: the semantic probability (or the binary path's logit) decides; no organ →
+    # Conflicts between organs: the binary path's logit (or the heads' probability) decides; no organ →
     # background.
     score = fg * (probs + 1e-6) if o.conflicts == "semantic" else fg * (torch.sigmoid(mask_logit) + 1e-6)
     score[:, 0] = (fg[:, 1:].amax(1) == 0).float()
