@@ -29,3 +29,19 @@ def test_cta_crop_is_centred_on_the_aorta_and_keeps_world_positions():
     assert vol.shape == (crop[0].stop - crop[0].start, crop[1].stop - crop[1].start, 10)
     # voxel (0, 0, 0) of the crop is voxel (x0, y0, 0) of the whole volume
     assert np.allclose(vol.affine @ [0, 0, 0, 1], pp.affine @ [crop[0].start, crop[1].start, 0, 1])
+
+
+def test_scored_where_the_pseudo_patient_has_an_image_and_all_voxels_kept_beside():
+    from priorsam.evaluation.anatomy_holdout import _scores
+
+    pp = fake_patient()
+    pp.fov[:, :, 7:] = 0                  # the sample CT ends after slice 6; the labels go on
+    pp.fov[:, :, 6][:60] = 0              # slice 6 only half covered: its pixels are the stretched edge
+    support = pp.supported()
+    assert support[:, :, :6].all() and not support[:, :, 6:].any()
+    pred = pp.ours.copy()
+    pred[:, :, 6:] = 0                    # a model that segments what the image shows
+    s = _scores(pred, pp.ours, support, pp.spacing, "p")
+    assert s["organs"]["aorta"]["dice"] == 1.0 and s["organs"]["liver"]["dice"] == 1.0
+    assert s["dice_all_voxels"]["aorta"] == 2 * 6 / (6 + 10)   # 6 of the aorta's 10 slices
+    assert np.isnan(s["dice_all_voxels"]["spleen"])

@@ -71,6 +71,25 @@ class PseudoPatient:
     def unreliable(self) -> list[int]:
         return [int(k) for k in self.qa.get("unreliable_organs", [])]
 
+    def supported(self) -> np.ndarray:
+        """(X, Y, Z) bool: the voxels whose pixels are the sample CT's (see :func:`image_support`)."""
+        return image_support(self.fov)
+
+
+def image_support(fov: np.ndarray, min_slice_cover: float = 0.9) -> np.ndarray:
+    """A warped field-of-view mask (X, Y, Z; 1 where the sample CT had data) → (X, Y, Z) bool: voxels
+    inside it, in the slices it covers (nearly) whole.
+
+    Beyond the sample CT's z range a pseudo-patient's "CT" is the registration's fill, not anatomy, while
+    its labels (the target anatomy's organs) go on: training ignores those voxels and the held-out
+    evaluation does not score them. Slices the field covers only in part hold the stretched edge of
+    the sample's last slices, so a slice counts when its cover is at least ``min_slice_cover`` of the
+    best-covered slice's."""
+    inside = np.asarray(fov) > 0
+    cover = inside.reshape(-1, inside.shape[2]).mean(0)
+    whole = cover >= min_slice_cover * cover.max() if cover.max() > 0 else np.zeros_like(cover, bool)
+    return inside & whole[None, None, :]
+
 
 def load_sample():
     """(CT volume, full TotalSegmentator label map (X,Y,Z) uint8, our labels) of the sample CT."""

@@ -8,7 +8,11 @@ saw) is rendered in every appearance setting: the contrast phases of :mod:`prior
 and a table, :data:`~priorsam.data.appearance.UNSEEN_SETTING` (an appearance never drawn in
 training), and ``cta_crop``: the arterial phase reconstructed on a 150 mm field around the aorta.
 Every run of RUNS.json (``{"name", "weights", "options", "what", "settings"?}``) segments each of
-them through the engine; Dice and HD95 (mm and voxels) per organ against the warped sample labels.
+them through the engine; Dice and HD95 (mm and voxels) per organ against the warped sample labels,
+scored where the pseudo-patient has an image (:meth:`~priorsam.data.pseudo_patients.PseudoPatient.supported`:
+beyond the sample CT's field of view its labels go on over the registration's fill, which no model
+can segment; training ignores the same voxels). Each row also keeps the Dice over all voxels
+(``dice_all_voxels``), the stricter figure the tables give beside the mean.
 A run with ``"localiser_only": true`` scores the 3D localiser alone, on its own 4 mm grid (per organ
 the component it keeps, against the labels resampled there by nearest neighbour).
 
@@ -93,6 +97,7 @@ def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], 
             crop = field_of_view(pp, setting)
             vol = as_volume(render(pp, setting, names), pp, crop)
             gt = np.ascontiguousarray(pp.ours[crop])
+            support = np.ascontiguousarray(pp.supported()[crop])
             memo: dict = {}
             for run in runs:
                 if setting not in run.get("settings", settings):
@@ -100,13 +105,12 @@ def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], 
                 seg = segs[run["name"]]
                 t0 = time.time()
                 if run.get("localiser_only"):
-                    row = _localiser_only(seg, vol, gt, pp, cid)
+                    row = _localiser_only(seg, vol, gt, support, cid)
                 else:
                     seg.feature_memo = memo   # runs share encoder features of identical slices
                     res = seg.segment(vol, show_bar=False)
-                    case = evaluate_case(res.labels, gt, pp.spacing, cid)
                     row = {"slices_run": res.slices_run, "slices": int(vol.shape[2]), "localiser": res.localiser,
-                           "organs": case["organs"]}
+                           **_scores(res.labels, gt, support, pp.spacing, cid)}
                 row.update(run=run["name"], case=cid, setting=setting, seconds=round(time.time() - t0, 1))
                 rows.append(row)
                 mean = np.nanmean([v["dice"] for v in row["organs"].values()])
@@ -117,19 +121,35 @@ def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], 
     return rows
 
 
-def _localiser_only(seg: Segmenter, vol: Volume, gt: np.ndarray, pp: PseudoPatient, cid: str) -> dict:
+def _scores(pred: np.ndarray, gt: np.ndarray, support: np.ndarray, spacing, cid: str) -> dict:
+    """Per-organ metrics where the image is (``organs``) and Dice over all voxels (``dice_all_voxels``)."""
+    from ..labels import labels as label_table
+
+    case = evaluate_case(np.where(support, pred, 0), np.where(support, gt, 0), spacing, cid)
+    every = {}
+    for lab in label_table():
+        p, g = pred == lab.id, gt == lab.id
+        n = int(p.sum()) + int(g.sum())
+        every[lab.name] = 2.0 * float((p & g).sum()) / n if g.any() else float("nan")
+    return {"organs": case["organs"], "dice_all_voxels": every}
+
+
+def _nearest(a: np.ndarray, shape) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
+    return F.interpolate(torch.from_numpy(a.astype(np.float32))[None, None], size=tuple(shape),
+                         mode="nearest-exact")[0, 0].numpy().astype(a.dtype)
+
+
+def _localiser_only(seg: Segmenter, vol: Volume, gt: np.ndarray, support: np.ndarray, cid: str) -> dict:
     from ..engine.localise import localise
 
     loc_net = seg.model.localiser
     res = localise(vol.array, vol.spacing, loc_net, seg.device)
     coarse = res.coarse_labels
-    g = F.interpolate(torch.from_numpy(gt.astype(np.float32))[None, None], size=coarse.shape,
-                      mode="nearest-exact")[0, 0].numpy().astype(np.uint8)
-    case = evaluate_case(coarse, g, (loc_net.spacing_mm,) * 3, cid)
-    return {"organs": case["organs"], "localiser": res.summary()}
+    return {**_scores(coarse, _nearest(gt, coarse.shape), _nearest(support, coarse.shape),
+                      (loc_net.spacing_mm,) * 3, cid), "localiser": res.summary()}
 
 
 def tables(rows: list[dict], runs: list[str], settings: list[str]) -> str:
@@ -138,16 +158,22 @@ def tables(rows: list[dict], runs: list[str], settings: list[str]) -> str:
     organs = [lab.name for lab in label_table()]
     lines = []
     for run in runs:
-        lines += [f"### {run}", "", "| setting | cases | " + " | ".join(organs) + " | mean Dice | mean HD95 mm |",
-                  "|---|---|" + "---|" * (len(organs) + 2)]
+        lines += [f"### {run}", "", "| setting | cases | " + " | ".join(organs)
+                  + " | mean Dice | mean HD95 mm | mean Dice, all voxels |",
+                  "|---|---|" + "---|" * (len(organs) + 3)]
         for st in settings:
             cs = [{"case": r["case"], "organs": r["organs"]} for r in rows if r["run"] == run and r["setting"] == st]
             n_cases = len(cs)
             if not cs:
                 continue
             s = summarise(cs, organs)
+            every = [r["dice_all_voxels"] for r in rows if r["run"] == run and r["setting"] == st
+                     and "dice_all_voxels" in r]
+            # Same averaging as the main figure: per organ over cases, then over organs.
+            all_mean = (f"{np.nanmean([np.nanmean([e[o] for e in every]) for o in organs]):.3f}"
+                        if len(every) == n_cases else "–")
             lines.append(f"| {st} | {n_cases} | " + " | ".join(f"{s['organs'][o]['dice']:.3f}" for o in organs)
-                         + f" | **{s['mean']['dice']:.3f}** | {s['mean']['hd95_mm']:.1f} |")
+                         + f" | **{s['mean']['dice']:.3f}** | {s['mean']['hd95_mm']:.1f} | {all_mean} |")
         lines.append("")
     return "\n".join(lines)
 
