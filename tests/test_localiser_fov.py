@@ -84,3 +84,25 @@ def test_loss_of_a_crop_with_no_labelled_voxel_is_finite():
     half = torch.full((1, 8, 8, 8), IGNORE)
     half[..., :4] = 5
     assert parts["ce"] == 0.0 and localiser_loss(logits, half)[1]["ce"] > 0
+
+
+def test_localiser_training_can_start_from_exported_weights_and_refuses_another_width(tmp_path):
+    """``init_from``: a run fine-tunes an exported localiser (here with a zero learning rate, so the
+    export must equal what it started from); a localiser of another width is refused in one line."""
+    import torch
+
+    from priorsam.errors import AssetError
+    from priorsam.models.spec import read_localiser_checkpoint
+    from priorsam.training.localiser import LocaliserTrainConfig, train_localiser
+
+    small = dict(bank=str(tmp_path / "no_bank"), train_cases=["sample"], crop=(16, 16, 16), init_filters=8,
+                 batch_size=1, steps=1, log_every=1, ckpt_every=1)
+    first = train_localiser(LocaliserTrainConfig(out_dir=str(tmp_path / "a"), **small), log=lambda *_: None)
+    again = train_localiser(LocaliserTrainConfig(out_dir=str(tmp_path / "b"), init_from=str(first), lr=0.0, seed=5,
+                                                 **small), log=lambda *_: None)
+    a, _ = read_localiser_checkpoint(first)
+    b, _ = read_localiser_checkpoint(again)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(AssetError, match="width-8"):
+        train_localiser(LocaliserTrainConfig(out_dir=str(tmp_path / "c"), init_from=str(first),
+                                             **{**small, "init_filters": 16}), log=lambda *_: None)

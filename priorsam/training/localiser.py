@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..data import appearance as app
 from ..data.framed_volume import resample_to_grid
+from ..data.pseudo_patients import image_support
 from ..labels import organ_ids
 from ..models.localiser import OrganLocaliser
 
@@ -60,6 +61,7 @@ class LocaliserTrainConfig:
     ckpt_every: int = 250
     threads: int = 0
     refresh_every: int = 0                      # look for newly built bank cases every N steps (bank still building)
+    init_from: str | None = None                # start from an exported localiser.pt (same grid and width)
 
 
 @dataclass
@@ -86,8 +88,8 @@ def to_grid(ct, full, ours, fov, spacing, target_mm) -> tuple:
     fov_c = _resample_nearest(fov, shape) if fov is not None else np.ones(shape, np.uint8)
     # Slices the sample's field of view covers (nearly) whole; beyond them the crop is edge-padded
     # like a partial scan, and voxels outside the field of view are ignored by the loss.
-    cover = fov_c.reshape(-1, shape[2]).mean(0)
-    zs = np.flatnonzero(cover >= 0.9 * cover.max())
+    support = image_support(fov_c)
+    zs = np.flatnonzero(support.any((0, 1)))
     ours_c[fov_c == 0] = IGNORE
     return ct_c, full_c, ours_c, (int(zs.min()), int(zs.max()) + 1)
 
@@ -221,6 +223,16 @@ def train_localiser(cfg: LocaliserTrainConfig, log=print) -> Path:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s, cfg.steps) / cfg.steps)))
     step = 0
     state = out / "last.pt"
+    if cfg.init_from and not state.is_file():
+        from ..errors import AssetError
+        from ..models.spec import read_localiser_checkpoint
+
+        sd, ls = read_localiser_checkpoint(cfg.init_from)
+        if (ls.spacing_mm, ls.init_filters) != (cfg.spacing_mm, cfg.init_filters):
+            raise AssetError(f"{cfg.init_from} is a {ls.spacing_mm} mm, width-{ls.init_filters} localiser; this run "
+                             f"trains {cfg.spacing_mm} mm, width {cfg.init_filters}")
+        model.load_state_dict(sd)
+        log(f"[localiser] initialised from {cfg.init_from}")
     if state.is_file():
         st = torch.load(state, map_location="cpu", weights_only=False)
         model.load_state_dict(st["model"])
