@@ -106,3 +106,28 @@ def test_localiser_training_can_start_from_exported_weights_and_refuses_another_
     with pytest.raises(AssetError, match="width-8"):
         train_localiser(LocaliserTrainConfig(out_dir=str(tmp_path / "c"), init_from=str(first),
                                              **{**small, "init_filters": 16}), log=lambda *_: None)
+
+
+def test_tight_field_of_view_takes_the_localisers_masks_and_says_so(tmp_path, capsys):
+    """A 150 mm field (under ``tight_fov_mm``): the engine answers with the localiser's own masks on the
+    volume grid, runs no slice through the per-slice model, and says why on stderr."""
+    import nibabel as nib
+
+    from priorsam.engine.localise import localise
+    from priorsam.engine.segment import SegmentOptions, Segmenter
+    from priorsam.io import read_volume
+
+    vol, spacing = cta_crop()
+    path = tmp_path / "cta.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])), path)
+    volume = read_volume(path)
+    seg = Segmenter(None, "cpu", SegmentOptions())
+    res = seg.segment(volume, show_bar=False)
+    assert res.slices_run == 0 and res.localiser["answer"].startswith("localiser")
+    assert "tight field of view (150 × 150 mm" in capsys.readouterr().err
+    loc = localise(volume.array, volume.spacing, seg.model.localiser)
+    np.testing.assert_array_equal(res.labels, loc.labels_on(volume.shape))
+    assert (res.labels == 7).any()
+    # Switched off, the per-slice model runs as on a whole-trunk scan.
+    off = Segmenter(None, "cpu", SegmentOptions(tight_fov_mm=0.0)).segment(volume, show_bar=False)
+    assert off.slices_run > 0 and "answer" not in off.localiser

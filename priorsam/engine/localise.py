@@ -57,6 +57,13 @@ class LocaliserResult:
             zs = range(max(0, zs[0] - m), min(n, self.n_slices) if self.n_slices else n)
         return np.array(list(zs), dtype=int)
 
+    def labels_on(self, shape: tuple[int, int, int]) -> np.ndarray:
+        """The localiser's cleaned organ labels on a volume grid of ``shape`` (X, Y, Z): each voxel takes the
+        coarse voxel that holds its centre."""
+        nc = self.coarse_labels.shape
+        idx = [np.minimum(((np.arange(n) + 0.5) * c / n).astype(int), c - 1) for n, c in zip(shape, nc)]
+        return np.ascontiguousarray(self.coarse_labels[np.ix_(*idx)])
+
     def summary(self) -> dict:
         return {"usable": self.usable, "reason": self.reason, "seconds": round(self.seconds, 2),
                 "present": {str(k): v for k, v in self.present.items()},

@@ -48,6 +48,10 @@ class SegmentOptions(RefineOptions):
     use_localiser: bool = True          # 3D organ localiser (when the weights have one): which organs each
                                         # slice may hold, their boxes, and which slices to skip
     localiser_margin_mm: float = 10.0   # localiser boxes are grown by this in-plane (larger, never shifted)
+    tight_fov_mm: float = 250.0         # an in-plane field of view narrower than this (a CTA reconstructed
+                                        # around the aorta) takes the localiser's 3D organ masks as the
+                                        # answer: there the per-slice path draws organs cut by the field's
+                                        # edge poorly (docs/generalisation.md); 0: never
 
 
 @dataclass
@@ -157,6 +161,9 @@ class Segmenter:
         refine = self.refine_options()
 
         loc = self._localise(volume)
+        fov_mm = np.array(volume.shape[:2]) * np.asarray(volume.spacing[:2], float)
+        if loc is not None and loc.usable and float(fov_mm.min()) < o.tight_fov_mm:
+            return self._localiser_answer(volume, loc, fov_mm, t0)
         guide_for = _slice_guide(loc, volume.shape, framed, self.model.num_classes) if loc and loc.usable else None
 
         def predict(idx: np.ndarray) -> np.ndarray:
@@ -190,6 +197,18 @@ class Segmenter:
         loc_info["slices_skipped"] = int(len(slices) - len(todo)) if loc is not None and loc.usable else 0
         return SegmentationResult(labels, time.time() - t0, str(self.device), {**asdict(o), "z_stride_used": stride},
                                   self.model_info(), ran, loc_info)
+
+    def _localiser_answer(self, volume: Volume, loc, fov_mm: np.ndarray, t0: float) -> SegmentationResult:
+        """The localiser's own organ masks on the volume's grid (nearest coarse voxel), said in the log."""
+        from ..io.checks import show_warnings
+
+        show_warnings([f"tight field of view ({fov_mm[0]:.0f} × {fov_mm[1]:.0f} mm in-plane, under "
+                       f"{self.options.tight_fov_mm:.0f} mm): the organs are the 3D localiser's masks, drawn on its "
+                       f"{self.model.localiser.spacing_mm:g} mm grid; the per-slice model is not run"])
+        labels = self.model.to_label_ids(loc.labels_on(volume.shape))
+        info = {**loc.summary(), "slices_skipped": int(volume.shape[2]), "answer": "localiser (tight field of view)"}
+        return SegmentationResult(labels, time.time() - t0, str(self.device), asdict(self.options),
+                                  self.model_info(), 0, info)
 
     def _localise(self, volume: Volume):
         """The localiser's result for ``volume`` (None without a localiser); says so when 3D context is too thin."""
