@@ -101,8 +101,9 @@ def test_localiser_training_can_start_from_exported_weights_and_refuses_another_
     again = train_localiser(LocaliserTrainConfig(out_dir=str(tmp_path / "b"), init_from=str(first), lr=0.0, seed=5,
                                                  **small), log=lambda *_: None)
     a, _ = read_localiser_checkpoint(first)
-    b, _ = read_localiser_checkpoint(again)
+    b, spec = read_localiser_checkpoint(again)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert spec.steps == 2                # its own step and the one it continued
     with pytest.raises(AssetError, match="width-8"):
         train_localiser(LocaliserTrainConfig(out_dir=str(tmp_path / "c"), init_from=str(first),
                                              **{**small, "init_filters": 16}), log=lambda *_: None)

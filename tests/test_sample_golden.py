@@ -3,8 +3,8 @@
 
 The hash was made on this project's CPU machine with the shipped ``bundle/models/model.pt``
 and the engine's defaults (runtime ``auto``: OpenVINO for the encoder and the box decoder on CPU);
-last updated for bundle 0.4.2's inference (box prompts from the localiser's mask, conflicts by the
-box decoder, the localiser's component by probability mass, the OpenVINO box decoder). A change that
+last updated for bundle 0.5.0's weights (the localiser fine-tuned on 64³ crops; same heads, same
+inference as 0.4.2). A change that
 is meant to alter the output (new weights, new defaults) updates the hash in the same commit, and
 says so in its message.
 """
@@ -18,8 +18,8 @@ import pytest
 import priorsam
 from priorsam.data.samples import sample_ct
 
-SAMPLE_LABELS_SHA256 = "7c21d0a6c553d533944513d78ed0864d9aa3f688c5a38e458813c33197313e59"
-SAMPLE_VOXELS_PER_LABEL = [1304664, 9686, 7394, 5222, 1209, 44553, 4757, 1913, 666]
+SAMPLE_LABELS_SHA256 = "a8d0e6617a009c29aff9586df71a29b58fb5039cbc1105377e32e496138e9eaf"
+SAMPLE_VOXELS_PER_LABEL = [1304696, 9811, 7379, 5247, 1137, 44907, 4568, 1908, 411]
 
 
 @pytest.mark.slow

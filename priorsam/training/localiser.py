@@ -221,7 +221,7 @@ def train_localiser(cfg: LocaliserTrainConfig, log=print) -> Path:
     model = OrganLocaliser(num_classes=len(organ_ids()) + 1, spacing_mm=cfg.spacing_mm, init_filters=cfg.init_filters)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s, cfg.steps) / cfg.steps)))
-    step = 0
+    step, prior_steps = 0, 0
     state = out / "last.pt"
     if cfg.init_from and not state.is_file():
         from ..errors import AssetError
@@ -232,13 +232,15 @@ def train_localiser(cfg: LocaliserTrainConfig, log=print) -> Path:
             raise AssetError(f"{cfg.init_from} is a {ls.spacing_mm} mm, width-{ls.init_filters} localiser; this run "
                              f"trains {cfg.spacing_mm} mm, width {cfg.init_filters}")
         model.load_state_dict(sd)
-        log(f"[localiser] initialised from {cfg.init_from}")
+        prior_steps = int(ls.steps)
+        log(f"[localiser] initialised from {cfg.init_from} ({prior_steps} steps)")
     if state.is_file():
         st = torch.load(state, map_location="cpu", weights_only=False)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optim"])
         sched.load_state_dict(st["sched"])
         step = st["step"]
+        prior_steps = int(st.get("prior_steps", 0))
         log(f"[localiser] resumed at step {step}")
     (out / "config.json").write_text(json.dumps({**asdict(cfg), "cases": ids}, indent=1))
     rng = np.random.default_rng(cfg.seed + step)
@@ -284,21 +286,23 @@ def train_localiser(cfg: LocaliserTrainConfig, log=print) -> Path:
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
                 tmp = state.with_suffix(".part")
                 torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "sched": sched.state_dict(),
-                            "step": step}, tmp)
+                            "step": step, "prior_steps": prior_steps}, tmp)
                 os.replace(tmp, state)
-                export_localiser(model, cfg, ids, out / "localiser.pt")
+                export_localiser(model, cfg, ids, out / "localiser.pt", prior_steps)
     finally:
         fh.close()
-    return export_localiser(model, cfg, ids, out / "localiser.pt")
+    return export_localiser(model, cfg, ids, out / "localiser.pt", prior_steps)
 
 
-def export_localiser(model: OrganLocaliser, cfg: LocaliserTrainConfig, cases: list[str], path: Path) -> Path:
-    """Tensors-only localiser weights with its spec (see :mod:`priorsam.models.spec`)."""
+def export_localiser(model: OrganLocaliser, cfg: LocaliserTrainConfig, cases: list[str], path: Path,
+                     prior_steps: int = 0) -> Path:
+    """Tensors-only localiser weights with its spec (see :mod:`priorsam.models.spec`); ``steps`` counts the
+    steps of the runs it continued (``init_from``) too."""
     from ..models.spec import LocaliserSpec, encode_json
 
     spec = LocaliserSpec(spacing_mm=cfg.spacing_mm, init_filters=cfg.init_filters, num_classes=model.num_classes,
                          windows=model.windows, min_shape=list(model.min_shape), trained_on=cases,
-                         holdout=list(cfg.holdout), steps=cfg.steps)
+                         holdout=list(cfg.holdout), steps=prior_steps + cfg.steps)
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     sd["meta.localiser_spec"] = encode_json(asdict(spec))
     tmp = path.with_suffix(".part")
@@ -330,8 +334,10 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-def plot_curve(log_csv: str | os.PathLike, png: str | os.PathLike) -> Path:
-    """The training curve (loss, CE, Dice loss per logged step) as a PNG."""
+def plot_curve(log_csv: str | os.PathLike | list, png: str | os.PathLike) -> Path:
+    """The training curve (loss, CE, Dice loss per logged step) as a PNG. ``log_csv``: one run's log, or
+    the logs of runs that continued each other (``init_from``), drawn one after the other with a line
+    where each later stage starts (its crops differ, so its loss is on another scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -339,12 +345,21 @@ def plot_curve(log_csv: str | os.PathLike, png: str | os.PathLike) -> Path:
 
     from ..preview import save_figure
 
-    rows = list(csv.DictReader(open(log_csv)))
-    step = [int(r["step"]) for r in rows]
+    logs = [log_csv] if isinstance(log_csv, (str, os.PathLike)) else list(log_csv)
+    rows, starts, offset = [], [], 0
+    for path in logs:
+        part = list(csv.DictReader(open(path)))
+        if rows:
+            starts.append(offset)
+        rows += [{**r, "step": int(r["step"]) + offset} for r in part]
+        offset = rows[-1]["step"]
+    step = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for key, label in (("loss", "total"), ("ce", "cross-entropy"), ("dice", "Dice loss (8 organs)")):
         ax.plot(step, [float(r[key]) for r in rows], label=label, lw=1)
-    ax.set_xlabel("step (batch 2, 48³ crops at 4 mm)")
+    for x in starts:
+        ax.axvline(x, color="0.4", ls="--", lw=0.8)
+    ax.set_xlabel("step" + (" (dashed: the next stage starts from the previous weights)" if starts else ""))
     ax.set_ylabel("training loss (mean of logged steps)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
