@@ -48,10 +48,10 @@ class SegmentOptions(RefineOptions):
     use_localiser: bool = True          # 3D organ localiser (when the weights have one): which organs each
                                         # slice may hold, their boxes, and which slices to skip
     localiser_margin_mm: float = 10.0   # localiser boxes are grown by this in-plane (larger, never shifted)
-    tight_fov_mm: float = 250.0         # an in-plane field of view narrower than this (a CTA reconstructed
-                                        # around the aorta) takes the localiser's 3D organ masks as the
-                                        # answer: there the per-slice path draws organs cut by the field's
-                                        # edge poorly (docs/generalisation.md); 0: never
+    tight_fov_mm: float = 250.0         # an in-plane field of view narrower than this that cuts through the
+                                        # trunk (a CTA reconstructed around the aorta) takes the localiser's
+                                        # 3D organ masks as the answer: there the per-slice path draws organs
+                                        # cut by the field's edge poorly (docs/generalisation.md); 0: never
 
 
 @dataclass
@@ -162,7 +162,7 @@ class Segmenter:
 
         loc = self._localise(volume)
         fov_mm = np.array(volume.shape[:2]) * np.asarray(volume.spacing[:2], float)
-        if loc is not None and loc.usable and float(fov_mm.min()) < o.tight_fov_mm:
+        if loc is not None and loc.usable and float(fov_mm.min()) < o.tight_fov_mm and cuts_trunk(volume.array):
             return self._localiser_answer(volume, loc, fov_mm, t0)
         guide_for = _slice_guide(loc, volume.shape, framed, self.model.num_classes) if loc and loc.usable else None
 
@@ -225,6 +225,16 @@ class Segmenter:
 
             show_warnings([res.reason])
         return res
+
+
+def cuts_trunk(hu: np.ndarray, min_tissue: float = 0.3) -> bool:
+    """Whether an (X, Y, Z) HU volume's in-plane field runs through the body: in the median slice, at
+    least ``min_tissue`` of the pixels along the field's edge are tissue (> −500 HU). A reconstruction
+    around the aorta is tissue nearly all around (0.56–0.95 on the held-out pseudo-patients' 150 mm
+    crops); a scan cropped to the body's outline touches it at a few points only (0.01–0.10 there, 0.03
+    on the sample CT)."""
+    edge = np.concatenate([hu[0], hu[-1], hu[:, 0], hu[:, -1]], axis=0)   # (2X + 2Y, Z)
+    return float(np.median((edge > -500).mean(0))) >= min_tissue
 
 
 def auto_z_stride(slice_mm: float, step_mm: float) -> int:
