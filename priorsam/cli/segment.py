@@ -8,7 +8,8 @@ from ..labels import organ_ids
 
 def segment_cli(image: str, out: str, device: str = "auto", series: str | None = None, weights: str | None = None,
                 progress: bool = False, z_stride: int | None = None, encoder: str = "auto",
-                statistics: str | None = None, preview: str | None = None, force: bool = False):
+                statistics: str | None = None, preview: str | None = None, force: bool = False,
+                tight_fov_mm: float = 250.0):
     """Segment the 8 abdominal organs of a CT (NIfTI/NRRD file or DICOM series folder) with no prompts.
 
     Args:
@@ -25,6 +26,8 @@ def segment_cli(image: str, out: str, device: str = "auto", series: str | None =
         statistics: also write per-organ volume (mL), HU mean/std, extent and presence (.json or .csv).
         preview: also write an overlay montage of axial slices (.png).
         force: segment an image that does not look like CT in Hounsfield units (with a warning).
+        tight_fov_mm: a field of view narrower than this that cuts through the trunk takes the 3D
+            localiser's masks as the answer (with a warning); 0: always run the per-slice model.
     """
     from ..api import check_outputs, segment
     from ..engine.progress import StdoutProgress
@@ -40,11 +43,11 @@ def segment_cli(image: str, out: str, device: str = "auto", series: str | None =
         check_seg_sources(image.source.dicom_files)  # before the model: a SEG it cannot write wastes the run
     seg = segment(image, out, weights=weights, device=device, series=series, statistics=statistics,
                   preview=preview, progress=StdoutProgress() if progress else None, z_stride=z_stride,
-                  encoder_backend=encoder)
+                  encoder_backend=encoder, tight_fov_mm=float(tight_fov_mm))
     result = seg.result
     counts = np.bincount(result.labels.ravel(), minlength=len(organ_ids()) + 1)
     return {"output": str(out), "seconds": round(result.seconds, 1), "device": result.device,
             "slices_run": result.slices_run, "slices": int(seg.volume.shape[2]),
-            "localiser": {k: result.localiser[k] for k in ("usable", "reason", "slices_skipped") if k in result.localiser},
+            "localiser": {k: result.localiser[k] for k in ("usable", "reason", "slices_skipped", "answer") if k in result.localiser},
             "voxels_per_label": {int(i): int(c) for i, c in enumerate(counts) if i > 0},
             **{k: str(v) for k, v in seg.outputs.items() if k in ("statistics", "preview")}}
