@@ -17,3 +17,24 @@ def test_box_smoothing_cuts_a_one_slice_leak_and_keeps_a_smooth_organ():
     assert out[:, :, 4].sum() // 5 < leaky[:, :, 4].sum() // 5
     np.testing.assert_array_equal(out[20:40, :, 4], lab[20:40, :, 4])   # the organ itself is kept
     assert not out[45:, :, 4].any()                                     # the leak beyond the margin is cut
+
+
+def test_the_localisers_mask_stands_where_the_per_slice_mask_disagrees_with_it():
+    from priorsam.engine.consistency import agree_with_localiser
+
+    loc = np.zeros((40, 40, 4), np.uint8)
+    loc[10:30, 10:30, :] = 5                      # the localiser's liver in every slice
+    lab = np.zeros_like(loc)
+    lab[11:29, 10:30, 0] = 5                      # slice 0: agrees (Dice 0.95) — its own boundary is kept
+    lab[30:40, 0:10, 1] = 5                       # slice 1: drawn somewhere else — replaced
+    lab[12:20, 12:20, 2] = 1                      # slice 2: no liver, a spleen inside the localiser's liver
+    lab[5:8, 5:8, 3] = 7                          # slice 3: no liver at all — filled; the aorta stays
+    out = agree_with_localiser(lab, loc, min_dice=0.8)
+    np.testing.assert_array_equal(out[:, :, 0], lab[:, :, 0])
+    np.testing.assert_array_equal(out[:, :, 1] == 5, loc[:, :, 1] == 5)
+    assert (out[12:20, 12:20, 2] == 1).all()      # another organ's pixels are not taken
+    assert ((out[:, :, 2] == 5) == ((loc[:, :, 2] == 5) & (lab[:, :, 2] != 1))).all()
+    assert (out[5:8, 5:8, 3] == 7).all() and (out[:, :, 3] == 5).sum() == 400
+    # An organ the localiser does not have is left alone, and 0 < Dice threshold decides.
+    np.testing.assert_array_equal(agree_with_localiser(lab, np.zeros_like(loc)), lab)
+    np.testing.assert_array_equal(agree_with_localiser(lab, loc, min_dice=0.0), lab)

@@ -3,8 +3,8 @@
 
 The hash was made on this project's CPU machine with the shipped ``bundle/models/model.pt``
 and the engine's defaults (runtime ``auto``: OpenVINO for the encoder and the box decoder on CPU);
-last updated for bundle 0.5.0's weights (the localiser fine-tuned on 64³ crops; same heads, same
-inference as 0.4.2). A change that
+last updated for bundle 0.5.0 (the localiser fine-tuned on 64³ crops; the localiser's mask standing
+where a per-slice mask disagrees with it). A change that
 is meant to alter the output (new weights, new defaults) updates the hash in the same commit, and
 says so in its message.
 """
@@ -18,8 +18,8 @@ import pytest
 import priorsam
 from priorsam.data.samples import sample_ct
 
-SAMPLE_LABELS_SHA256 = "a8d0e6617a009c29aff9586df71a29b58fb5039cbc1105377e32e496138e9eaf"
-SAMPLE_VOXELS_PER_LABEL = [1304696, 9811, 7379, 5247, 1137, 44907, 4568, 1908, 411]
+SAMPLE_LABELS_SHA256 = "9bcbf7b13fc9e6d5626155986c58df94fdba43ee8d7187422803eb673c4e90f4"
+SAMPLE_VOXELS_PER_LABEL = [1306464, 9791, 7270, 5226, 1117, 43188, 4551, 1925, 532]
 
 
 @pytest.mark.slow

@@ -5,6 +5,8 @@
   another structure, and the excess is cut.
 * :func:`clean_labels` — the largest connected component of each single-part organ, and holes
   filled per slice.
+* :func:`agree_with_localiser` — where the per-slice masks and a 3D localiser's disagree on an
+  organ in a slice, the localiser's mask stands.
 """
 from __future__ import annotations
 
@@ -84,4 +86,33 @@ def clean_labels(labels: np.ndarray, largest_component: bool = True, fill_holes:
         region = out[box]
         region[(region == lab.id) & ~sub] = 0
         region[sub & (region == 0)] = lab.id
+    return out
+
+
+def agree_with_localiser(labels: np.ndarray, localiser_labels: np.ndarray, min_dice: float = 0.8) -> np.ndarray:
+    """Per organ and axial slice, replace the per-slice mask by the 3D localiser's where the two agree
+    with Dice under ``min_dice`` (the slice's own mask missing counts as 0).
+
+    (X, Y, Z) label maps on the same grid, same ids → the same shape. Only organs and slices the localiser
+    has are touched; a pixel another organ holds is not taken. Why: where the box decoder draws something
+    other than the 3D mask — a liver spilling into a neighbour of the same density without contrast, an
+    aorta lost in an unfamiliar appearance — the localiser, which saw the whole volume, was the better
+    guess on training anatomies (docs/generalisation.md); where they agree, the per-slice boundary, drawn
+    at full resolution, is kept.
+    """
+    out = labels.copy()
+    for k in np.unique(localiser_labels):
+        if k == 0:
+            continue
+        mine, theirs = out == k, localiser_labels == k
+        inter = (mine & theirs).sum((0, 1))
+        total = mine.sum((0, 1)) + theirs.sum((0, 1))
+        dice = 2.0 * inter / np.maximum(total, 1)
+        zs = np.flatnonzero(theirs.any((0, 1)) & (dice < min_dice))
+        if not zs.size:
+            continue
+        sub, t = out[:, :, zs], theirs[:, :, zs]
+        sub[(sub == k) & ~t] = 0
+        sub[t & (sub == 0)] = k
+        out[:, :, zs] = sub
     return out

@@ -19,7 +19,7 @@ import torch
 from ..data.framed_volume import FramedVolume, Framing
 from ..io import Volume, from_display
 from ..models.refinement import RefineOptions
-from .consistency import clean_labels, smooth_organ_boxes
+from .consistency import agree_with_localiser, clean_labels, smooth_organ_boxes
 from .device import resolve_device
 from .progress import ProgressFn
 from .slices import run_over_slices
@@ -48,6 +48,9 @@ class SegmentOptions(RefineOptions):
     use_localiser: bool = True          # 3D organ localiser (when the weights have one): which organs each
                                         # slice may hold, their boxes, and which slices to skip
     localiser_margin_mm: float = 10.0   # localiser boxes are grown by this in-plane (larger, never shifted)
+    localiser_agreement: float = 0.8    # per organ and slice, the localiser's mask replaces a per-slice mask
+                                        # that agrees with it under this Dice (0: never; chosen on training
+                                        # anatomies, docs/generalisation.md)
     tight_fov_mm: float = 250.0         # an in-plane field of view narrower than this that cuts through the
                                         # trunk (a CTA reconstructed around the aorta) takes the localiser's
                                         # 3D organ masks as the answer: there the per-slice path draws organs
@@ -189,6 +192,8 @@ class Segmenter:
         labels = from_display(display)
         if o.box_smoothing:
             labels = smooth_organ_boxes(labels)
+        if guide_for is not None and o.localiser_agreement > 0:
+            labels = agree_with_localiser(labels, loc.labels_on(labels.shape), o.localiser_agreement)
         labels = self.model.to_label_ids(clean_labels(labels, largest_component=o.largest_component,
                                                       fill_holes=o.fill_holes))
         loc_info = loc.summary() if loc is not None else {"usable": False, "reason": "no localiser in these weights"
