@@ -136,3 +136,10 @@ def resample_to_grid(hu: np.ndarray, spacing: np.ndarray, target_mm: float) -> n
     if shrunk != shape:
         t = F.interpolate(t, size=shape, mode="trilinear", align_corners=False)
     return t[0, 0].numpy()
+
+
+def resample_labels(labels: np.ndarray, shape) -> np.ndarray:
+    """A label map or mask (X,Y,Z) → ``shape`` by nearest neighbour (voxel centres, ``nearest-exact``),
+    same dtype: the companion of :func:`resample_to_grid` for labels, fields of view and masks."""
+    t = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32))[None, None]
+    return F.interpolate(t, size=tuple(int(v) for v in shape), mode="nearest-exact")[0, 0].numpy().astype(labels.dtype)

@@ -134,21 +134,14 @@ def _scores(pred: np.ndarray, gt: np.ndarray, support: np.ndarray, spacing, cid:
     return {"organs": case["organs"], "dice_all_voxels": every}
 
 
-def _nearest(a: np.ndarray, shape) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
-
-    return F.interpolate(torch.from_numpy(a.astype(np.float32))[None, None], size=tuple(shape),
-                         mode="nearest-exact")[0, 0].numpy().astype(a.dtype)
-
-
 def _localiser_only(seg: Segmenter, vol: Volume, gt: np.ndarray, support: np.ndarray, cid: str) -> dict:
+    from ..data.framed_volume import resample_labels
     from ..engine.localise import localise
 
     loc_net = seg.model.localiser
     res = localise(vol.array, vol.spacing, loc_net, seg.device)
     coarse = res.coarse_labels
-    return {**_scores(coarse, _nearest(gt, coarse.shape), _nearest(support, coarse.shape),
+    return {**_scores(coarse, resample_labels(gt, coarse.shape), resample_labels(support, coarse.shape),
                       (loc_net.spacing_mm,) * 3, cid), "localiser": res.summary()}
 
 

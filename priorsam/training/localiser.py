@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import appearance as app
-from ..data.framed_volume import resample_to_grid
+from ..data.framed_volume import resample_labels, resample_to_grid
 from ..data.pseudo_patients import image_support
 from ..labels import organ_ids
 from ..models.localiser import OrganLocaliser
@@ -75,17 +75,12 @@ class TrainCase:
     organs: list[int]
 
 
-def _resample_nearest(a: np.ndarray, shape) -> np.ndarray:
-    t = torch.from_numpy(a.astype(np.int16))[None, None].float()
-    return F.interpolate(t, size=tuple(int(v) for v in shape), mode="nearest-exact")[0, 0].numpy().astype(np.uint8)
-
-
 def to_grid(ct, full, ours, fov, spacing, target_mm) -> tuple:
     ct_c = resample_to_grid(ct, spacing, target_mm)
     shape = ct_c.shape
-    full_c = _resample_nearest(full, shape)
-    ours_c = _resample_nearest(ours, shape)
-    fov_c = _resample_nearest(fov, shape) if fov is not None else np.ones(shape, np.uint8)
+    full_c = resample_labels(full.astype(np.uint8), shape)
+    ours_c = resample_labels(ours.astype(np.uint8), shape)
+    fov_c = resample_labels(fov.astype(np.uint8), shape) if fov is not None else np.ones(shape, np.uint8)
     # Slices the sample's field of view covers (nearly) whole; beyond them the crop is edge-padded
     # like a partial scan, and voxels outside the field of view are ignored by the loss.
     support = image_support(fov_c)
