@@ -139,7 +139,10 @@ def resample_to_grid(hu: np.ndarray, spacing: np.ndarray, target_mm: float) -> n
 
 
 def resample_labels(labels: np.ndarray, shape) -> np.ndarray:
-    """A label map or mask (X,Y,Z) → ``shape`` by nearest neighbour (voxel centres, ``nearest-exact``),
-    same dtype: the companion of :func:`resample_to_grid` for labels, fields of view and masks."""
-    t = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32))[None, None]
-    return F.interpolate(t, size=tuple(int(v) for v in shape), mode="nearest-exact")[0, 0].numpy().astype(labels.dtype)
+    """A label map or mask (X,Y,Z) → ``shape`` by nearest neighbour, same dtype: each output voxel takes
+    the input voxel holding its centre (PyTorch's ``nearest-exact``, by index so no float copy of a
+    full-resolution volume is made). The companion of :func:`resample_to_grid` for labels, fields of
+    view and masks, in both directions."""
+    idx = [np.minimum(((np.arange(int(n)) + 0.5) * c / int(n)).astype(int), c - 1)
+           for n, c in zip(shape, labels.shape)]
+    return np.ascontiguousarray(labels[np.ix_(*idx)])

@@ -18,7 +18,7 @@ import torch
 from scipy import ndimage
 
 from ..data.appearance import pad_edge
-from ..data.framed_volume import resample_to_grid
+from ..data.framed_volume import resample_labels, resample_to_grid
 from ..labels import organ_ids
 
 
@@ -60,9 +60,7 @@ class LocaliserResult:
     def labels_on(self, shape: tuple[int, int, int]) -> np.ndarray:
         """The localiser's cleaned organ labels on a volume grid of ``shape`` (X, Y, Z): each voxel takes the
         coarse voxel that holds its centre."""
-        nc = self.coarse_labels.shape
-        idx = [np.minimum(((np.arange(n) + 0.5) * c / n).astype(int), c - 1) for n, c in zip(shape, nc)]
-        return np.ascontiguousarray(self.coarse_labels[np.ix_(*idx)])
+        return resample_labels(self.coarse_labels, shape)
 
     def summary(self) -> dict:
         return {"usable": self.usable, "reason": self.reason, "seconds": round(self.seconds, 2),
