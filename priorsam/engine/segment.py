@@ -158,15 +158,14 @@ class Segmenter:
     def segment(self, volume: Volume, progress: ProgressFn | None = None, show_bar: bool = True) -> SegmentationResult:
         t0 = time.time()
         o = self.options
-        framed = FramedVolume.from_volume(volume, self.framing())
-        slices = framed.slices
-        row_mm, col_mm = framed.row_mm, framed.col_mm
-        refine = self.refine_options()
-
         loc = self._localise(volume)
         fov_mm = np.array(volume.shape[:2]) * np.asarray(volume.spacing[:2], float)
         if loc is not None and loc.usable and float(fov_mm.min()) < o.tight_fov_mm and cuts_trunk(volume.array):
             return self._localiser_answer(volume, loc, fov_mm, t0)
+        framed = FramedVolume.from_volume(volume, self.framing())
+        slices = framed.slices
+        row_mm, col_mm = framed.row_mm, framed.col_mm
+        refine = self.refine_options()
         guide_for = _slice_guide(loc, volume.shape, framed, self.model.num_classes) if loc and loc.usable else None
 
         def predict(idx: np.ndarray) -> np.ndarray:
