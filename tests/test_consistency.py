@@ -38,3 +38,21 @@ def test_the_localisers_mask_stands_where_the_per_slice_mask_disagrees_with_it()
     # An organ the localiser does not have is left alone, and 0 < Dice threshold decides.
     np.testing.assert_array_equal(agree_with_localiser(lab, np.zeros_like(loc)), lab)
     np.testing.assert_array_equal(agree_with_localiser(lab, loc, min_dice=0.0), lab)
+
+
+def test_clean_up_keeps_the_pieces_the_localiser_draws_and_drops_the_rest():
+    from priorsam.engine.consistency import clean_labels
+
+    lab = np.zeros((40, 40, 6), np.uint8)
+    lab[2:12, 10:16, 1:5] = 8                     # pancreas head (the largest piece)
+    lab[20:26, 10:16, 1:5] = 8                    # its tail, cut off from the head
+    lab[32:36, 30:34, 1:3] = 8                    # a stray blob the localiser has no pancreas at
+    loc = np.zeros_like(lab)
+    loc[4:10, 11:15, 2:4] = 8                     # the localiser's pancreas: two pieces
+    loc[21:25, 11:15, 2:4] = 8
+    kept = clean_labels(lab, fill_holes=False, localiser_labels=loc)
+    assert (kept[2:12, 10:16, 1:5] == 8).all() and (kept[20:26, 10:16, 1:5] == 8).all()
+    assert not kept[32:36, 30:34].any()
+    alone = clean_labels(lab, fill_holes=False)   # without the localiser: the largest component only
+    assert (alone == 8).sum() == 10 * 6 * 4
+    np.testing.assert_array_equal(clean_labels(lab, largest_component=False, fill_holes=False), lab)

@@ -130,13 +130,14 @@ def test_slice_guide_marks_expected_absent_and_missed_organs():
 
 
 def test_localiser_keeps_the_component_with_the_most_probability():
-    """Two blobs of one organ: the small confident one is kept, not the large doubtful one."""
+    """Per organ: the confident component is kept, not a larger doubtful one far from it; pieces of the
+    same organ near the main one are kept with it (the pancreas at 4 mm), far or faint ones are not."""
     import numpy as np
 
     from priorsam.engine.localise import localise
 
     class Fixed(torch.nn.Module):
-        spacing_mm, min_shape, num_classes = 4.0, (16, 16, 16), 9
+        spacing_mm, min_shape, num_classes = 4.0, (24, 24, 24), 9
 
         def prepare(self, x):
             return x[:, None]
@@ -144,10 +145,20 @@ def test_localiser_keeps_the_component_with_the_most_probability():
         def forward(self, x):
             logits = torch.zeros(1, 9, *x.shape[2:])
             logits[0, 1, 2:4, 2:4, 2:4] = 9.0        # spleen: 8 voxels, confident
-            logits[0, 1, 8:11, 8:11, 8:11] = 0.3     # spleen: 27 voxels, barely above background
+            logits[0, 1, 18:21, 18:21, 18:21] = 0.3  # spleen: 27 voxels, barely above background, 60 mm away
+            logits[0, 8, 2:6, 12:14, 12:14] = 9.0    # pancreas head: 16 voxels
+            logits[0, 8, 10:13, 12:14, 12:14] = 9.0  # pancreas tail: 12 voxels, 20 mm from the head
+            logits[0, 8, 20:22, 2:4, 2:4] = 9.0      # pancreas elsewhere: 8 voxels, 64 mm away
+            logits[0, 8, 2:3, 17:18, 12:13] = 9.0    # one voxel 12 mm away: under a quarter of the head's mass
             return logits
 
-    res = localise(np.zeros((16, 16, 16), np.float32), np.array([4.0, 4.0, 4.0]), Fixed(), margin_mm=0.0,
+    res = localise(np.zeros((24, 24, 24), np.float32), np.array([4.0, 4.0, 4.0]), Fixed(), margin_mm=0.0,
                    z_margin_mm=0.0, min_ml=0.0)
-    assert res.coarse_labels[2:4, 2:4, 2:4].all() and not res.coarse_labels[8:, 8:, 8:].any()
+    assert res.coarse_labels[2:4, 2:4, 2:4].all() and not (res.coarse_labels[18:, 18:, 18:] == 1).any()
+    pancreas = res.coarse_labels == 8
+    assert pancreas[2:6, 12:14, 12:14].all() and pancreas[10:13, 12:14, 12:14].all() and pancreas.sum() == 28
+    assert res.boxes[8][:3] == (1.5, 11.5, 11.5)
+    only_main = localise(np.zeros((24, 24, 24), np.float32), np.array([4.0, 4.0, 4.0]), Fixed(), min_ml=0.0,
+                         pieces=False)
+    assert (only_main.coarse_labels == 8).sum() == 16
     assert res.boxes[1] == (1.5, 1.5, 1.5, 3.5, 3.5, 3.5)   # the voxels' extent, not their centres

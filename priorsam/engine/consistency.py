@@ -62,8 +62,12 @@ def smooth_organ_boxes(labels: np.ndarray, window: int = 5, margin_frac: float =
     return out
 
 
-def clean_labels(labels: np.ndarray, largest_component: bool = True, fill_holes: bool = True) -> np.ndarray:
-    """3D clean-up: keep each single-component organ's largest connected component; fill holes per slice."""
+def clean_labels(labels: np.ndarray, largest_component: bool = True, fill_holes: bool = True,
+                 localiser_labels: np.ndarray | None = None) -> np.ndarray:
+    """3D clean-up: keep each single-component organ's largest connected component, and with it every other
+    component that reaches into the organ's mask in ``localiser_labels`` (same grid and ids; the localiser
+    keeps the pieces in which it draws an organ such as the pancreas, docs/generalisation.md); fill holes
+    per slice."""
     from scipy import ndimage
 
     from ..labels import labels as label_table
@@ -79,7 +83,12 @@ def clean_labels(labels: np.ndarray, largest_component: bool = True, fill_holes:
             cc, n = ndimage.label(sub)
             if n > 1:
                 sizes = np.bincount(cc.ravel())[1:]
-                sub = cc == (int(np.argmax(sizes)) + 1)
+                keep = np.zeros(n + 1, bool)
+                keep[int(np.argmax(sizes)) + 1] = True
+                if localiser_labels is not None:
+                    keep[np.unique(cc[localiser_labels[box] == lab.id])] = True
+                    keep[0] = False
+                sub = keep[cc]
         if fill_holes:
             for z in range(sub.shape[2]):
                 sub[:, :, z] = ndimage.binary_fill_holes(sub[:, :, z])

@@ -48,6 +48,8 @@ class SegmentOptions(RefineOptions):
     use_localiser: bool = True          # 3D organ localiser (when the weights have one): which organs each
                                         # slice may hold, their boxes, and which slices to skip
     localiser_margin_mm: float = 10.0   # localiser boxes are grown by this in-plane (larger, never shifted)
+    localiser_pieces: bool = True       # keep the pieces of an organ near its main component (the localiser
+                                        # draws the pancreas in pieces at 4 mm); False: the main one only
     localiser_agreement: float = 0.8    # per organ and slice, the localiser's mask replaces a per-slice mask
                                         # that agrees with it under this Dice (0: never; chosen on training
                                         # anatomies, docs/generalisation.md)
@@ -191,10 +193,11 @@ class Segmenter:
         labels = from_display(display)
         if o.box_smoothing:
             labels = smooth_organ_boxes(labels)
-        if guide_for is not None and o.localiser_agreement > 0:
-            labels = agree_with_localiser(labels, loc.labels_on(labels.shape), o.localiser_agreement)
+        loc_labels = loc.labels_on(labels.shape) if guide_for is not None else None
+        if loc_labels is not None and o.localiser_agreement > 0:
+            labels = agree_with_localiser(labels, loc_labels, o.localiser_agreement)
         labels = self.model.to_label_ids(clean_labels(labels, largest_component=o.largest_component,
-                                                      fill_holes=o.fill_holes))
+                                                      fill_holes=o.fill_holes, localiser_labels=loc_labels))
         loc_info = loc.summary() if loc is not None else {"usable": False, "reason": "no localiser in these weights"
                                                                    if getattr(self.model, "localiser", None) is None
                                                                    else "switched off"}
@@ -221,7 +224,8 @@ class Segmenter:
             return None
         from .localise import localise
 
-        res = localise(volume.array, volume.spacing, loc_net, self.device, margin_mm=self.options.localiser_margin_mm)
+        res = localise(volume.array, volume.spacing, loc_net, self.device, margin_mm=self.options.localiser_margin_mm,
+                       pieces=self.options.localiser_pieces)
         if not res.usable:
             # Said where every entry point's user looks (a "warning:" line on stderr, which the Slicer
             # module shows too) and kept in result.localiser for reports.

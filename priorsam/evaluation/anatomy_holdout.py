@@ -139,7 +139,8 @@ def _localiser_only(seg: Segmenter, vol: Volume, gt: np.ndarray, support: np.nda
     from ..engine.localise import localise
 
     loc_net = seg.model.localiser
-    res = localise(vol.array, vol.spacing, loc_net, seg.device)
+    res = localise(vol.array, vol.spacing, loc_net, seg.device,
+                   pieces=seg.options.localiser_pieces)
     coarse = res.coarse_labels
     return {**_scores(coarse, resample_labels(gt, coarse.shape), resample_labels(support, coarse.shape),
                       (loc_net.spacing_mm,) * 3, cid), "localiser": res.summary()}
