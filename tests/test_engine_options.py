@@ -75,7 +75,8 @@ def test_generalisation_measures_only_what_a_stored_row_lacks(monkeypatch, tmp_p
 
     monkeypatch.setattr(g, "Segmenter", CountingSegmenter)
     monkeypatch.setattr(g, "_run_key", lambda run: run["name"])
-    monkeypatch.setattr(g, "_validation_case", lambda root: ("val", np.ones((2, 4, 4), bool)))
+    monkeypatch.setattr(g, "_validation_case", lambda root: (types.SimpleNamespace(spacing=(1, 1, 1)),
+                                                              np.ones((2, 4, 4), bool)))
     monkeypatch.setattr(g, "organ_metrics", lambda pred, gt, spacing: {"dice": 1.0, "hd95_mm": 0.0})
     monkeypatch.setattr(g, "read_volume", lambda p: types.SimpleNamespace(spacing=(1, 1, 1)))
     monkeypatch.setattr(g, "read_label_map", lambda p: types.SimpleNamespace(array=np.zeros((2, 4, 4))))
@@ -90,3 +91,14 @@ def test_generalisation_measures_only_what_a_stored_row_lacks(monkeypatch, tmp_p
     assert "train_mean_dice" in rows[0]              # the missing part was measured
     assert rows[1] == stored["b"] | {"what": "", "weights": "w", "options": {}}
     assert len(calls) == 1                           # one segment call: run a's training scan only
+    assert "code" not in rows[0] and "code" not in rows[1]   # parts measured before stamps: not stamped now
+    # A row stamped with other code is measured again, and every row measured now carries the digest.
+    from priorsam.version import source_digest
+
+    stale = {"b": {**stored["b"], "code": "0000000000000000"}}
+    calls.clear()
+    rows = g.measure(runs, tmp_path / "v", previous=stale, log=lambda *a: None)
+    assert len(calls) == 4 and rows[1]["val_liver_dice"] == 1.0
+    assert rows[0]["code"] == rows[1]["code"] == source_digest()
+    again = g.measure(runs, tmp_path / "v", previous={r["key"]: r for r in rows}, log=lambda *a: None)
+    assert len(calls) == 4 and again == rows           # current rows are reused as they are

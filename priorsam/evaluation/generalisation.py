@@ -50,9 +50,15 @@ def _run_key(run: dict) -> str:
 
 def measure(runs: list[dict], validation: Path | None, device: str = "cpu", train_case: bool = True,
             log=print, previous: dict | None = None) -> list[dict]:
-    """Measure each run; ``previous`` maps run keys to stored rows (same weights and options) to reuse."""
+    """Measure each run; ``previous`` maps run keys to stored rows (same weights and options) to reuse.
+
+    A stored row stamped with another version of the library's code (``code``) is measured again; a row
+    stored before rows were stamped is reused, and the log says so (``--fresh`` re-measures it)."""
+    from ..version import source_digest
+
     memo: dict = {}
     previous = previous or {}
+    code = source_digest()
     val = _validation_case(validation) if validation is not None and validation.is_dir() else None
     train = None
     if train_case:
@@ -65,13 +71,20 @@ def measure(runs: list[dict], validation: Path | None, device: str = "cpu", trai
                "options": run.get("options", {}), "key": key}
         # A stored row is reused part by part: only what it lacks (e.g. a run first measured with
         # --no-train-case) is measured now.
-        row.update(previous.get(key, {}))
+        stored = previous.get(key, {})
+        if stored.get("code", code) != code:
+            log(f"[generalisation] {run['name']}: stored result measured with other code; measuring again")
+            stored = {}
+        row.update(stored)
         need_val = val is not None and "val_liver_dice" not in row
         need_train = train is not None and "train_mean_dice" not in row
         if not (need_val or need_train):
             results.append(row)
-            log(f"[generalisation] {run['name']}: reused stored result")
+            log(f"[generalisation] {run['name']}: reused stored result" + ("" if "code" in row else
+                " (measured before results carried the code's digest; --fresh measures it again)"))
             continue
+        if not stored or "code" in stored:
+            row["code"] = code              # every part of this row is measured with this code
         seg = Segmenter(run["weights"], device, SegmentOptions(**{**MEASURE_OPTIONS, **run.get("options", {})}))
         seg.feature_memo = memo
         if need_val:
