@@ -123,11 +123,12 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
                 # blob of barely-winning voxels elsewhere (a "spleen" in the stomach wall) loses to
                 # the confident one.
                 mass = ndimage.sum_labels(probs[k], lab, np.arange(1, n + 1))
-                top = int(np.argmax(mass)) + 1
-                gap = ndimage.distance_transform_edt(lab != top, sampling=localiser.spacing_mm)
-                near = np.asarray(ndimage.minimum(gap, lab, np.arange(1, n + 1)))
-                keep = (mass >= piece_mass * mass[top - 1]) & (near <= piece_gap_mm) & pieces
-                keep[top - 1] = True
+                top = int(np.argmax(mass))
+                keep = np.arange(n) == top
+                if pieces:
+                    gap = ndimage.distance_transform_edt(lab != top + 1, sampling=localiser.spacing_mm)
+                    near = np.asarray(ndimage.minimum(gap, lab, np.arange(1, n + 1)))
+                    keep |= (mass >= piece_mass * mass[top]) & (near <= piece_gap_mm)
                 m = np.isin(lab, 1 + np.flatnonzero(keep))
         ml = float(m.sum()) * voxel_ml
         res.volume_ml[k] = ml

@@ -160,7 +160,7 @@ class Segmenter:
     def segment(self, volume: Volume, progress: ProgressFn | None = None, show_bar: bool = True) -> SegmentationResult:
         t0 = time.time()
         o = self.options
-        loc = self._localise(volume)
+        loc = self.localise(volume)
         fov_mm = np.array(volume.shape[:2]) * np.asarray(volume.spacing[:2], float)
         if loc is not None and loc.usable and float(fov_mm.min()) < o.tight_fov_mm and cuts_trunk(volume.array):
             return self._localiser_answer(volume, loc, fov_mm, t0)
@@ -217,7 +217,7 @@ class Segmenter:
         return SegmentationResult(labels, time.time() - t0, str(self.device), asdict(self.options),
                                   self.model_info(), 0, info)
 
-    def _localise(self, volume: Volume):
+    def localise(self, volume: Volume):
         """The localiser's result for ``volume`` (None without a localiser); says so when 3D context is too thin."""
         loc_net = getattr(self.model, "localiser", None)
         if loc_net is None or not self.options.use_localiser:

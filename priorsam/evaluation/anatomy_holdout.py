@@ -136,11 +136,9 @@ def _scores(pred: np.ndarray, gt: np.ndarray, support: np.ndarray, spacing, cid:
 
 def _localiser_only(seg: Segmenter, vol: Volume, gt: np.ndarray, support: np.ndarray, cid: str) -> dict:
     from ..data.framed_volume import resample_labels
-    from ..engine.localise import localise
 
     loc_net = seg.model.localiser
-    res = localise(vol.array, vol.spacing, loc_net, seg.device,
-                   pieces=seg.options.localiser_pieces)
+    res = seg.localise(vol)   # the engine's own call: the run's options (pieces) apply
     coarse = res.coarse_labels
     return {**_scores(coarse, resample_labels(gt, coarse.shape), resample_labels(support, coarse.shape),
                       (loc_net.spacing_mm,) * 3, cid), "localiser": res.summary()}
