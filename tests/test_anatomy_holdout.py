@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from priorsam.data.pseudo_patients import PseudoPatient
-from priorsam.evaluation.anatomy_holdout import CTA_FOV_MM, as_volume, field_of_view
+from priorsam.evaluation.anatomy_holdout import CTA_FOV_MM, SLAB_SLICES, as_volume, field_of_view, render
 
 
 def fake_patient(shape=(120, 100, 10), spacing=3.0) -> PseudoPatient:
@@ -21,8 +21,9 @@ def fake_patient(shape=(120, 100, 10), spacing=3.0) -> PseudoPatient:
 def test_cta_crop_is_centred_on_the_aorta_and_keeps_world_positions():
     pp = fake_patient()
     crop = field_of_view(pp, "cta_crop")
-    assert field_of_view(pp, "arterial") == (slice(None), slice(None))
-    width = [(c.stop - c.start) * 3.0 for c in crop]
+    assert field_of_view(pp, "arterial") == (slice(None), slice(None), slice(None))
+    assert crop[2] == slice(None)
+    width = [(c.stop - c.start) * 3.0 for c in crop[:2]]
     assert all(abs(w - CTA_FOV_MM) <= 3.0 for w in width)
     assert abs((crop[0].start + crop[0].stop) / 2 - 72.5) <= 1 and abs((crop[1].start + crop[1].stop) / 2 - 42.5) <= 1
     vol = as_volume(pp.ct.astype(np.float32), pp, crop)
@@ -45,3 +46,23 @@ def test_scored_where_the_pseudo_patient_has_an_image_and_all_voxels_kept_beside
     assert s["organs"]["aorta"]["dice"] == 1.0 and s["organs"]["liver"]["dice"] == 1.0
     assert s["dice_all_voxels"]["aorta"] == 2 * 6 / (6 + 10)   # 6 of the aorta's 10 slices
     assert np.isnan(s["dice_all_voxels"]["spleen"])
+
+
+def test_thin_slab_is_centred_on_the_organs_largest_cross_section_where_there_is_an_image():
+    pp = fake_patient(shape=(120, 100, 20))
+    pp.ours[:] = 0
+    pp.ours[20:60, 30:80, 4:16] = 5
+    pp.ours[20:70, 30:90, 9] = 5            # the liver's largest cross-section: slice 9
+    pp.ours[80:90, 30:40, 14:17] = 2        # kidney slices 14-16, widest at 16 ...
+    pp.ours[80:95, 30:45, 16] = 2
+    pp.fov[:, :, 16:] = 0                   # ... where the sample CT has no image: slab at 14-15
+    pp.ours[80:90, 30:40, 15] = 2
+    pp.ours[80:92, 30:42, 15] = 2
+    liver = field_of_view(pp, "slab_liver")
+    assert liver[:2] == (slice(None), slice(None)) and (liver[2].start, liver[2].stop) == (8, 8 + SLAB_SLICES)
+    kid = field_of_view(pp, "slab_kidneys")
+    assert (kid[2].start, kid[2].stop) == (14, 17)
+    ct = render(pp, "slab_liver", {})
+    vol = as_volume(ct, pp, liver)
+    assert vol.shape == (120, 100, SLAB_SLICES)
+    assert np.allclose(vol.affine @ [0, 0, 0, 1], pp.affine @ [0, 0, 8, 1])

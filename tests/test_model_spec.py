@@ -162,3 +162,25 @@ def test_localiser_keeps_the_component_with_the_most_probability():
                          pieces=False)
     assert (only_main.coarse_labels == 8).sum() == 16
     assert res.boxes[1] == (1.5, 1.5, 1.5, 3.5, 3.5, 3.5)   # the voxels' extent, not their centres
+
+
+def test_an_evaluation_run_can_take_its_heads_and_its_localiser_from_two_checkpoints(bank, tmp_path, monkeypatch):
+    from priorsam.evaluation.runs import run_weights
+
+    monkeypatch.setenv("PRIORSAM_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    spec = small_spec(bank)
+    a = build_model(spec, encoder=None, binary_path=False, pretrained=False, prior_bank=bank).trainable_state_dict()
+    b = build_model(spec, encoder=None, binary_path=False, pretrained=False, prior_bank=bank).trainable_state_dict()
+    heads_only = {k: v for k, v in a.items() if not k.startswith("localiser.")}
+    pa = write_checkpoint(tmp_path / "heads.pt", heads_only, replace(spec, localiser=None))
+    pb = write_checkpoint(tmp_path / "full.pt", b, spec)
+    assert run_weights({"weights": str(pa)}) == str(pa)
+    composed = run_weights({"weights": str(pa), "localiser_from": str(pb)})
+    state, back = read_checkpoint(composed)
+    assert back.localiser == spec.localiser
+    assert all(torch.equal(state[k], a[k]) for k in heads_only)
+    assert all(torch.equal(state[k], b[k]) for k in b if k.startswith("localiser."))
+    assert run_weights({"weights": str(pa), "localiser_from": str(pb)}) == composed     # written once
+    with pytest.raises(ValueError, match="no localiser"):
+        run_weights({"weights": str(pb), "localiser_from": str(pa)})

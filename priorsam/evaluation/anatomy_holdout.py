@@ -6,7 +6,9 @@ Each held-out pseudo-patient (the sample CT warped onto an anatomy of the bank t
 saw) is rendered in every appearance setting: the contrast phases of :mod:`priorsam.data.appearance`
 (native, arterial/CT angiography, portal-venous, delayed), portal-venous with arms beside the trunk
 and a table, :data:`~priorsam.data.appearance.UNSEEN_SETTING` (an appearance never drawn in
-training), and ``cta_crop``: the arterial phase reconstructed on a 150 mm field around the aorta.
+training), ``cta_crop``: the arterial phase reconstructed on a 150 mm field around the aorta, and two
+thin native slabs (3 slices through the liver's / the kidneys' largest cross-section: too little z for
+the localiser, so the per-slice heads work alone, as on the validation patient).
 Every run of RUNS.json (``{"name", "weights", "options", "what", "settings"?}``) segments each of
 them through the engine; Dice and HD95 (mm and voxels) per organ against the warped sample labels,
 scored where the pseudo-patient has an image (:meth:`~priorsam.data.pseudo_patients.PseudoPatient.supported`:
@@ -35,9 +37,15 @@ from ..data.pseudo_patients import PseudoPatient, list_bank, load
 from ..engine.segment import SegmentOptions, Segmenter
 from ..io.volume import Source, Volume
 from .metrics import evaluate_case, summarise
+from .runs import run_weights
 
-SETTINGS = ["native", "arterial", "portal_venous", "delayed", "portal_venous_arms_table", "unseen", "cta_crop"]
+SETTINGS = ["native", "arterial", "portal_venous", "delayed", "portal_venous_arms_table", "unseen", "cta_crop",
+            "slab_liver", "slab_kidneys"]
 CTA_FOV_MM = 150.0   # cta_crop: a CT angiography reconstructed on a 150 mm field around the aorta
+# Thin slabs (native): too little z for the localiser, so the per-slice heads work alone, as on the
+# validation patient (3 slices); centred on the largest cross-section of the liver / the kidneys.
+SLAB_SETTINGS = {"slab_liver": (5,), "slab_kidneys": (2, 3)}
+SLAB_SLICES = 3
 
 
 def render(pp: PseudoPatient, setting: str, names: dict[int, str]) -> np.ndarray:
@@ -47,7 +55,8 @@ def render(pp: PseudoPatient, setting: str, names: dict[int, str]) -> np.ndarray
     ct = pp.ct.astype(np.float32)
     if setting == "unseen":
         return app.apply_unseen(ct, pp.full, names, rng, sp)
-    phase = {"portal_venous_arms_table": "portal_venous", "cta_crop": "arterial"}.get(setting, setting)
+    phase = {"portal_venous_arms_table": "portal_venous", "cta_crop": "arterial",
+             **{k: "native" for k in SLAB_SETTINGS}}.get(setting, setting)
     if phase != "native":
         ct, _ = app.apply_phase(ct, pp.full, names, phase, rng, sp)
     if setting == "portal_venous_arms_table":
@@ -55,12 +64,18 @@ def render(pp: PseudoPatient, setting: str, names: dict[int, str]) -> np.ndarray
     return app.add_noise(ct, 10.0, rng)
 
 
-def field_of_view(pp: PseudoPatient, setting: str) -> tuple[slice, slice]:
-    """The in-plane (x, y) crop of a setting: the whole slice, or for ``cta_crop`` a reconstruction of
+def field_of_view(pp: PseudoPatient, setting: str) -> tuple[slice, slice, slice]:
+    """The (x, y, z) crop of a setting: the whole volume; for ``cta_crop`` a reconstruction of
     :data:`CTA_FOV_MM` centred on the aorta (the real CTA of the issue that started the bank: organs cut
-    by the field's edge, the rest of the trunk missing)."""
+    by the field's edge, the rest of the trunk missing); for a slab setting (:data:`SLAB_SETTINGS`)
+    :data:`SLAB_SLICES` slices centred where its organs' cross-section with an image is largest."""
+    whole = slice(None)
+    if setting in SLAB_SETTINGS:
+        area = (np.isin(pp.ours, SLAB_SETTINGS[setting]) & pp.supported()).sum((0, 1))
+        z0 = int(np.clip(int(np.argmax(area)) - SLAB_SLICES // 2, 0, max(0, pp.ours.shape[2] - SLAB_SLICES)))
+        return whole, whole, slice(z0, z0 + SLAB_SLICES)
     if setting != "cta_crop":
-        return slice(None), slice(None)
+        return whole, whole, whole
     from ..labels import labels
 
     aorta = np.argwhere(pp.ours == next(lab.id for lab in labels() if lab.name == "aorta"))
@@ -68,12 +83,13 @@ def field_of_view(pp: PseudoPatient, setting: str) -> tuple[slice, slice]:
     half = CTA_FOV_MM / float(pp.spacing[0]) / 2
     x0, y0 = int(max(0, round(cx - half))), int(max(0, round(cy - half)))
     return (slice(x0, int(min(pp.ours.shape[0], round(cx + half)))),
-            slice(y0, int(min(pp.ours.shape[1], round(cy + half)))))
+            slice(y0, int(min(pp.ours.shape[1], round(cy + half)))), whole)
 
 
-def as_volume(ct: np.ndarray, pp: PseudoPatient, crop: tuple[slice, slice] = (slice(None), slice(None))) -> Volume:
+def as_volume(ct: np.ndarray, pp: PseudoPatient, crop: tuple[slice, ...] = (slice(None),) * 3) -> Volume:
     """The rendered CT as a library Volume; a crop keeps the voxels where they are in space."""
-    start = np.array([crop[0].start or 0, crop[1].start or 0, 0, 1], dtype=float)
+    crop = tuple(crop) + (slice(None),) * (3 - len(crop))
+    start = np.array([crop[0].start or 0, crop[1].start or 0, crop[2].start or 0, 1], dtype=float)
     affine = pp.affine.copy()
     affine[:3, 3] = (pp.affine @ start)[:3]
     ct = np.ascontiguousarray(ct[crop])
@@ -89,7 +105,7 @@ def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], 
 
     names = totalsegmentator_class_names()
     recs = {r["case_id"]: r for r in list_bank(bank, kept_only=False)}
-    segs = {r["name"]: Segmenter(r["weights"], "cpu", SegmentOptions(**r.get("options", {}))) for r in runs}
+    segs = {r["name"]: Segmenter(run_weights(r), "cpu", SegmentOptions(**r.get("options", {}))) for r in runs}
     rows = []
     for cid in cases:
         pp = load(recs[cid]["folder"])

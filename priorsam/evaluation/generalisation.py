@@ -2,7 +2,8 @@
 
     python -m priorsam.evaluation.generalisation --runs RUNS.json --out docs/generalisation.md
 
-RUNS.json lists runs: ``{"name", "weights", "options": {SegmentOptions overrides}, "what"}``.
+RUNS.json lists runs: ``{"name", "weights", "options": {SegmentOptions overrides}, "what"}`` (and
+``"localiser_from"``: the heads of ``weights`` with another checkpoint's localiser, :mod:`.runs`).
 Each run is measured on the validation patient in ``../shared/data/validation/patient_d``
 (liver only; measure, never train or tune) and on the training scan ``example_ct`` (8 organs;
 a sanity check only, since it is the training case). Encoder features are computed once and
@@ -26,6 +27,7 @@ from ..engine.segment import SegmentOptions, Segmenter
 from ..io import read_label_map, read_volume
 from ..labels import labels as label_table
 from .metrics import evaluate_case, organ_metrics, summarise
+from .runs import run_weights
 
 # The model is measured on every slice with the fp32 encoder features it was trained on; the speed
 # savings of the engine's defaults (z-stride, OpenVINO bf16) are measured apart, in bench/.
@@ -45,7 +47,10 @@ def _validation_case(root: Path):
 def _run_key(run: dict) -> str:
     from ..assets import sha256_file
 
-    return json.dumps([run["name"], sha256_file(run["weights"]), run.get("options", {})], sort_keys=True)
+    parts = [run["name"], sha256_file(run["weights"]), run.get("options", {})]
+    if run.get("localiser_from"):
+        parts.append(sha256_file(run["localiser_from"]))
+    return json.dumps(parts, sort_keys=True)
 
 
 def measure(runs: list[dict], validation: Path | None, device: str = "cpu", train_case: bool = True,
@@ -85,7 +90,7 @@ def measure(runs: list[dict], validation: Path | None, device: str = "cpu", trai
             continue
         if not stored or "code" in stored:
             row["code"] = code              # every part of this row is measured with this code
-        seg = Segmenter(run["weights"], device, SegmentOptions(**{**MEASURE_OPTIONS, **run.get("options", {})}))
+        seg = Segmenter(run_weights(run), device, SegmentOptions(**{**MEASURE_OPTIONS, **run.get("options", {})}))
         seg.feature_memo = memo
         if need_val:
             t0 = time.time()
