@@ -1,0 +1,92 @@
+"""Pseudo-patients as training cases for the 2D heads: NIfTI image, organ labels and structure map per
+case, and a datalist for :mod:`priorsam.training.build_cache`.
+
+The heads were first trained on the sample CT alone, so where they work without the localiser (a slab
+too thin for 3D context, an organ the localiser did not find) they know one anatomy. The bank's
+pseudo-patients carry the sample's texture on other patients' anatomy, with labels that move with the
+pixels (``ours``), so they can teach the heads where organs lie without any new image data. The
+structure map (``full``, TotalSegmentator ids) lets the cache's contrast-phase augmentation shift
+every vessel and organ; ``--arms`` adds a copy of each case with arms at the sides and a table
+(:func:`priorsam.data.appearance.add_arms_and_table`).
+
+python -m priorsam.training.pseudo_cases --bank BANK --out DIR [--exclude ID ...] [--arms]
+
+Cases held out by the shipped localiser's spec are never written (``--holdout_from`` names the
+checkpoint whose spec lists them); ``--exclude`` holds out more (e.g. the cases used to choose).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ..data import appearance as app
+from ..data.pseudo_patients import list_bank, load
+
+
+def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(path.name.replace(".nii.gz", ".part.nii.gz"))
+    nib.save(nib.Nifti1Image(array, affine), tmp)
+    os.replace(tmp, path)
+
+
+def write_cases(bank: str, out: str, exclude: set[str], arms: bool = False, log=print) -> list[dict]:
+    """Write every kept pseudo-patient not in ``exclude``; returns the datalist (also DIR/datalist.json)."""
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    datalist = []
+    for rec in list_bank(bank):
+        if rec["case_id"] in exclude:
+            continue
+        pp = load(rec["folder"])
+        folder = root / pp.case_id
+        folder.mkdir(exist_ok=True)
+        paths = {n: folder / f"{n}.nii.gz" for n in ("image", "label", "groups")}
+        if not all(p.is_file() for p in paths.values()):
+            _save(pp.ct.astype(np.int16), pp.affine, paths["image"])
+            _save(pp.ours.astype(np.uint8), pp.affine, paths["label"])
+            _save(pp.full.astype(np.uint8), pp.affine, paths["groups"])
+        datalist.append({"case_id": f"pseudo_{pp.case_id}", "image": str(paths["image"]), "label": str(paths["label"]),
+                         "label_map": None, "group_label": str(paths["groups"])})
+        if arms:
+            p = folder / "image_arms_table.nii.gz"
+            if not p.is_file():
+                rng = np.random.default_rng(zlib.crc32(f"{pp.case_id}/arms".encode()))
+                ct = app.add_arms_and_table(pp.ct.astype(np.float32), float(pp.spacing[0]), rng)
+                _save(np.clip(np.rint(ct), -1024, 3071).astype(np.int16), pp.affine, p)
+            datalist.append({**datalist[-1], "case_id": f"pseudo_{pp.case_id}_arms_table", "image": str(p)})
+        log(f"[pseudo-cases] {pp.case_id}")
+    tmp = root / "datalist.part.json"
+    tmp.write_text(json.dumps(datalist, indent=1))
+    os.replace(tmp, root / "datalist.json")
+    return datalist
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bank", required=True, help="the pseudo-patient cache (python -m priorsam.data.pseudo_patients)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--holdout_from", default=None,
+                    help="checkpoint whose spec lists the held-out anatomies (default: the bundle's weights)")
+    ap.add_argument("--exclude", nargs="*", default=[])
+    ap.add_argument("--arms", action="store_true")
+    a = ap.parse_args(argv)
+    from ..models.spec import read_checkpoint
+
+    if a.holdout_from is None:
+        from ..engine.weights import default_weights_path
+
+        a.holdout_from = str(default_weights_path())
+    _, spec = read_checkpoint(a.holdout_from)
+    held = set(spec.localiser.holdout) if spec.localiser else set()
+    rows = write_cases(a.bank, a.out, held | set(a.exclude), a.arms)
+    print(f"{len(rows)} cases; held out: {sorted(held)}; excluded: {sorted(a.exclude)}")
+
+
+if __name__ == "__main__":
+    main()
