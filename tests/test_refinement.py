@@ -63,13 +63,23 @@ def test_box_source_picks_the_prompt(source):
     out = heads_output(1, {5: (100, 100, 160, 160)})
     guide, prompts = guides(1, {5: [60.0, 60.0, 200.0, 200.0]}, {5: [90.0, 90.0, 150.0, 150.0]})
     dec = BoxInside()
-    o = RefineOptions(box_source=source, box_margin=2.0)
+    o = RefineOptions(box_source=source, box_margin=2.0, localiser_box_margin=1.0)
     onehot = refine_to_labels(out, torch.zeros(1, 256, 64, 64), dec, guide, o, prompts)
-    want = {"semantic": [98.0, 98.0, 162.0, 162.0], "localiser": [88.0, 88.0, 152.0, 152.0],
+    want = {"semantic": [98.0, 98.0, 162.0, 162.0], "localiser": [89.0, 89.0, 151.0, 151.0],
             # IoU of the heads' box and the localiser's is 0.6 ≥ 0.5: the heads' box is kept.
             "agree": [98.0, 98.0, 162.0, 162.0]}[source]
     assert dec.seen == [want]
     assert onehot[0, 5].sum() == (want[2] - want[0] + 1) ** 2
+
+
+def test_without_a_localiser_the_heads_box_is_grown_by_the_heads_margin():
+    out = heads_output(1, {5: (100, 100, 160, 160)})
+    dec = BoxInside()
+    refine_to_labels(out, torch.zeros(1, 256, 64, 64), dec, None, RefineOptions())
+    assert dec.seen == [[90.0, 90.0, 170.0, 170.0]]                  # the default 10 px
+    dec = BoxInside()
+    refine_to_labels(out, torch.zeros(1, 256, 64, 64), dec, None, RefineOptions(box_margin=3.0))
+    assert dec.seen == [[97.0, 97.0, 163.0, 163.0]]
 
 
 def test_agree_falls_back_on_the_localiser_where_the_heads_disagree():
@@ -77,7 +87,7 @@ def test_agree_falls_back_on_the_localiser_where_the_heads_disagree():
     guide, prompts = guides(1, {5: [0.0, 0.0, 200.0, 200.0]}, {5: [90.0, 90.0, 150.0, 150.0]})
     dec = BoxInside()
     refine_to_labels(out, torch.zeros(1, 256, 64, 64), dec, guide, RefineOptions(box_source="agree",
-                                                                                 box_margin=0.0), prompts)
+                                                                                 localiser_box_margin=0.0), prompts)
     assert dec.seen == [[90.0, 90.0, 150.0, 150.0]]
 
 
@@ -100,7 +110,7 @@ def test_conflicts_settled_by_heads_or_by_the_decoder():
     guide, prompts = guides(1, {1: [0.0, 0.0, 255.0, 255.0], 6: [0.0, 0.0, 255.0, 255.0]},
                             {1: [80.0, 100.0, 140.0, 160.0], 6: [120.0, 100.0, 200.0, 160.0]})
     dec = BoxInside({(80, 100, 140, 160): 1.0, (120, 100, 200, 160): 6.0})
-    common = dict(box_source="localiser", box_margin=0.0)
+    common = dict(box_source="localiser", localiser_box_margin=0.0)
     by_heads = refine_to_labels(out, torch.zeros(1, 256, 64, 64), dec, guide, RefineOptions(conflicts="semantic", **common),
                                 prompts)
     by_decoder = refine_to_labels(out, torch.zeros(1, 256, 64, 64), dec, guide,
