@@ -31,6 +31,8 @@ def test_export_writes_aligned_cases_skips_held_out_ones_and_feeds_the_cache_vie
     rows = write_cases(str(bank), str(tmp_path / "out"), exclude={"held"}, arms=True, log=lambda m: None)
     assert [r["case_id"] for r in rows] == ["pseudo_a", "pseudo_a_arms_table", "pseudo_b", "pseudo_b_arms_table"]
     assert json.loads((tmp_path / "out" / "datalist.json").read_text()) == rows
+    assert json.loads((tmp_path / "out" / "datalist_plain.json").read_text()) == rows[0::2]
+    assert json.loads((tmp_path / "out" / "datalist_arms_table.json").read_text()) == rows[1::2]
     assert not (tmp_path / "out" / "held").exists()
     assert not list((tmp_path / "out").rglob("*.part*"))
     vol = read_volume(rows[2]["image"], force=True)

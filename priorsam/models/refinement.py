@@ -46,7 +46,7 @@ class RefineOptions:
     box_margin: float = 10.0            # model pixels added around the box of a heads' mask (15 mm at 1.5 mm/px):
                                         # the heads under-draw organs they know from few anatomies, and a tight box
                                         # makes the binary path cut the organ at its edge (thin slabs of training
-                                        # anatomies: liver 0.856 → 0.880 against 3 px; docs/generalisation.md)
+                                        # anatomies: liver 0.856 → 0.883 against 3 px; docs/generalisation.md)
     localiser_box_margin: float = 3.0   # model pixels added around the box of the localiser's own mask
     conflicts: str = "binary"           # who wins a pixel two organs' masks claim: "binary" (the binary path's
                                         # own mask logit) or "semantic" (the heads' probability)

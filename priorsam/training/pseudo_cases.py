@@ -7,7 +7,8 @@ pseudo-patients carry the sample's texture on other patients' anatomy, with labe
 pixels (``ours``), so they can teach the heads where organs lie without any new image data. The
 structure map (``full``, TotalSegmentator ids) lets the cache's contrast-phase augmentation shift
 every vessel and organ; ``--arms`` adds a copy of each case with arms at the sides and a table
-(:func:`priorsam.data.appearance.add_arms_and_table`).
+(:func:`priorsam.data.appearance.add_arms_and_table`), listed apart in ``datalist_arms_table.json``
+beside ``datalist_plain.json``.
 
 python -m priorsam.training.pseudo_cases --bank BANK --out DIR [--exclude ID ...] [--arms]
 
@@ -61,9 +62,15 @@ def write_cases(bank: str, out: str, exclude: set[str], arms: bool = False, log=
                 _save(np.clip(np.rint(ct), -1024, 3071).astype(np.int16), pp.affine, p)
             datalist.append({**datalist[-1], "case_id": f"pseudo_{pp.case_id}_arms_table", "image": str(p)})
         log(f"[pseudo-cases] {pp.case_id}")
-    tmp = root / "datalist.part.json"
-    tmp.write_text(json.dumps(datalist, indent=1))
-    os.replace(tmp, root / "datalist.json")
+    # One list for all, and (with arms) one per kind, since each kind gets its own number of views.
+    lists = {"datalist.json": datalist}
+    if arms:
+        lists["datalist_plain.json"] = [d for d in datalist if not d["case_id"].endswith("_arms_table")]
+        lists["datalist_arms_table.json"] = [d for d in datalist if d["case_id"].endswith("_arms_table")]
+    for name, rows in lists.items():
+        tmp = root / f"{name}.part"
+        tmp.write_text(json.dumps(rows, indent=1))
+        os.replace(tmp, root / name)
     return datalist
 
 
