@@ -18,18 +18,14 @@ def run_weights(run: dict) -> str:
     if not run.get("localiser_from"):
         return run["weights"]
     from ..assets import cache_dir, sha256_file
-    from ..models.spec import LOCALISER_PREFIX, read_checkpoint, write_checkpoint
+    from ..errors import AssetError
+    from ..models.spec import compose_checkpoint
 
     key = hashlib.sha256((sha256_file(run["weights"]) + sha256_file(run["localiser_from"])).encode()).hexdigest()[:16]
     out = cache_dir("composed_weights") / f"{key}.pt"
     if not out.is_file():
-        from dataclasses import replace
-
-        heads, spec = read_checkpoint(run["weights"])
-        full, full_spec = read_checkpoint(run["localiser_from"])
-        if full_spec.localiser is None:
-            raise ValueError(f"{run['localiser_from']} has no localiser")
-        loc = {k[len(LOCALISER_PREFIX):]: v for k, v in full.items() if k.startswith(LOCALISER_PREFIX)}
-        heads = {k: v for k, v in heads.items() if not k.startswith(LOCALISER_PREFIX)}
-        write_checkpoint(out, heads, replace(spec, localiser=full_spec.localiser), loc)
+        try:
+            compose_checkpoint(run["weights"], run["localiser_from"], out)
+        except AssetError as exc:       # a runs file naming the wrong file: the run is what is wrong
+            raise ValueError(f"localiser_from: {exc}") from exc
     return str(out)

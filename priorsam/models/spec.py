@@ -157,8 +157,13 @@ def write_checkpoint(path: str | os.PathLike, heads_state: dict, spec: ModelSpec
 
 
 def read_localiser_checkpoint(path: str | os.PathLike) -> tuple[dict, LocaliserSpec]:
-    """A localiser exported alone by the localiser trainer."""
+    """A localiser exported alone by the localiser trainer, or the one inside a whole PriorSAM checkpoint."""
     state = dict(torch.load(path, map_location="cpu", weights_only=True))
+    if LOCALISER_SPEC_KEY not in state and SPEC_KEY in state:
+        full, spec = read_checkpoint(path)
+        if spec.localiser is None:
+            raise AssetError(f"{path} has no localiser")
+        return {k[len(LOCALISER_PREFIX):]: v for k, v in full.items() if k.startswith(LOCALISER_PREFIX)}, spec.localiser
     if LOCALISER_SPEC_KEY not in state:
         raise AssetError(f"{path} is not a localiser checkpoint (no {LOCALISER_SPEC_KEY})")
     spec = LocaliserSpec(**decode_json(state.pop(LOCALISER_SPEC_KEY)))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import zlib
 from pathlib import Path
 
@@ -28,12 +27,12 @@ import numpy as np
 
 from ..data import appearance as app
 from ..data.pseudo_patients import list_bank, load
+from ..io import atomic_path
 
 
 def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(path.name.replace(".nii.gz", ".part.nii.gz"))
-    nib.save(nib.Nifti1Image(array, affine), tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        nib.save(nib.Nifti1Image(array, affine), tmp)
 
 
 def write_cases(bank: str, out: str, exclude: set[str], arms: bool = False, log=print) -> list[dict]:
@@ -68,9 +67,8 @@ def write_cases(bank: str, out: str, exclude: set[str], arms: bool = False, log=
         lists["datalist_plain.json"] = [d for d in datalist if not d["case_id"].endswith("_arms_table")]
         lists["datalist_arms_table.json"] = [d for d in datalist if d["case_id"].endswith("_arms_table")]
     for name, rows in lists.items():
-        tmp = root / f"{name}.part"
-        tmp.write_text(json.dumps(rows, indent=1))
-        os.replace(tmp, root / name)
+        with atomic_path(root / name) as tmp:
+            tmp.write_text(json.dumps(rows, indent=1))
     return datalist
 
 
