@@ -164,6 +164,68 @@ def test_localiser_keeps_the_component_with_the_most_probability():
     assert res.boxes[1] == (1.5, 1.5, 1.5, 3.5, 3.5, 3.5)   # the voxels' extent, not their centres
 
 
+def test_an_organs_main_component_is_the_one_among_the_other_organs():
+    """A confident blob far from every other organ (a "stomach" in the pelvic bowel) loses to the
+    stomach beside the liver and spleen, even with more probability mass; an organ whose components
+    are all far from the rest keeps its heaviest one; context 0 is the mass-only rule."""
+    import numpy as np
+
+    from priorsam.engine.localise import keep_components
+
+    probs = np.zeros((9, 40, 40, 40), np.float32)
+    probs[0] = 1.0
+
+    def put(k, region, p):
+        probs[k][region], probs[0][region] = p, 1.0 - p
+
+    put(5, np.s_[2:14, 2:14, 28:38], 0.9)      # liver
+    put(1, np.s_[28:36, 4:10, 28:36], 0.9)     # spleen
+    put(6, np.s_[18:24, 6:12, 30:34], 0.8)     # stomach between them: 144 voxels
+    put(6, np.s_[10:18, 20:30, 2:6], 0.95)     # "stomach" 100 mm below: 320 voxels, more mass
+    put(4, np.s_[30:32, 30:32, 2:4], 0.9)      # gallbladder: two blobs, both far from every organ
+    put(4, np.s_[34:38, 34:38, 2:4], 0.9)
+    labels = probs.argmax(0)
+    out = keep_components(labels, probs, 4.0, pieces=False)
+    assert (out == 6).sum() == 144 and (out[18:24, 6:12, 30:34] == 6).all()
+    assert (out == 4).sum() == 32 and (out[34:38, 34:38, 2:4] == 4).all()
+    assert (out == 5).sum() == 12 * 12 * 10
+    mass_only = keep_components(labels, probs, 4.0, pieces=False, context_mm=0)
+    assert (mass_only == 6).sum() == 320
+
+
+def test_the_localisers_masks_on_the_volume_grid_follow_its_probabilities():
+    """On a finer grid the localiser's organ ends where its probability does, between 4 mm voxel
+    centres, not on a voxel's face; a component the clean-up dropped stays background."""
+    import numpy as np
+
+    from priorsam.engine.localise import localise
+
+    centre_mm = (np.indices((16, 16, 16)) + 0.5) * 4.0 - 32.0
+    r_mm = np.sqrt((centre_mm ** 2).sum(0))
+
+    class Sphere(torch.nn.Module):
+        spacing_mm, min_shape, num_classes = 4.0, (16, 16, 16), 9
+
+        def prepare(self, x):
+            return x[:, None]
+
+        def forward(self, x):
+            logits = torch.zeros(1, 9, 16, 16, 16)
+            logits[0, 5] = torch.from_numpy((18.0 - r_mm) / 2.0)   # a "liver" of radius 18 mm
+            logits[0, 5, 15, 15, 15] = 1.0                          # a faint voxel apart: dropped
+            return logits
+
+    res = localise(np.zeros((64, 64, 64), np.float32), np.array([1.0, 1.0, 1.0]), Sphere(), min_ml=0.0)
+    fine_r = np.sqrt((((np.indices((64, 64, 64)) + 0.5) - 32.0) ** 2).sum(0))
+    truth = fine_r < 18.0
+    dice = lambda m: 2 * (m & truth).sum() / (m.sum() + truth.sum())  # noqa: E731
+    linear, nearest = res.labels_on((64, 64, 64)), res.labels_on((64, 64, 64), "nearest")
+    assert dice(linear == 5) > 0.95 > dice(nearest == 5)
+    assert not linear[60:, 60:, 60:].any() and not nearest[60:, 60:, 60:].any()
+    with pytest.raises(ValueError, match="linear or nearest"):
+        res.labels_on((64, 64, 64), "cubic")
+
+
 def test_an_evaluation_run_can_take_its_heads_and_its_localiser_from_two_checkpoints(bank, tmp_path, monkeypatch):
     from priorsam.evaluation.runs import run_weights
 

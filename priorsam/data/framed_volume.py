@@ -146,3 +146,23 @@ def resample_labels(labels: np.ndarray, shape) -> np.ndarray:
     idx = [np.minimum(((np.arange(int(n)) + 0.5) * c / int(n)).astype(int), c - 1)
            for n, c in zip(shape, labels.shape)]
     return np.ascontiguousarray(labels[np.ix_(*idx)])
+
+
+
+
+def resample_scores_to_labels(scores: np.ndarray, shape, factor: int = 2) -> np.ndarray:
+    """Per-class scores (C, X, Y, Z) on a coarse grid → the uint8 label map of ``shape``: the scores are
+    interpolated linearly to a grid ``factor`` times finer, each voxel there takes its highest class, and
+    each output voxel the fine voxel holding its centre (:func:`resample_labels`, same alignment). An
+    organ's boundary then falls where the scores cross, between coarse voxel centres, to within a
+    ``factor``-th of a coarse voxel, instead of on the coarse grid's faces; ×2 costs ~8× the coarse
+    grid, not a (C, X, Y, Z) float copy at full resolution."""
+    t = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))[None]
+    size = tuple(min(int(n), int(c) * factor) for n, c in zip(shape, scores.shape[1:]))
+    v = F.interpolate(t, size=size, mode="trilinear", align_corners=False)[0]
+    best, lab = v[0], torch.zeros(size, dtype=torch.uint8)
+    for c in range(1, v.shape[0]):   # a running argmax: over a leading axis it is several times faster on CPU
+        win = v[c] > best
+        best = torch.where(win, v[c], best)
+        lab[win] = c
+    return resample_labels(lab.numpy(), shape)

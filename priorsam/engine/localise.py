@@ -2,10 +2,11 @@
 
 volume (canonical RAS HU) → resampled to the localiser's grid (anti-aliased) → edge-padded to
 its minimum input (a tight field of view or a thin slab is presented as training presented it)
-→ probabilities → per organ: the connected component with the most probability mass and the pieces of the same
-organ near it, presence, a 3D box grown (never shifted: where the localiser is off, a shifted box cuts the organ,
-a grown one only searches more) →
-per original slice, the organs to look for and their in-plane boxes.
+→ probabilities → per organ (:func:`keep_components`): the connected component with the most probability mass
+among those near another organ, and the pieces of the same organ near it; presence, a 3D box grown (never
+shifted: where the localiser is off, a shifted box cuts the organ, a grown one only searches more) →
+per original slice, the organs to look for and their in-plane boxes; and the kept organs' probabilities, which
+:meth:`LocaliserResult.labels_on` interpolates to the volume's grid.
 
 A volume whose z coverage is under ``min_z_mm`` gives no 3D context: :func:`localise` returns a
 result with ``usable=False`` and the reason, and the per-slice model runs alone.
@@ -19,7 +20,7 @@ import torch
 from scipy import ndimage
 
 from ..data.appearance import pad_edge
-from ..data.framed_volume import resample_labels, resample_to_grid
+from ..data.framed_volume import resample_labels, resample_scores_to_labels, resample_to_grid
 from ..labels import organ_ids
 
 
@@ -38,6 +39,9 @@ class LocaliserResult:
     prompt_boxes: dict[int, dict[int, tuple[float, float, float, float]]] = field(default_factory=dict)
     seconds: float = 0.0
     coarse_labels: np.ndarray | None = None   # (x, y, z) on the localiser grid, after clean-up
+    # (C, x, y, z) float16: each kept organ's probability within one voxel of its kept mask; for the
+    # background, the highest probability of the classes not kept there (what :meth:`labels_on` interpolates)
+    coarse_scores: np.ndarray | None = None
     n_slices: int = 0
 
     def organs_at(self, z: int) -> dict[int, tuple[float, float, float, float]]:
@@ -58,10 +62,15 @@ class LocaliserResult:
             zs = range(max(0, zs[0] - m), min(n, self.n_slices) if self.n_slices else n)
         return np.array(list(zs), dtype=int)
 
-    def labels_on(self, shape: tuple[int, int, int]) -> np.ndarray:
-        """The localiser's cleaned organ labels on a volume grid of ``shape`` (X, Y, Z): each voxel takes the
-        coarse voxel that holds its centre."""
-        return resample_labels(self.coarse_labels, shape)
+    def labels_on(self, shape: tuple[int, int, int], interpolation: str = "linear") -> np.ndarray:
+        """The localiser's cleaned organ labels on a volume grid of ``shape`` (X, Y, Z). ``"linear"``: the
+        kept organs' probabilities interpolated, so a boundary falls where they cross rather than on a
+        4 mm voxel's face; ``"nearest"``: each voxel takes the coarse voxel that holds its centre."""
+        if interpolation == "nearest" or self.coarse_scores is None:
+            return resample_labels(self.coarse_labels, shape)
+        if interpolation != "linear":
+            raise ValueError(f"interpolation must be linear or nearest, not {interpolation!r}")
+        return resample_scores_to_labels(self.coarse_scores, shape)
 
     def summary(self) -> dict:
         return {"usable": self.usable, "reason": self.reason, "seconds": round(self.seconds, 2),
@@ -86,17 +95,61 @@ def _fine_box(coarse_slice: np.ndarray, nf, nc, grow: tuple[float, float] = (0.0
             min(nf[1] - 1.0, fy1 + grow[1]))
 
 
+def keep_components(labels: np.ndarray, probs: np.ndarray, spacing_mm: float, pieces: bool = True,
+                    piece_mass: float = 0.25, piece_gap_mm: float = 40.0, context_mm: float = 30.0) -> np.ndarray:
+    """(X, Y, Z) argmax labels and (C, X, Y, Z) probabilities on the localiser's grid → labels with, per
+    organ, its main component and (``pieces``) the pieces near it; everything else background.
+
+    The main component is the one with the most probability mass, not the most voxels: a large blob of
+    barely-winning voxels elsewhere (a "spleen" in the stomach wall) loses to the confident one. It is
+    chosen among the components that lie within ``context_mm`` of another organ's main component (its
+    box): the eight organs sit against one another in the upper abdomen, and a confident blob far from
+    all of them (a "stomach" in the bowel at the pelvic edge of a scan) is not one of them. When no
+    component of an organ has that context (an organ alone in a field of view), every one competes;
+    ``context_mm`` 0 turns the rule off. With ``pieces``, every other component with at least
+    ``piece_mass`` of the main one's mass whose nearest voxel lies within ``piece_gap_mm`` of it is kept
+    too: at 4 mm the localiser draws the pancreas in pieces (its thin neck is lost), and keeping only the
+    main piece halved it (docs/generalisation.md)."""
+    organs = {}
+    for k in range(1, probs.shape[0]):
+        lab, n = ndimage.label(labels == k)
+        if n:
+            mass = np.asarray(ndimage.sum_labels(probs[k], lab, np.arange(1, n + 1)))
+            boxes = np.array([[s.start for s in b] + [s.stop - 1 for s in b] for b in ndimage.find_objects(lab)])
+            organs[k] = (lab, n, mass, boxes)
+    top = {k: int(np.argmax(o[2])) for k, o in organs.items()}
+    grow = context_mm / spacing_mm
+    for _ in range(3 if context_mm > 0 else 0):
+        # Each organ's choice depends on the others' main components: a few rounds settle it (a wrong
+        # blob of one organ can lend a wrong blob of another context only until it is itself dropped).
+        new = {}
+        for k, (lab, n, mass, boxes) in organs.items():
+            others = np.array([organs[j][3][top[j]] for j in organs if j != k]).reshape(-1, 6)
+            near = np.array([bool(len(others)) and bool(((boxes[i, :3] <= others[:, 3:] + grow) &
+                                                         (boxes[i, 3:] >= others[:, :3] - grow)).all(1).any())
+                             for i in range(n)])
+            new[k] = int(np.argmax(np.where(near, mass, -1.0))) if near.any() else int(np.argmax(mass))
+        if new == top:
+            break
+        top = new
+    out = np.zeros(labels.shape, np.uint8)
+    for k, (lab, n, mass, _) in organs.items():
+        keep = np.arange(n) == top[k]
+        if pieces and n > 1:
+            gap = ndimage.distance_transform_edt(lab != top[k] + 1, sampling=spacing_mm)
+            near = np.asarray(ndimage.minimum(gap, lab, np.arange(1, n + 1)))
+            keep |= (mass >= piece_mass * mass[top[k]]) & (near <= piece_gap_mm)
+        out[np.isin(lab, 1 + np.flatnonzero(keep))] = k
+    return out
+
+
 @torch.inference_mode()
 def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch.device = "cpu",
              margin_mm: float = 10.0, z_margin_mm: float = 6.0, min_z_mm: float = 40.0,
              min_ml: float = 1.0, pieces: bool = True, piece_mass: float = 0.25,
-             piece_gap_mm: float = 40.0) -> LocaliserResult:
-    """Locate the organs in a (X,Y,Z) HU volume with voxel ``spacing`` (mm).
-
-    Per organ the component with the most probability mass is kept, and with it every other component
-    with at least ``piece_mass`` of its mass whose nearest voxel lies within ``piece_gap_mm`` of it (``pieces``): at
-    4 mm the localiser draws the pancreas in pieces (its thin neck is lost), and keeping only the main
-    piece halved it (docs/generalisation.md)."""
+             piece_gap_mm: float = 40.0, context_mm: float = 30.0) -> LocaliserResult:
+    """Locate the organs in a (X,Y,Z) HU volume with voxel ``spacing`` (mm); per organ the components of
+    :func:`keep_components`."""
     import time
 
     t0 = time.time()
@@ -108,7 +161,8 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
     padded, crop = pad_edge(coarse, localiser.min_shape)
     x = localiser.prepare(torch.from_numpy(padded)[None].to(device))
     probs = localiser(x).float().softmax(1)[0][(slice(None),) + crop].cpu().numpy()
-    labels = probs.argmax(0).astype(np.uint8)
+    labels = keep_components(probs.argmax(0), probs, localiser.spacing_mm, pieces, piece_mass, piece_gap_mm,
+                             context_mm)
     voxel_ml = localiser.spacing_mm ** 3 / 1000.0
     res = LocaliserResult(True, seconds=0.0, n_slices=int(hu.shape[2]))
     clean = np.zeros_like(labels)
@@ -116,20 +170,6 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
     nc = np.array(labels.shape)
     for k in range(1, localiser.num_classes):
         m = labels == k
-        if m.any():
-            lab, n = ndimage.label(m)
-            if n > 1:
-                # The component holding most of the organ's probability, not the most voxels: a large
-                # blob of barely-winning voxels elsewhere (a "spleen" in the stomach wall) loses to
-                # the confident one.
-                mass = ndimage.sum_labels(probs[k], lab, np.arange(1, n + 1))
-                top = int(np.argmax(mass))
-                keep = np.arange(n) == top
-                if pieces:
-                    gap = ndimage.distance_transform_edt(lab != top + 1, sampling=localiser.spacing_mm)
-                    near = np.asarray(ndimage.minimum(gap, lab, np.arange(1, n + 1)))
-                    keep |= (mass >= piece_mass * mass[top]) & (near <= piece_gap_mm)
-                m = np.isin(lab, 1 + np.flatnonzero(keep))
         ml = float(m.sum()) * voxel_ml
         res.volume_ml[k] = ml
         res.present[k] = bool(m.any()) and ml >= min_ml
@@ -162,5 +202,15 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
         res.slice_boxes[k] = per
         res.prompt_boxes[k] = tight
     res.coarse_labels = clean
+    # Scores to interpolate: a kept organ's probability within one voxel of its kept mask; the
+    # background's, the highest probability of every class not kept there (so a dropped component stays
+    # background, and at each coarse voxel's centre the highest score is its cleaned label).
+    scores = np.zeros_like(probs)
+    scores[0] = probs[0]
+    for k in range(1, probs.shape[0]):
+        near = ndimage.binary_dilation(clean == k, iterations=1) if k in res.slice_boxes else np.zeros_like(clean, bool)
+        scores[k][near] = probs[k][near]
+        np.maximum(scores[0], np.where(near, 0.0, probs[k]), out=scores[0])
+    res.coarse_scores = scores.astype(np.float16)
     res.seconds = time.time() - t0
     return res

@@ -50,6 +50,11 @@ class SegmentOptions(RefineOptions):
     localiser_margin_mm: float = 10.0   # localiser boxes are grown by this in-plane (larger, never shifted)
     localiser_pieces: bool = True       # keep the pieces of an organ near its main component (the localiser
                                         # draws the pancreas in pieces at 4 mm); False: the main one only
+    localiser_interpolation: str = "linear"  # the localiser's masks on the volume's grid: "linear" (its organ
+                                        # probabilities interpolated: boundaries between its 4 mm voxels) or
+                                        # "nearest" (its voxels as they are)
+    localiser_context_mm: float = 30.0  # an organ's main component is chosen among those within this of another
+                                        # organ's (engine.localise.keep_components); 0: among all
     localiser_agreement: float = 0.8    # per organ and slice, the localiser's mask replaces a per-slice mask
                                         # that agrees with it under this Dice (0: never; chosen on training
                                         # anatomies, docs/generalisation.md)
@@ -193,7 +198,7 @@ class Segmenter:
         labels = from_display(display)
         if o.box_smoothing:
             labels = smooth_organ_boxes(labels)
-        loc_labels = loc.labels_on(labels.shape) if guide_for is not None else None
+        loc_labels = loc.labels_on(labels.shape, o.localiser_interpolation) if guide_for is not None else None
         if loc_labels is not None and o.localiser_agreement > 0:
             labels = agree_with_localiser(labels, loc_labels, o.localiser_agreement)
         labels = self.model.to_label_ids(clean_labels(labels, largest_component=o.largest_component,
@@ -206,13 +211,13 @@ class Segmenter:
                                   self.model_info(), ran, loc_info)
 
     def _localiser_answer(self, volume: Volume, loc, fov_mm: np.ndarray, t0: float) -> SegmentationResult:
-        """The localiser's own organ masks on the volume's grid (nearest coarse voxel), said in the log."""
+        """The localiser's own organ masks on the volume's grid (``localiser_interpolation``), said in the log."""
         from ..io.checks import show_warnings
 
         show_warnings([f"tight field of view ({fov_mm[0]:.0f} × {fov_mm[1]:.0f} mm in-plane, under "
-                       f"{self.options.tight_fov_mm:.0f} mm): the organs are the 3D localiser's masks, drawn on its "
+                       f"{self.options.tight_fov_mm:.0f} mm): the organs are the 3D localiser's masks, found on its "
                        f"{self.model.localiser.spacing_mm:g} mm grid; the per-slice model is not run"])
-        labels = self.model.to_label_ids(loc.labels_on(volume.shape))
+        labels = self.model.to_label_ids(loc.labels_on(volume.shape, self.options.localiser_interpolation))
         info = {**loc.summary(), "slices_skipped": int(volume.shape[2]), "answer": "localiser (tight field of view)"}
         return SegmentationResult(labels, time.time() - t0, str(self.device), asdict(self.options),
                                   self.model_info(), 0, info)
@@ -225,7 +230,7 @@ class Segmenter:
         from .localise import localise
 
         res = localise(volume.array, volume.spacing, loc_net, self.device, margin_mm=self.options.localiser_margin_mm,
-                       pieces=self.options.localiser_pieces)
+                       pieces=self.options.localiser_pieces, context_mm=self.options.localiser_context_mm)
         if not res.usable:
             # Said where every entry point's user looks (a "warning:" line on stderr, which the Slicer
             # module shows too) and kept in result.localiser for reports.

@@ -116,7 +116,9 @@ def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], 
             support = np.ascontiguousarray(pp.supported()[crop])
             memo: dict = {}
             for run in runs:
-                if setting not in run.get("settings", settings):
+                # A slab is too thin for the localiser: a localiser-only run has nothing to score there.
+                default = [s for s in settings if not (run.get("localiser_only") and s in SLAB_SETTINGS)]
+                if setting not in run.get("settings", default):
                     continue
                 seg = segs[run["name"]]
                 t0 = time.time()
