@@ -148,8 +148,6 @@ def resample_labels(labels: np.ndarray, shape) -> np.ndarray:
     return np.ascontiguousarray(labels[np.ix_(*idx)])
 
 
-
-
 def resample_scores_to_labels(scores: np.ndarray, shape, factor: int = 2) -> np.ndarray:
     """Per-class scores (C, X, Y, Z) on a coarse grid → the uint8 label map of ``shape``: the scores are
     interpolated linearly to a grid ``factor`` times finer, each voxel there takes its highest class, and

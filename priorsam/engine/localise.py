@@ -66,10 +66,10 @@ class LocaliserResult:
         """The localiser's cleaned organ labels on a volume grid of ``shape`` (X, Y, Z). ``"linear"``: the
         kept organs' probabilities interpolated, so a boundary falls where they cross rather than on a
         4 mm voxel's face; ``"nearest"``: each voxel takes the coarse voxel that holds its centre."""
+        if interpolation not in ("linear", "nearest"):
+            raise ValueError(f"interpolation must be linear or nearest, not {interpolation!r}")
         if interpolation == "nearest" or self.coarse_scores is None:
             return resample_labels(self.coarse_labels, shape)
-        if interpolation != "linear":
-            raise ValueError(f"interpolation must be linear or nearest, not {interpolation!r}")
         return resample_scores_to_labels(self.coarse_scores, shape)
 
     def summary(self) -> dict:
