@@ -125,9 +125,8 @@ def keep_components(labels: np.ndarray, probs: np.ndarray, spacing_mm: float, pi
         new = {}
         for k, (lab, n, mass, boxes) in organs.items():
             others = np.array([organs[j][3][top[j]] for j in organs if j != k]).reshape(-1, 6)
-            near = np.array([bool(len(others)) and bool(((boxes[i, :3] <= others[:, 3:] + grow) &
-                                                         (boxes[i, 3:] >= others[:, :3] - grow)).all(1).any())
-                             for i in range(n)])
+            near = ((boxes[:, None, :3] <= others[None, :, 3:] + grow) &
+                    (boxes[:, None, 3:] >= others[None, :, :3] - grow)).all(2).any(1)   # (n,): boxes overlap
             new[k] = int(np.argmax(np.where(near, mass, -1.0))) if near.any() else int(np.argmax(mass))
         if new == top:
             break
@@ -208,7 +207,7 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
     scores = np.zeros_like(probs)
     scores[0] = probs[0]
     for k in range(1, probs.shape[0]):
-        near = ndimage.binary_dilation(clean == k, iterations=1) if k in res.slice_boxes else np.zeros_like(clean, bool)
+        near = ndimage.binary_dilation(clean == k)   # empty for an organ not kept
         scores[k][near] = probs[k][near]
         np.maximum(scores[0], np.where(near, 0.0, probs[k]), out=scores[0])
     res.coarse_scores = scores.astype(np.float16)
