@@ -40,6 +40,34 @@ def test_the_localisers_mask_stands_where_the_per_slice_mask_disagrees_with_it()
     np.testing.assert_array_equal(agree_with_localiser(lab, loc, min_dice=0.0), lab)
 
 
+def test_where_the_localiser_is_sure_its_probability_overrules_the_per_slice_mask():
+    from priorsam.engine.consistency import fuse_with_localiser
+
+    # The localiser's probabilities on a grid half as fine as the volume's (40³ → 20³).
+    scores = np.zeros((9, 20, 20, 20), np.float32)
+    scores[0] = 1.0
+    scores[5, 5:15, 5:15, 5:15], scores[0, 5:15, 5:15, 5:15] = 0.95, 0.05   # its liver: sure
+    scores[5, 4, 5:15, 5:15] = scores[0, 4, 5:15, 5:15] = 0.5                # a doubtful rim above it
+    loc = np.zeros((40, 40, 40), np.uint8)
+    loc[10:30, 10:30, 10:30] = 5
+    lab = np.zeros_like(loc)
+    lab[12:30, 10:30, 10:30] = 5                  # the per-slice liver stops 2 voxels short...
+    lab[8:10, 10:30, 10:30] = 5                   # ...except a band in the doubtful rim (kept)
+    lab[30:36, 10:30, 10:30] = 5                  # and spills where the localiser has no liver (dropped)
+    lab[20:24, 20:24, 20:24] = 1                  # a spleen inside the localiser's liver: not taken
+    lab[0:3, 0:3, 0:3] = 7                        # an organ the localiser did not locate: left alone
+    out = fuse_with_localiser(lab, loc, scores, organs=[5], veto_below=0.1, fill_above=0.8)
+    expect = np.zeros_like(lab)
+    expect[8:30, 10:30, 10:30] = 5
+    expect[20:24, 20:24, 20:24] = 1
+    expect[0:3, 0:3, 0:3] = 7
+    np.testing.assert_array_equal(out, expect)
+    # 0 switches each part off.
+    assert (fuse_with_localiser(lab, loc, scores, [5], 0.0, 0.8)[30:36, 10:30, 10:30] == 5).all()
+    assert (fuse_with_localiser(lab, loc, scores, [5], 0.1, 0.0)[10:12, 10:30, 10:30] == 0).all()
+    np.testing.assert_array_equal(fuse_with_localiser(lab, loc, scores, [5], 0.0, 0.0), lab)
+
+
 def test_clean_up_keeps_the_pieces_the_localiser_draws_and_drops_the_rest():
     from priorsam.engine.consistency import clean_labels
 

@@ -129,7 +129,8 @@ def test_localiser_training_can_start_from_exported_weights_and_refuses_another_
 
 def test_tight_field_of_view_takes_the_localisers_masks_and_says_so(tmp_path, capsys):
     """A 150 mm field (under ``tight_fov_mm``): the engine answers with the localiser's own masks on the
-    volume grid, runs no slice through the per-slice model, and says why on stderr."""
+    volume grid (from 4 passes over shifted grids), runs no slice through the per-slice model, and says
+    why on stderr."""
     import nibabel as nib
 
     from priorsam.engine.localise import localise
@@ -144,12 +145,45 @@ def test_tight_field_of_view_takes_the_localisers_masks_and_says_so(tmp_path, ca
     res = seg.segment(volume, show_bar=False)
     assert res.slices_run == 0 and res.localiser["answer"].startswith("localiser")
     assert "tight field of view (150 × 150 mm" in capsys.readouterr().err
-    loc = localise(volume.array, volume.spacing, seg.model.localiser)
+    loc = localise(volume.array, volume.spacing, seg.model.localiser, shifts=4)
     np.testing.assert_array_equal(res.labels, loc.labels_on(volume.shape))
     assert set(np.unique(res.labels)) == {0} | {k for k, here in loc.present.items() if here}
     # Switched off, the per-slice model runs as on a whole-trunk scan.
     off = Segmenter(None, "cpu", SegmentOptions(tight_fov_mm=0.0)).segment(volume, show_bar=False)
     assert off.slices_run > 0 and "answer" not in off.localiser
+
+
+def test_shifted_passes_of_the_localiser_are_put_back_where_they_belong():
+    """``probabilities`` with shifts: each pass's output is cropped back onto the unshifted grid, so a
+    network that looks at each voxel alone gives the same map with any number of shifts, and a network
+    that sees context gives a proper average (probabilities that sum to 1, same shape)."""
+    import torch
+
+    from priorsam.engine.localise import probabilities
+
+    class Local(torch.nn.Module):
+        spacing_mm, min_shape, num_classes = 4.0, (16, 16, 16), 3
+
+        def __init__(self, kernel: int):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv3d(1, 3, kernel, padding=kernel // 2)
+
+        def prepare(self, x):
+            return x[:, None] / 100.0
+
+        def forward(self, x):
+            return self.conv(x)
+
+    coarse = np.random.default_rng(0).normal(0, 100, (20, 13, 9)).astype(np.float32)
+    pointwise = Local(1)
+    one = probabilities(coarse, pointwise, shifts=1)
+    assert one.shape == (3, 20, 13, 9)
+    np.testing.assert_allclose(probabilities(coarse, pointwise, shifts=4), one, atol=1e-6)
+    wide = Local(5)
+    avg = probabilities(coarse, wide, shifts=4)
+    assert avg.shape == one.shape and np.allclose(avg.sum(0), 1.0, atol=1e-5)
+    assert not np.allclose(avg, probabilities(coarse, wide, shifts=1), atol=1e-4)   # the edges differ
 
 
 def test_a_field_that_cuts_through_the_trunk_is_told_from_one_cropped_to_the_body():

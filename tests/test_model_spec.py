@@ -224,6 +224,12 @@ def test_the_localisers_masks_on_the_volume_grid_follow_its_probabilities():
     assert not linear[60:, 60:, 60:].any() and not nearest[60:, 60:, 60:].any()
     with pytest.raises(ValueError, match="linear or nearest"):
         res.labels_on((64, 64, 64), "cubic")
+    # The probabilities the engine reads per voxel: on a grid twice the localiser's, the same labels.
+    scores = res.scores_on((64, 64, 64))
+    assert scores.shape == (9, 32, 32, 32) and scores.dtype == np.float32
+    np.testing.assert_array_equal(res.labels_on((64, 64, 64), scores=scores), linear)
+    assert scores[5, 16, 16, 16] > 0.99 and scores[5, 31, 31, 31] == 0.0     # the centre; the dropped voxel
+    assert res.scores_on((64, 64, 64), "nearest").shape == (9, 16, 16, 16)
 
 
 def test_an_evaluation_run_can_take_its_heads_and_its_localiser_from_two_checkpoints(bank, tmp_path, monkeypatch):

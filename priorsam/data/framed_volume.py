@@ -143,22 +143,33 @@ def resample_labels(labels: np.ndarray, shape) -> np.ndarray:
     the input voxel holding its centre (PyTorch's ``nearest-exact``, by index so no float copy of a
     full-resolution volume is made). The companion of :func:`resample_to_grid` for labels, fields of
     view and masks, in both directions."""
-    idx = [np.minimum(((np.arange(int(n)) + 0.5) * c / int(n)).astype(int), c - 1)
-           for n, c in zip(shape, labels.shape)]
+    idx = [nearest_index(n, c) for n, c in zip(shape, labels.shape)]
     return np.ascontiguousarray(labels[np.ix_(*idx)])
 
 
-def resample_scores_to_labels(scores: np.ndarray, shape, factor: int = 2) -> np.ndarray:
-    """Per-class scores (C, X, Y, Z) on a coarse grid → the uint8 label map of ``shape``: the scores are
-    interpolated linearly to a grid ``factor`` times finer, each voxel there takes its highest class, and
-    each output voxel the fine voxel holding its centre (:func:`resample_labels`, same alignment). An
-    organ's boundary then falls where the scores cross, between coarse voxel centres, to within a
-    ``factor``-th of a coarse voxel, instead of on the coarse grid's faces; ×2 costs ~8× the coarse
-    grid, not a (C, X, Y, Z) float copy at full resolution."""
+def nearest_index(n_out: int, n_in: int) -> np.ndarray:
+    """For each of ``n_out`` voxels along an axis, the index of the voxel of an ``n_in``-voxel axis (same
+    extent) that holds its centre: :func:`resample_labels`'s alignment, for looking values up on a coarser grid."""
+    return np.minimum(((np.arange(int(n_out)) + 0.5) * n_in / int(n_out)).astype(int), n_in - 1)
+
+
+def upsample_scores(scores: np.ndarray, shape, factor: int = 2) -> np.ndarray:
+    """Per-class scores (C, X, Y, Z) on a coarse grid → float32 (C, X', Y', Z') interpolated linearly to a grid
+    ``factor`` times finer (each axis at most ``shape``'s, the volume the scores will be read on: a voxel of it
+    looks its value up by :func:`nearest_index`). ×2 costs ~8× the coarse grid, not a (C, X, Y, Z) float copy
+    at full resolution."""
     t = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))[None]
     size = tuple(min(int(n), int(c) * factor) for n, c in zip(shape, scores.shape[1:]))
-    v = F.interpolate(t, size=size, mode="trilinear", align_corners=False)[0]
-    best, lab = v[0], torch.zeros(size, dtype=torch.uint8)
+    return F.interpolate(t, size=size, mode="trilinear", align_corners=False)[0].numpy()
+
+
+def labels_from_fine_scores(fine: np.ndarray, shape) -> np.ndarray:
+    """Scores (C, X', Y', Z') of :func:`upsample_scores` → the uint8 label map of ``shape``: each of their voxels
+    takes its highest class, each output voxel the one holding its centre (:func:`resample_labels`). From
+    coarse scores interpolated ×2 an organ's boundary falls where the scores cross, between coarse voxel
+    centres, to within half a coarse voxel, instead of on the coarse grid's faces."""
+    v = torch.from_numpy(fine)
+    best, lab = v[0], torch.zeros(v.shape[1:], dtype=torch.uint8)
     for c in range(1, v.shape[0]):   # a running argmax: over a leading axis it is several times faster on CPU
         win = v[c] > best
         best = torch.where(win, v[c], best)

@@ -20,7 +20,7 @@ import torch
 from scipy import ndimage
 
 from ..data.appearance import pad_edge
-from ..data.framed_volume import resample_labels, resample_scores_to_labels, resample_to_grid
+from ..data.framed_volume import labels_from_fine_scores, resample_labels, resample_to_grid, upsample_scores
 from ..labels import organ_ids
 
 
@@ -62,20 +62,59 @@ class LocaliserResult:
             zs = range(max(0, zs[0] - m), min(n, self.n_slices) if self.n_slices else n)
         return np.array(list(zs), dtype=int)
 
-    def labels_on(self, shape: tuple[int, int, int], interpolation: str = "linear") -> np.ndarray:
+    def labels_on(self, shape: tuple[int, int, int], interpolation: str = "linear",
+                  scores: np.ndarray | None = None) -> np.ndarray:
         """The localiser's cleaned organ labels on a volume grid of ``shape`` (X, Y, Z). ``"linear"``: the
         kept organs' probabilities interpolated, so a boundary falls where they cross rather than on a
-        4 mm voxel's face; ``"nearest"``: each voxel takes the coarse voxel that holds its centre."""
-        if interpolation not in ("linear", "nearest"):
-            raise ValueError(f"interpolation must be linear or nearest, not {interpolation!r}")
+        4 mm voxel's face; ``"nearest"``: each voxel takes the coarse voxel that holds its centre.
+        ``scores``: :meth:`scores_on`'s result for the same shape and interpolation, when computed already."""
+        _check_interpolation(interpolation)
         if interpolation == "nearest" or self.coarse_scores is None:
             return resample_labels(self.coarse_labels, shape)
-        return resample_scores_to_labels(self.coarse_scores, shape)
+        return labels_from_fine_scores(scores if scores is not None else self.scores_on(shape, interpolation), shape)
+
+    def scores_on(self, shape: tuple[int, int, int], interpolation: str = "linear") -> np.ndarray | None:
+        """The kept organs' probabilities (C, X', Y', Z') float32 for a volume grid of ``shape``, on a grid a
+        volume voxel reads by :func:`~priorsam.data.framed_volume.nearest_index`: interpolated to twice the
+        localiser's resolution (``"linear"``) or its own voxels (``"nearest"``); None without scores."""
+        _check_interpolation(interpolation)
+        if self.coarse_scores is None:
+            return None
+        if interpolation == "nearest":
+            return self.coarse_scores.astype(np.float32)
+        return upsample_scores(self.coarse_scores, shape)
 
     def summary(self) -> dict:
         return {"usable": self.usable, "reason": self.reason, "seconds": round(self.seconds, 2),
                 "present": {str(k): v for k, v in self.present.items()},
                 "volume_ml": {str(k): round(v, 1) for k, v in self.volume_ml.items()}}
+
+
+@torch.inference_mode()
+def probabilities(coarse: np.ndarray, localiser, device: str | torch.device = "cpu", shifts: int = 1) -> np.ndarray:
+    """(x, y, z) HU on the localiser's grid → (C, x, y, z) float32 class probabilities, edge-padded to its
+    minimum input (a tight field of view or a thin slab is presented as training presented it).
+
+    With ``shifts`` > 1 the network also sees the grid moved by i·8/``shifts`` voxels along each axis
+    (i = 1 … shifts − 1; edge-padded in front, cropped back after) and the probabilities are averaged: the
+    network pools by 8, so each shift shows it the anatomy at another phase of its pooling grid. On the
+    training anatomies kept out of the heads' training, 4 shifts lifted the localiser's own masks on
+    150 mm crops around the aorta from 0.827 to 0.836 mean Dice on its 4 mm grid (8 of 9 better;
+    docs/generalisation.md)."""
+    total = None
+    for i in range(max(1, int(shifts))):
+        o = i * 8 // max(1, int(shifts))
+        grid = np.pad(coarse, [(o, 0)] * 3, mode="edge") if o else coarse
+        padded, crop = pad_edge(grid, localiser.min_shape)
+        x = localiser.prepare(torch.from_numpy(padded)[None].to(device))
+        p = localiser(x).float().softmax(1)[0][(slice(None),) + crop][:, o:, o:, o:]
+        total = p if total is None else total + p
+    return (total / max(1, int(shifts))).cpu().numpy()
+
+
+def _check_interpolation(interpolation: str) -> None:
+    if interpolation not in ("linear", "nearest"):
+        raise ValueError(f"interpolation must be linear or nearest, not {interpolation!r}")
 
 
 def coarse_to_fine_index(c0: float, c1: float, n_fine: int, n_coarse: int) -> tuple[float, float]:
@@ -146,9 +185,10 @@ def keep_components(labels: np.ndarray, probs: np.ndarray, spacing_mm: float, pi
 def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch.device = "cpu",
              margin_mm: float = 10.0, z_margin_mm: float = 6.0, min_z_mm: float = 40.0,
              min_ml: float = 1.0, pieces: bool = True, piece_mass: float = 0.25,
-             piece_gap_mm: float = 40.0, context_mm: float = 30.0) -> LocaliserResult:
+             piece_gap_mm: float = 40.0, context_mm: float = 30.0, shifts: int = 1) -> LocaliserResult:
     """Locate the organs in a (X,Y,Z) HU volume with voxel ``spacing`` (mm); per organ the components of
-    :func:`keep_components`."""
+    :func:`keep_components`; the probabilities averaged over ``shifts`` placements of the grid
+    (:func:`probabilities`)."""
     import time
 
     t0 = time.time()
@@ -156,10 +196,7 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
     if z_mm < min_z_mm:
         return LocaliserResult(False, f"3D context too thin ({z_mm:.0f} mm of z < {min_z_mm:.0f} mm): "
                                       f"the per-slice model runs without the localiser")
-    coarse = resample_to_grid(hu, spacing, localiser.spacing_mm)
-    padded, crop = pad_edge(coarse, localiser.min_shape)
-    x = localiser.prepare(torch.from_numpy(padded)[None].to(device))
-    probs = localiser(x).float().softmax(1)[0][(slice(None),) + crop].cpu().numpy()
+    probs = probabilities(resample_to_grid(hu, spacing, localiser.spacing_mm), localiser, device, shifts)
     labels = keep_components(probs.argmax(0), probs, localiser.spacing_mm, pieces, piece_mass, piece_gap_mm,
                              context_mm)
     voxel_ml = localiser.spacing_mm ** 3 / 1000.0

@@ -5,8 +5,9 @@ Volume → :class:`~priorsam.data.framed_volume.FramedVolume` (window, channels,
 localiser (:mod:`.localise`: which slices and organs to look at, and where) → per batch of slices:
 encoder features (:meth:`Segmenter.features`, the runtime picked for the device) →
 :meth:`PriorSAM.segment_slices` (heads + coarse-to-fine refinement, in ``models/``) → back to the
-slice grid → in 3D (:mod:`.consistency`): slice-to-slice box smoothing, largest connected component
-per organ and hole filling → label ids (:meth:`PriorSAM.to_label_ids`).
+slice grid → in 3D (:mod:`.consistency`): slice-to-slice box smoothing, the localiser's masks where
+they disagree and its probabilities where it is sure, largest connected component per organ and hole
+filling → label ids (:meth:`PriorSAM.to_label_ids`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 from ..data.framed_volume import FramedVolume, Framing
 from ..io import Volume, from_display
 from ..models.refinement import RefineOptions
-from .consistency import agree_with_localiser, clean_labels, smooth_organ_boxes
+from .consistency import agree_with_localiser, clean_labels, fuse_with_localiser, smooth_organ_boxes
 from .device import resolve_device
 from .progress import ProgressFn
 from .slices import run_over_slices
@@ -55,9 +56,18 @@ class SegmentOptions(RefineOptions):
                                         # "nearest" (its voxels as they are)
     localiser_context_mm: float = 30.0  # an organ's main component is chosen among those within this of another
                                         # organ's (engine.localise.keep_components); 0: among all
-    localiser_agreement: float = 0.8    # per organ and slice, the localiser's mask replaces a per-slice mask
+    localiser_agreement: float = 0.7    # per organ and slice, the localiser's mask replaces a per-slice mask
                                         # that agrees with it under this Dice (0: never; chosen on training
                                         # anatomies, docs/generalisation.md)
+    localiser_veto: float = 0.1         # a per-slice organ voxel where the localiser gives that organ a
+                                        # probability under this becomes background (0: never)
+    localiser_fill: float = 0.8         # a background voxel where the localiser's organ has a probability
+                                        # over this takes it (0: never); both chosen on training anatomies kept
+                                        # out of the heads' training (docs/generalisation.md)
+    localiser_shifts: int | None = None  # passes of the localiser over its grid shifted by 0–6 voxels, probabilities
+                                        # averaged; None: 4 where its masks are the answer (a tight field: they
+                                        # decide every voxel there, and 4 passes take ~6 s, 1 takes ~1.5 s, on
+                                        # 2 CPU cores), 1 elsewhere
     tight_fov_mm: float = 250.0         # an in-plane field of view narrower than this that cuts through the
                                         # trunk (a CTA reconstructed around the aorta) takes the localiser's
                                         # 3D organ masks as the answer: there the per-slice path draws organs
@@ -165,9 +175,10 @@ class Segmenter:
     def segment(self, volume: Volume, progress: ProgressFn | None = None, show_bar: bool = True) -> SegmentationResult:
         t0 = time.time()
         o = self.options
-        loc = self.localise(volume)
         fov_mm = np.array(volume.shape[:2]) * np.asarray(volume.spacing[:2], float)
-        if loc is not None and loc.usable and float(fov_mm.min()) < o.tight_fov_mm and cuts_trunk(volume.array):
+        tight = float(fov_mm.min()) < o.tight_fov_mm and cuts_trunk(volume.array)
+        loc = self.localise(volume, shifts=4 if tight else 1)
+        if loc is not None and loc.usable and tight:
             return self._localiser_answer(volume, loc, fov_mm, t0)
         framed = FramedVolume.from_volume(volume, self.framing())
         slices = framed.slices
@@ -198,9 +209,15 @@ class Segmenter:
         labels = from_display(display)
         if o.box_smoothing:
             labels = smooth_organ_boxes(labels)
-        loc_labels = loc.labels_on(labels.shape, o.localiser_interpolation) if guide_for is not None else None
-        if loc_labels is not None and o.localiser_agreement > 0:
-            labels = agree_with_localiser(labels, loc_labels, o.localiser_agreement)
+        loc_labels = None
+        if guide_for is not None:
+            scores = loc.scores_on(labels.shape, o.localiser_interpolation)
+            loc_labels = loc.labels_on(labels.shape, o.localiser_interpolation, scores)
+            if o.localiser_agreement > 0:
+                labels = agree_with_localiser(labels, loc_labels, o.localiser_agreement)
+            if scores is not None and (o.localiser_veto > 0 or o.localiser_fill > 0):
+                located = [k for k, found in loc.present.items() if found]
+                labels = fuse_with_localiser(labels, loc_labels, scores, located, o.localiser_veto, o.localiser_fill)
         labels = self.model.to_label_ids(clean_labels(labels, largest_component=o.largest_component,
                                                       fill_holes=o.fill_holes, localiser_labels=loc_labels))
         loc_info = loc.summary() if loc is not None else {"usable": False, "reason": "no localiser in these weights"
@@ -222,15 +239,17 @@ class Segmenter:
         return SegmentationResult(labels, time.time() - t0, str(self.device), asdict(self.options),
                                   self.model_info(), 0, info)
 
-    def localise(self, volume: Volume):
-        """The localiser's result for ``volume`` (None without a localiser); says so when 3D context is too thin."""
+    def localise(self, volume: Volume, shifts: int = 1):
+        """The localiser's result for ``volume`` (None without a localiser); says so when 3D context is too thin.
+        ``shifts``: passes over shifted grids (:func:`.localise.probabilities`) unless the options set them."""
         loc_net = getattr(self.model, "localiser", None)
         if loc_net is None or not self.options.use_localiser:
             return None
         from .localise import localise
 
         res = localise(volume.array, volume.spacing, loc_net, self.device, margin_mm=self.options.localiser_margin_mm,
-                       pieces=self.options.localiser_pieces, context_mm=self.options.localiser_context_mm)
+                       pieces=self.options.localiser_pieces, context_mm=self.options.localiser_context_mm,
+                       shifts=self.options.localiser_shifts or shifts)
         if not res.usable:
             # Said where every entry point's user looks (a "warning:" line on stderr, which the Slicer
             # module shows too) and kept in result.localiser for reports.
