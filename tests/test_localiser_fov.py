@@ -89,6 +89,36 @@ def test_thin_slab_falls_back_on_the_per_slice_model(shipped_localiser):
     assert not res.usable and "per-slice model" in res.reason
 
 
+def test_where_the_heads_answer_alone_presence_gating_is_off_unless_asked(tmp_path, monkeypatch):
+    """Under 40 mm of z the localiser is skipped; the heads then run without presence gating (it dropped
+    organs that were there on training anatomies kept out of the heads' training), and
+    ``thin_presence_gating`` turns it back on. Whole volumes keep the option as set."""
+    import nibabel as nib
+
+    from priorsam.engine.segment import SegmentOptions, Segmenter
+    from priorsam.io import read_volume
+
+    vol, spacing = cta_crop()
+    path = tmp_path / "slab.nii.gz"
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(vol[:, :, :3]), np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])),
+             path)
+    volume = read_volume(path)
+    seen = {}
+    for thin in (False, True):
+        seg = Segmenter(None, "cpu", SegmentOptions(thin_presence_gating=thin))
+        real = type(seg.model).segment_slices   # the shipped model is cached: patch it for this test only
+
+        def spy(feats, guide, refine, *args, _thin=thin, _model=seg.model, **kwargs):
+            seen.setdefault(_thin, set()).add(refine.presence_gating)
+            return real(_model, feats, guide, refine, *args, **kwargs)
+
+        monkeypatch.setattr(seg.model, "segment_slices", spy)
+        res = seg.segment(volume, show_bar=False)
+        assert not res.localiser["usable"] and res.slices_run > 0
+    assert seen == {False: {False}, True: {True}}
+    assert SegmentOptions().presence_gating   # the per-slice option itself is unchanged
+
+
 def test_loss_of_a_crop_with_no_labelled_voxel_is_finite():
     """A training crop entirely outside the labelled field of view has no CE term (not NaN)."""
     import torch

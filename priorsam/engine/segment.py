@@ -68,6 +68,10 @@ class SegmentOptions(RefineOptions):
                                         # averaged; None: 4 where its masks are the answer (a tight field: they
                                         # decide every voxel there, and 4 passes take ~6 s, 1 takes ~1.5 s, on
                                         # 2 CPU cores), 1 elsewhere
+    thin_presence_gating: bool = False  # presence gating where 3D context is too thin for the localiser and the
+                                        # heads answer alone (a few slices): off — on the nine training anatomies
+                                        # kept out of the heads' training it dropped organs that were there and
+                                        # almost never one that was not (docs/generalisation.md)
     tight_fov_mm: float = 250.0         # an in-plane field of view narrower than this that cuts through the
                                         # trunk (a CTA reconstructed around the aorta) takes the localiser's
                                         # 3D organ masks as the answer: there the per-slice path draws organs
@@ -184,6 +188,8 @@ class Segmenter:
         slices = framed.slices
         row_mm, col_mm = framed.row_mm, framed.col_mm
         refine = self.refine_options()
+        if loc is not None and not loc.usable and not o.thin_presence_gating:
+            refine.presence_gating = False
         guide_for = _slice_guide(loc, volume.shape, framed, self.model.num_classes) if loc and loc.usable else None
 
         def predict(idx: np.ndarray) -> np.ndarray:
