@@ -101,15 +101,14 @@ def probabilities(coarse: np.ndarray, localiser, device: str | torch.device = "c
     training anatomies kept out of the heads' training, 4 shifts lifted the localiser's own masks on
     150 mm crops around the aorta from 0.827 to 0.836 mean Dice on its 4 mm grid (8 of 9 better;
     docs/generalisation.md)."""
-    total = None
-    for i in range(max(1, int(shifts))):
-        o = i * 8 // max(1, int(shifts))
+    n = max(1, int(shifts))
+    total = 0.0
+    for o in (i * 8 // n for i in range(n)):
         grid = np.pad(coarse, [(o, 0)] * 3, mode="edge") if o else coarse
         padded, crop = pad_edge(grid, localiser.min_shape)
         x = localiser.prepare(torch.from_numpy(padded)[None].to(device))
-        p = localiser(x).float().softmax(1)[0][(slice(None),) + crop][:, o:, o:, o:]
-        total = p if total is None else total + p
-    return (total / max(1, int(shifts))).cpu().numpy()
+        total = total + localiser(x).float().softmax(1)[0][(slice(None),) + crop][:, o:, o:, o:]
+    return (total / n).cpu().numpy()
 
 
 def _check_interpolation(interpolation: str) -> None:
