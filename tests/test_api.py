@@ -50,6 +50,44 @@ def test_bad_outputs_fail_before_the_model_loads(tmp_path, synthetic_ct, capsys,
     assert not out.exists() and not (tmp_path / "seg.dcm").exists()
 
 
+def test_any_engine_option_can_be_set_from_the_command_line(tmp_path, synthetic_ct, capsys, monkeypatch):
+    from priorsam.engine import segment as engine
+    from priorsam.engine.option_values import parse_options
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(self, weights=None, device="auto", options=None, **kw):
+        seen["options"] = options
+        raise Stop
+
+    monkeypatch.setattr(engine.Segmenter, "__init__", capture)
+    out = tmp_path / "seg.nii.gz"
+    with pytest.raises(Stop):
+        _cli(["segment", str(synthetic_ct), str(out), "--z_stride", "2",
+              "--option", "localiser_shifts=4,localiser_fill=0,thin_presence_gating=true,z_stride=none"])
+    o = seen["options"]
+    assert (o.localiser_shifts, o.localiser_fill, o.thin_presence_gating) == (4, 0.0, True)
+    assert o.z_stride is None and o.encoder_backend == "auto"  # --option overrides the flag; the rest stays
+    assert isinstance(o.localiser_fill, float) and isinstance(o.localiser_shifts, int)
+    # a typo or a value of the wrong type is one line naming it, before anything is read or loaded
+    for bad, said in (("localiser_shift=4", "unknown option 'localiser_shift'"),
+                      ("localiser_shifts=four", "localiser_shifts: 'four' is not a whole number or none"),
+                      ("use_localiser=maybe", "use_localiser"), ("localiser_shifts", "name=value")):
+        assert _cli(["segment", str(synthetic_ct), str(out), "--option", bad]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and said in err[0], err
+        assert _cli(["batch", str(tmp_path), str(tmp_path / "batch"), "--option", bad]) == 1
+        assert said in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "batch").exists()
+    assert parse_options({"localiser_veto": 0, "encoder_backend": "torch"}) == {"localiser_veto": 0.0,
+                                                                            "encoder_backend": "torch"}
+    assert parse_options(None) == {} and parse_options(["use_localiser=0", "z_stride=3"]) == {
+        "use_localiser": False, "z_stride": 3}
+
+
 def test_segment_rejects_unknown_input_types():
     import priorsam
     from priorsam.errors import InputError

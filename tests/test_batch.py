@@ -325,7 +325,8 @@ def test_rerun_redoes_a_partial_case(first_run, tmp_path):
 @pytest.mark.slow
 def test_finished_checks_every_output_input_and_weights(first_run, tmp_path):
     from priorsam.batch.discover import discover_cases
-    from priorsam.batch.runner import finished
+    from priorsam.batch.runner import answer_options, finished
+    from priorsam.engine.segment import SegmentOptions
 
     out = _copy_out(first_run, tmp_path)
     inputs = tmp_path / "in"
@@ -341,6 +342,10 @@ def test_finished_checks_every_output_input_and_weights(first_run, tmp_path):
     a = cases["ct_a"]
     assert finished(a, out, "nifti", wsha) is not None
     assert finished(a, out, "dicom-seg", wsha) is not None                   # NIfTI source: label map only
+    same, other = answer_options(None), answer_options(SegmentOptions(localiser_shifts=4))
+    assert finished(a, out, "nifti", wsha, same) is not None                 # the defaults it ran with
+    assert finished(a, out, "nifti", wsha, answer_options(SegmentOptions(encoder_backend="torch"))) is not None
+    assert finished(a, out, "nifti", wsha, other) is None                    # other engine options
     save_nifti(inputs / "ct_a.nii.gz", synthetic_ct_array((48, 40, 2), seed=1))
     assert finished(a, out, "nifti", wsha) is None                           # input changed
     (out / "ct_a.json").write_text("{\"schema\": ")                          # torn JSON

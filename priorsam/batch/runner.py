@@ -2,7 +2,7 @@
 outputs and the case JSON (last, as the commit marker) → per-rank tables → rank 0 merges.
 
 A case is *finished* when its ``<case>.json`` parses, says ``ok``, records the sha256 of the
-current input and weights, lists every output the requested format needs, and each listed
+current input and weights and the same engine options (those that decide the answer), lists every output the requested format needs, and each listed
 output exists with the recorded sha256. Anything less is a partial case and is redone.
 Every file is written through a temp file and renamed, so a killed run leaves no half file
 under a final name.
@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -88,13 +88,29 @@ def required_outputs(fmt: str, kind: str) -> list[str]:
     return {"nifti": ["label_map"], "dicom-seg": ["dicom_seg"], "both": ["label_map", "dicom_seg"]}[fmt]
 
 
-def finished(case: Case, output: Path, fmt: str, weights_sha256: str) -> dict | None:
-    """The case's JSON record if the case is finished (see module docstring), else None."""
+def answer_options(options) -> dict:
+    """The engine options that decide a case's answer, as its record stores them: the ones the weights
+    fill in when left at None only when they were set, and not the runtime or the batch size."""
+    from ..engine.segment import SegmentOptions
+
+    runtime = {"encoder_backend", "batch_size"}
+    resolved = {"spacing_mm", "context", "framing"}
+    return {k: v for k, v in asdict(options or SegmentOptions()).items()
+            if k not in runtime and not (k in resolved and v is None)}
+
+
+def finished(case: Case, output: Path, fmt: str, weights_sha256: str, options: dict | None = None) -> dict | None:
+    """The case's JSON record if the case is finished (see module docstring), else None. With
+    ``options`` (:func:`answer_options`), a case segmented with other engine options is not finished."""
     record = report.read_json(case_paths(output, case.case_id)["json"])
     if not record or record.get("schema") != report.CASE_SCHEMA or record.get("status") != "ok":
         return None
     if record.get("model", {}).get("weights_sha256") != weights_sha256:
         return None
+    if options is not None:
+        stored = record.get("model", {}).get("options") or {}
+        if any(k not in stored or stored[k] != v for k, v in options.items()):
+            return None
     outputs = record.get("outputs", {})
     if any(key not in outputs for key in required_outputs(fmt, case.kind)):
         return None
@@ -394,7 +410,8 @@ class BatchJob:
                            disable=not (self.show_progress and rank == 0), file=sys.stderr, dynamic_ncols=True)
                 for case in bar:
                     bar.set_postfix_str(case.case_id)
-                    record = finished(case, self.output, self.format, self._weights_sha)
+                    record = finished(case, self.output, self.format, self._weights_sha,
+                                      answer_options(self.options))
                     if record is not None:
                         log.info("case %s: finished earlier, skipped", case.case_id)
                         result.reused.append(case.case_id)

@@ -9,7 +9,7 @@ from ..labels import organ_ids
 def segment_cli(image: str, out: str, device: str = "auto", series: str | None = None, weights: str | None = None,
                 progress: bool = False, z_stride: int | None = None, encoder: str = "auto",
                 statistics: str | None = None, preview: str | None = None, force: bool = False,
-                tight_fov_mm: float = 250.0):
+                tight_fov_mm: float = 250.0, option=None):
     """Segment the 8 abdominal organs of a CT (NIfTI/NRRD file or DICOM series folder) with no prompts.
 
     Args:
@@ -28,12 +28,18 @@ def segment_cli(image: str, out: str, device: str = "auto", series: str | None =
         force: segment an image that does not look like CT in Hounsfield units (with a warning).
         tight_fov_mm: a field of view narrower than this that cuts through the trunk takes the 3D
             localiser's masks as the answer (with a warning); 0: always run the per-slice model.
+        option: any other engine option as name=value, comma-separated (e.g.
+            ``localiser_shifts=4,localiser_fill=0``; the names are SegmentOptions' fields, docs/usage.md);
+            it overrides the flags above.
     """
     from ..api import check_outputs, segment
+    from ..engine.option_values import parse_options
     from ..engine.progress import StdoutProgress
     from ..io import read_volume
     from ..io.checks import show_warnings
 
+    options = {"z_stride": z_stride, "encoder_backend": encoder, "tight_fov_mm": float(tight_fov_mm),
+               **parse_options(option)}
     check_outputs(out, statistics, preview)  # before reading: a bad output path fails first, and fast
     image = read_volume(image, series_uid=series, force=force)
     show_warnings(image.warnings)
@@ -42,8 +48,7 @@ def segment_cli(image: str, out: str, device: str = "auto", series: str | None =
 
         check_seg_sources(image.source.dicom_files)  # before the model: a SEG it cannot write wastes the run
     seg = segment(image, out, weights=weights, device=device, series=series, statistics=statistics,
-                  preview=preview, progress=StdoutProgress() if progress else None, z_stride=z_stride,
-                  encoder_backend=encoder, tight_fov_mm=float(tight_fov_mm))
+                  preview=preview, progress=StdoutProgress() if progress else None, **options)
     result = seg.result
     counts = np.bincount(result.labels.ravel(), minlength=len(organ_ids()) + 1)
     return {"output": str(out), "seconds": round(result.seconds, 1), "device": result.device,
