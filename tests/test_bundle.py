@@ -247,3 +247,13 @@ def test_volume_of_refuses_an_image_without_its_source():
 
     with pytest.raises(InputError, match="LoadVolumed"):
         volume_of(MetaTensor(torch.zeros((1, 4, 4, 4))))
+
+
+def test_segment_options_are_checked_when_the_config_is_parsed():
+    from priorsam.bundle_support.inference import SegmentOrgansInferer
+    from priorsam.errors import InputError
+
+    assert SegmentOrgansInferer({"localiser_shifts": 4, "sam_refine": "false"}).options == {
+        "localiser_shifts": 4, "sam_refine": False}
+    with pytest.raises(InputError, match="unknown option 'localiser_shift'"):
+        SegmentOrgansInferer({"localiser_shift": 4})

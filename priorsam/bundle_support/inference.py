@@ -89,8 +89,9 @@ class SegmentOrgansInferer:
     """
 
     def __init__(self, options: Mapping[str, Any] | None = None, progress: bool = True, show_bar: bool = False):
-        SegmentOptions(**dict(options or {}))  # reject unknown option names at config time
-        self.options = dict(options or {})
+        from ..engine.option_values import parse_options
+
+        self.options = parse_options(dict(options or {}))  # unknown names, wrong types: an error at config time
         self.progress = bool(progress)
         self.show_bar = bool(show_bar)
         self.last_results: list = []
