@@ -66,3 +66,35 @@ def test_thin_slab_is_centred_on_the_organs_largest_cross_section_where_there_is
     vol = as_volume(ct, pp, liver)
     assert vol.shape == (120, 100, SLAB_SLICES)
     assert np.allclose(vol.affine @ [0, 0, 0, 1], pp.affine @ [0, 0, 8, 1])
+
+
+def test_a_run_can_name_weights_as_committed_at_an_earlier_revision(tmp_path, monkeypatch):
+    import subprocess
+
+    import pytest
+
+    from priorsam.evaluation.runs import run_file
+
+    monkeypatch.setenv("PRIORSAM_CACHE", str(tmp_path / "cache"))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    (repo / "model.pt").write_bytes(b"old weights")
+    git("add", "model.pt")
+    git("commit", "-qm", "old")
+    old = git("rev-parse", "HEAD")
+    (repo / "model.pt").write_bytes(b"new weights")
+    git("commit", "-qam", "new")
+    assert run_file("model.pt", repo) == "model.pt"                     # a plain path is itself
+    got = run_file(f"git:{old[:7]}:model.pt", repo)
+    assert open(got, "rb").read() == b"old weights"
+    assert run_file(f"git:{old}:model.pt", repo) == got                 # cached once per commit and path
+    for bad, said in ((f"git:{old}:missing.pt", "missing.pt"), ("git:nosuchrev:model.pt", "not a commit"),
+                      ("git:model.pt", "git:REV:PATH")):
+        with pytest.raises(ValueError, match=said):
+            run_file(bad, repo)

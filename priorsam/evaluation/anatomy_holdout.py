@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     if not cases:
         from ..models.spec import read_checkpoint
 
-        _, spec = read_checkpoint(runs[0]["weights"])
+        _, spec = read_checkpoint(run_weights(runs[0]))
         cases = list(spec.localiser.holdout)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from ..engine.segment import SegmentOptions, Segmenter
 from ..io import read_label_map, read_volume
 from ..labels import labels as label_table
 from .metrics import evaluate_case, organ_metrics, summarise
-from .runs import run_weights
+from .runs import run_file, run_weights
 
 # The model is measured on every slice with the fp32 encoder features it was trained on; the speed
 # savings of the engine's defaults (z-stride, OpenVINO bf16) are measured apart, in bench/.
@@ -47,9 +47,9 @@ def _validation_case(root: Path):
 def _run_key(run: dict) -> str:
     from ..assets import sha256_file
 
-    parts = [run["name"], sha256_file(run["weights"]), run.get("options", {})]
+    parts = [run["name"], sha256_file(run_file(run["weights"])), run.get("options", {})]
     if run.get("localiser_from"):
-        parts.append(sha256_file(run["localiser_from"]))
+        parts.append(sha256_file(run_file(run["localiser_from"])))
     return json.dumps(parts, sort_keys=True)
 
 

@@ -5,27 +5,63 @@ A run (``{"name", "weights", "options", ...}`` in the runs files of :mod:`.gener
 ``weights`` and the 3D localiser of another checkpoint. That keeps an earlier bundle measurable after
 its weights are replaced, when only its heads changed (e.g. bundle 0.5.1 = the one-scan heads in
 docs/ablation_weights plus the localiser that bundle 0.6.0 still ships), without committing a second
-copy of the localiser.
+copy of the localiser. A file named ``git:REV:PATH`` is that file as committed at ``REV`` (read with
+``git show`` from the repository this package runs from, into the user cache): rows of a bundle whose
+weights were replaced stay measurable from the history instead of a second committed copy.
 """
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+
+def run_file(name: str, repo: str | os.PathLike | None = None) -> str:
+    """A run's checkpoint path, ``git:REV:PATH`` resolved to a cached copy of that file as committed in
+    ``repo`` (default: the repository this package runs from)."""
+    if not str(name).startswith("git:"):
+        return name
+    from ..assets import cache_dir
+
+    try:
+        _, rev, path = str(name).split(":", 2)
+    except ValueError:
+        raise ValueError(f"{name}: write a committed file as git:REV:PATH") from None
+    repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[2]
+    try:
+        full = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", f"{rev}^{{commit}}"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise ValueError(f"{name}: {rev} is not a commit of {repo} ({exc})") from None
+    out = cache_dir("git_weights") / f"{full[:12]}_{hashlib.sha256(path.encode()).hexdigest()[:12]}{Path(path).suffix}"
+    if not out.is_file():
+        tmp = out.with_name(out.name + f".{os.getpid()}.part")
+        with open(tmp, "wb") as fh:
+            done = subprocess.run(["git", "-C", str(repo), "show", f"{full}:{path}"], stdout=fh, stderr=subprocess.PIPE)
+        if done.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise ValueError(f"{name}: {done.stderr.decode().strip()}")
+        os.replace(tmp, out)
+    return str(out)
 
 
 def run_weights(run: dict) -> str:
     """The checkpoint file of ``run``: its ``weights``, or those heads composed with the localiser of
     ``localiser_from`` (written once into the user cache, keyed by both files' contents)."""
+    weights = run_file(run["weights"])
     if not run.get("localiser_from"):
-        return run["weights"]
+        return weights
     from ..assets import cache_dir, sha256_file
     from ..errors import AssetError
     from ..models.spec import compose_checkpoint
 
-    key = hashlib.sha256((sha256_file(run["weights"]) + sha256_file(run["localiser_from"])).encode()).hexdigest()[:16]
+    localiser = run_file(run["localiser_from"])
+    key = hashlib.sha256((sha256_file(weights) + sha256_file(localiser)).encode()).hexdigest()[:16]
     out = cache_dir("composed_weights") / f"{key}.pt"
     if not out.is_file():
         try:
-            compose_checkpoint(run["weights"], run["localiser_from"], out)
+            compose_checkpoint(weights, localiser, out)
         except AssetError as exc:       # a runs file naming the wrong file: the run is what is wrong
             raise ValueError(f"localiser_from: {exc}") from exc
     return str(out)
