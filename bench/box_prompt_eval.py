@@ -17,7 +17,7 @@ from priorsam.data.samples import sample_ct
 from priorsam.engine.box_segment import LiteMedSAMBoxPredictor, propagate_box
 from priorsam.engine.boxes import box_to_display
 from priorsam.models.refinement import mask_box
-from priorsam.io import from_display, read_label_map, read_volume
+from priorsam.io import read_label_map, read_volume
 from priorsam.labels import labels
 
 

@@ -205,7 +205,7 @@ def _savings(results: dict) -> str:
     organs = list(rows_in[0]["dice"])
     rows = [[r["row"], r.get("z_stride_used", "") or "", f"{r['encoded_slices']} of {r['slices']}", f"{r['mean_dice']:.3f}",
              f"{r['mean_dice'] - base:+.3f}", *(f"{r['dice'].get(o, math.nan):.3f}" for o in organs)] for r in rows_in]
-    return md_table(["engine option", "z-stride used", "slices encoded", "mean Dice", f"Δ vs first row", *organs],
+    return md_table(["engine option", "z-stride used", "slices encoded", "mean Dice", "Δ vs first row", *organs],
                     rows)
 
 

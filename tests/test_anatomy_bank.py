@@ -4,7 +4,6 @@ Nothing here needs ../shared: the bank's layout is recreated in tmp_path with sy
 """
 from __future__ import annotations
 
-import json
 
 import nibabel as nib
 import numpy as np

@@ -27,7 +27,6 @@ def write_dicom_series(folder: Path, n: int = 3, rows: int = 32, cols: int = 32,
                        study_uid: str | None = None, prefix: str = "") -> str:
     """A CT Image Storage series of ``n`` single-frame slices (2.0 mm columns, 1.5 mm rows, 2.5 mm
     apart), written in reverse z order with instance numbers that do not follow position."""
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 

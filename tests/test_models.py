@@ -14,7 +14,7 @@ from priorsam.models import (EncoderFeatures, IterativeMaskOptimizer, LoRALinear
 from priorsam.models.losses import dice_ce_hard, dice_ce_soft, soft_targets
 from priorsam.models.priorsam import tensor_to_str
 
-from models_helpers import blob_labels, features_for, random_bank
+from models_helpers import blob_labels, random_bank
 
 C = 9
 

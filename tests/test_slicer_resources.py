@@ -1,7 +1,6 @@
 """The shipped colour table and terminology are generated from labels.json and Slicer reads them."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import slicer_helpers
 from PriorSAMLib import colors

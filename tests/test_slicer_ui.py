@@ -9,7 +9,6 @@ layout and the standard Qt widgets are real, the Slicer widgets' behaviour is no
 """
 from __future__ import annotations
 
-import os
 import re
 import xml.etree.ElementTree as ET
 
