@@ -215,12 +215,15 @@ class FakeSegmenter:
         self.delay = delay
         self.hold = hold      # the first model call waits until this file exists (the test's go signal)
         self.calls: list[str] = []
+        self.options = None   # the job's SegmentOptions, recorded in each result as the real engine does
 
     def model_info(self) -> dict:
         return {"weights": None, "prior_version": "v1", "prior_embedding_sha256": "0" * 64, "config": {}}
 
     def segment(self, volume, progress=None, show_bar: bool = True):
-        from priorsam.engine.segment import SegmentationResult
+        from dataclasses import asdict
+
+        from priorsam.engine.segment import SegmentationResult, SegmentOptions
 
         self.calls.append(volume.source.path)
         while self.hold is not None and not self.hold.exists():
@@ -228,7 +231,8 @@ class FakeSegmenter:
         if self.delay:
             time.sleep(self.delay)
         labels = np.where(volume.array > -500, 5, 0).astype(np.uint8)
-        return SegmentationResult(labels, self.delay, "cpu", {}, self.model_info(), int(volume.shape[2]))
+        options = asdict(self.options or SegmentOptions())
+        return SegmentationResult(labels, self.delay, "cpu", options, self.model_info(), int(volume.shape[2]))
 
 
 def install_fake_model(mp, weights: Path, delay: float = 0.0, hold: Path | None = None) -> FakeSegmenter:
@@ -238,7 +242,11 @@ def install_fake_model(mp, weights: Path, delay: float = 0.0, hold: Path | None 
 
     fake = FakeSegmenter(delay=delay, hold=hold)
     mp.setattr(engine, "Segmenter", lambda *a, **k: fake)
-    mp.setattr(runner.BatchJob, "_get_segmenter", lambda self, device: fake)
+    def get_segmenter(job, device):
+        fake.options = job.options
+        return fake
+
+    mp.setattr(runner.BatchJob, "_get_segmenter", get_segmenter)
     mp.setattr(runner.BatchJob, "_weights_path", lambda self: weights)
     return fake
 

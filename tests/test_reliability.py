@@ -277,6 +277,24 @@ def test_batch_force_records_the_not_ct_warning(tmp_path, capsys, monkeypatch, f
     assert record["warnings"][0].startswith("does not look like CT") and "--force" in record["warnings"][0]
 
 
+def test_batch_rerun_with_other_engine_options_redoes_the_cases(tmp_path, capsys, monkeypatch, fake_weights):
+    """A finished case is reused only when it was segmented with the same engine options."""
+    fake = rh.install_fake_model(monkeypatch, fake_weights)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    rh.good_nifti(inputs, "a.nii.gz")
+    out = tmp_path / "out"
+    args = ["--input", str(inputs), "--output", str(out)]
+    assert _batch(args, capsys)[0] == 0 and len(fake.calls) == 1
+    assert _batch(args, capsys)[0] == 0 and len(fake.calls) == 1                     # same options: reused
+    assert _batch([*args, "--option", "localiser_shifts=4"], capsys)[0] == 0 and len(fake.calls) == 2
+    assert json.loads((out / "a.json").read_text())["model"]["options"]["localiser_shifts"] == 4
+    assert _batch([*args, "--option", "localiser_shifts=4"], capsys)[0] == 0 and len(fake.calls) == 2
+    # back to the default shifts (another encoder runtime too): redone; then only the runtime differs: reused
+    assert _batch([*args, "--option", "encoder_backend=torch"], capsys)[0] == 0 and len(fake.calls) == 3
+    assert _batch([*args, "--option", "encoder_backend=onnx"], capsys)[0] == 0 and len(fake.calls) == 3
+
+
 def test_batch_failed_seg_write_leaves_no_label_map(tmp_path, capsys, monkeypatch, fake_weights):
     """--format both: the label map is written, then the DICOM SEG fails; the label map must go too."""
     from priorsam.batch import dicom_seg
