@@ -2,8 +2,9 @@
 outputs and the case JSON (last, as the commit marker) → per-rank tables → rank 0 merges.
 
 A case is *finished* when its ``<case>.json`` parses, says ``ok``, records the sha256 of the
-current input and weights and the same engine options (those that decide the answer), lists every output the requested format needs, and each listed
-output exists with the recorded sha256. Anything less is a partial case and is redone.
+current input and weights and the same engine options (those that decide the answer), lists every
+output the requested format needs, and each listed output exists with the recorded sha256. Anything
+less is a partial case and is redone.
 Every file is written through a temp file and renamed, so a killed run leaves no half file
 under a final name.
 
