@@ -406,13 +406,13 @@ class BatchJob:
                          self.input, self.output, len(cases), rank, world, len(mine), self.format, device)
                 result = BatchResult(str(self.output), rank, world, len(cases))
                 software = _software()
+                options = answer_options(self.options)   # what a finished case must have been segmented with
                 rows, failures = [], []
                 bar = tqdm(mine, desc=f"cases (rank {rank})" if world > 1 else "cases", unit="case",
                            disable=not (self.show_progress and rank == 0), file=sys.stderr, dynamic_ncols=True)
                 for case in bar:
                     bar.set_postfix_str(case.case_id)
-                    record = finished(case, self.output, self.format, self._weights_sha,
-                                      answer_options(self.options))
+                    record = finished(case, self.output, self.format, self._weights_sha, options)
                     if record is not None:
                         log.info("case %s: finished earlier, skipped", case.case_id)
                         result.reused.append(case.case_id)
