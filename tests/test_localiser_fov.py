@@ -224,3 +224,54 @@ def test_a_field_that_cuts_through_the_trunk_is_told_from_one_cropped_to_the_bod
     x, y = np.meshgrid(np.linspace(-1, 1, 83), np.linspace(-1, 1, 111), indexing="ij")
     body = np.where(x ** 2 + y ** 2 <= 1.0, 40.0, -1000.0)   # a trunk filling a field cropped to its outline
     assert not cuts_trunk(np.repeat(body[:, :, None], 20, 2))
+
+
+def _vessel_case():
+    """A 60³ grid at 16 mm: an aorta (a 3×3 column) beside a liver block with a small gallbladder."""
+    from priorsam.training.localiser import TrainCase
+
+    ours = np.zeros((60, 60, 60), np.uint8)
+    ours[25:28, 40:43, :] = 7                       # aorta, centre (26, 41)
+    ours[30:45, 15:35, 20:40] = 5                   # liver
+    ours[36:38, 20:22, 28:30] = 4                   # gallbladder, 8 voxels
+    ct = np.where(ours > 0, 60.0, -100.0).astype(np.float32)
+    return TrainCase("synthetic", ct, ours.copy(), ours, (0, 60), [], [4, 5, 7])
+
+
+def test_tight_fields_can_be_centred_on_the_aorta_as_a_cta_is():
+    """``p_fov_on_vessel``: a tight field of view is centred on the aorta (the part of the crop the loss sees
+    is around it), not on the crop's centre (the organ the crop was drawn for, jittered) as by default.
+    The crop (96 voxels) is wide enough that no field (≤ 300 mm: 9.4 voxels either side) is clipped."""
+    from priorsam.training.localiser import IGNORE, LocaliserTrainConfig, draw_sample
+
+    case = _vessel_case()
+    plain = dict(bank="-", out_dir="-", spacing_mm=16.0, crop=(96, 96, 16), p_phase=0.0, p_synthseg=0.0,
+                 p_arms=0.0, p_table=0.0, p_slab=0.0, p_thick=0.0, p_kernel=0.0, p_noise=0.0, p_fov=1.0,
+                 organ_weights={"liver": 1.0, "gallbladder": 0.0, "aorta": 0.0})
+    for share in (1.0, 0.0):
+        cfg = LocaliserTrainConfig(**plain, p_fov_on_vessel=share)
+        rng = np.random.default_rng(3)
+        for _ in range(10):
+            _, lab, info = draw_sample(case, cfg, rng, {})
+            assert info["organ"] == 5 and 150 <= info["fov_mm"] <= 300
+            field_centre = np.argwhere((lab != IGNORE).any(2)).mean(0)
+            if share:
+                assert np.abs(field_centre - np.argwhere((lab == 7).any(2)).mean(0)).max() <= 3   # jitter ±2
+            else:
+                assert np.abs(field_centre - 48).max() <= 5                                      # jitter ±4
+
+
+def test_organ_weights_change_which_organ_a_crop_is_drawn_for():
+    from priorsam.training.localiser import LocaliserTrainConfig, draw_sample, organ_chances
+
+    case = _vessel_case()
+    np.testing.assert_allclose(organ_chances([4, 5, 7], {"gallbladder": 2.0}), [0.5, 0.25, 0.25])
+    assert organ_chances([4, 5, 7], None) is None
+    with pytest.raises(ValueError, match="gall_bladder"):
+        organ_chances([4, 5, 7], {"gall_bladder": 2.0})
+    cfg = LocaliserTrainConfig(bank="-", out_dir="-", spacing_mm=8.0, crop=(16, 16, 16), p_phase=0.0,
+                               p_synthseg=0.0, p_arms=0.0, p_table=0.0, p_fov=0.0, p_slab=0.0, p_thick=0.0,
+                               p_kernel=0.0, p_noise=0.0, organ_weights={"gallbladder": 8.0})
+    rng = np.random.default_rng(0)
+    drawn = [draw_sample(case, cfg, rng, {})[2]["organ"] for _ in range(200)]
+    assert 0.7 < np.mean(np.array(drawn) == 4) < 0.9          # 8 / 10 expected

@@ -1,11 +1,12 @@
 """Train the 3D organ localiser on pseudo-patients (and the sample CT itself).
 
-Each step draws, per batch item: a training case; one of its reliable organs, uniformly (class
-balance: in a first try without it the small organs were never learned); a crop centred on a
-random voxel of that organ; an appearance (physiological phase, SynthSeg-style offsets or
-native); arms and a table; a tight field of view or a thin slab; slice thickness, noise and
-kernel. Voxels whose pixels do not support their label (outside a simulated field of view or
-slab, organs whose registration QA failed) are ignored by the loss.
+Each step draws, per batch item: a training case; one of its reliable organs, uniformly or by
+``organ_weights`` (class balance: in a first try without it the small organs were never learned);
+a crop centred on a random voxel of that organ; an appearance (physiological phase, SynthSeg-style
+offsets or native); arms and a table; a tight field of view (around the crop's organ, or the aorta
+or a kidney) or a thin slab; slice thickness, noise and kernel. Voxels whose pixels do not support
+their label (outside a simulated field of view or slab, organs whose registration QA failed) are
+ignored by the loss.
 
 Loss: cross-entropy + Dice over the 8 organs (MONAI ``MaskedDiceLoss``), AdamW, cosine decay;
 resumable (``last.pt``), CSV log, the localiser weights exported as ``localiser.pt``.
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from ..data import appearance as app
 from ..data.framed_volume import resample_labels, resample_to_grid
 from ..data.pseudo_patients import image_support
-from ..labels import organ_ids
+from ..labels import labels, organ_ids
 from ..models.localiser import OrganLocaliser
 
 IGNORE = 255
@@ -53,6 +54,11 @@ class LocaliserTrainConfig:
     p_arms: float = 0.4
     p_table: float = 0.4
     p_fov: float = 0.25                         # tight in-plane field of view, 150–300 mm
+    p_fov_on_vessel: float = 0.0                # share of those centred on the aorta or a kidney (as CT
+                                                # angiography and renal reconstructions are: organs then sit at
+                                                # the field's edge) instead of on the crop's organ
+    organ_weights: dict | None = None           # relative chance of each organ (by name, default 1) as a crop's
+                                                # centre; None: uniform over the case's reliable organs
     p_slab: float = 0.2                         # thin z slab, 40–120 mm
     p_thick: float = 0.3
     p_noise: float = 0.5
@@ -132,10 +138,39 @@ def _crop(a: np.ndarray, lo: np.ndarray, size, fill) -> np.ndarray:
     return c
 
 
+def organ_chances(organs: list[int], weights: dict | None) -> np.ndarray | None:
+    """Probabilities of each of ``organs`` as a crop's centre (None: uniform)."""
+    if not weights:
+        return None
+    name = {lab.id: lab.name for lab in labels()}
+    unknown = set(weights) - set(name.values())
+    if unknown:
+        raise ValueError(f"organ_weights names unknown organs: {sorted(unknown)}")
+    w = np.array([float(weights.get(name[k], 1.0)) for k in organs])
+    return w / w.sum()
+
+
+def vessel_centre(case: TrainCase, lo: np.ndarray, size: np.ndarray, rng: np.random.Generator,
+                  fallback: np.ndarray) -> np.ndarray:
+    """Crop coordinates of the aorta's or a kidney's centre (in-plane, at the crop's middle slice) for a tight
+    field of view; ``fallback`` where neither is in the crop's middle slice."""
+    ids = {lab.name: lab.id for lab in labels()}
+    z = int(np.clip(lo[2] + size[2] // 2, 0, case.ours.shape[2] - 1))
+    choices = [n for n in ("aorta", "kidney_right", "kidney_left") if (case.ours[:, :, z] == ids[n]).any()]
+    if not choices:
+        return fallback
+    pts = np.argwhere(case.ours[:, :, z] == ids[str(rng.choice(choices))])
+    c = fallback.copy()
+    c[:2] = np.round(pts.mean(0)).astype(int) - lo[:2] + rng.integers(-2, 3, size=2)
+    if np.any(c[:2] < 0) or np.any(c[:2] >= size[:2]):
+        return fallback
+    return c
+
+
 def draw_sample(case: TrainCase, cfg: LocaliserTrainConfig, rng: np.random.Generator, names: dict[int, str]):
     """One augmented (image HU crop, label crop) pair; labels use IGNORE where pixels do not support them."""
     size = np.array(cfg.crop)
-    k = int(rng.choice(case.organs))
+    k = int(rng.choice(case.organs, p=organ_chances(case.organs, cfg.organ_weights)))
     pts = np.argwhere(case.ours == k)
     centre = pts[rng.integers(len(pts))] + rng.integers(-8, 9, size=3)
     lo = centre - size // 2
@@ -165,6 +200,9 @@ def draw_sample(case: TrainCase, cfg: LocaliserTrainConfig, rng: np.random.Gener
     if rng.random() < cfg.p_fov:
         fov = float(rng.uniform(app.MIN_FOV_MM, 300.0))
         c = centre - lo + rng.integers(-4, 5, size=3)
+        # Drawn only when asked, so older configs see the same random sequence (their weights reproduce).
+        if cfg.p_fov_on_vessel and rng.random() < cfg.p_fov_on_vessel:
+            c = vessel_centre(case, lo, size, rng, c)
         ct = app.crop_field_of_view(ct, cfg.spacing_mm, rng, (c[0], c[1]), fov)
         half = fov / cfg.spacing_mm / 2
         gx = np.abs(np.arange(size[0]) - c[0]) > half
