@@ -269,6 +269,9 @@ def test_organ_weights_change_which_organ_a_crop_is_drawn_for():
     assert organ_chances([4, 5, 7], None) is None
     with pytest.raises(ValueError, match="gall_bladder"):
         organ_chances([4, 5, 7], {"gall_bladder": 2.0})
+    with pytest.raises(ValueError, match="≥ 0"):
+        organ_chances([4, 5, 7], {"liver": -1.0})
+    assert organ_chances([4], {"gallbladder": 0.0}) is None    # only zero-weighted organs: uniform
     cfg = LocaliserTrainConfig(bank="-", out_dir="-", spacing_mm=8.0, crop=(16, 16, 16), p_phase=0.0,
                                p_synthseg=0.0, p_arms=0.0, p_table=0.0, p_fov=0.0, p_slab=0.0, p_thick=0.0,
                                p_kernel=0.0, p_noise=0.0, organ_weights={"gallbladder": 8.0})

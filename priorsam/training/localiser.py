@@ -147,13 +147,16 @@ def organ_chances(organs: list[int], weights: dict | None) -> np.ndarray | None:
     if unknown:
         raise ValueError(f"organ_weights names unknown organs: {sorted(unknown)}")
     w = np.array([float(weights.get(name[k], 1.0)) for k in organs])
-    return w / w.sum()
+    if np.any(w < 0) or not np.all(np.isfinite(w)):
+        raise ValueError(f"organ_weights must be finite and ≥ 0: {weights}")
+    # A case holding only organs weighted 0 still gets drawn, uniformly, rather than failing mid-run.
+    return w / w.sum() if w.sum() > 0 else None
 
 
 def vessel_centre(case: TrainCase, lo: np.ndarray, size: np.ndarray, rng: np.random.Generator,
                   fallback: np.ndarray) -> np.ndarray:
     """Crop coordinates of the aorta's or a kidney's centre (in-plane, at the crop's middle slice) for a tight
-    field of view; ``fallback`` where neither is in the crop's middle slice."""
+    field of view; ``fallback`` where none of them is in that slice or its centre lies outside the crop."""
     ids = {lab.name: lab.id for lab in labels()}
     z = int(np.clip(lo[2] + size[2] // 2, 0, case.ours.shape[2] - 1))
     choices = [n for n in ("aorta", "kidney_right", "kidney_left") if (case.ours[:, :, z] == ids[n]).any()]
