@@ -252,6 +252,7 @@ def train_localiser(cfg: LocaliserTrainConfig, log=print) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     names = totalsegmentator_class_names()
+    organ_chances(organ_ids(), cfg.organ_weights)   # a misspelt organ fails now, not after the cases load
     ids = select_cases(cfg)
     cases = load_cases(cfg, ids, log)
     model = OrganLocaliser(num_classes=len(organ_ids()) + 1, spacing_mm=cfg.spacing_mm, init_filters=cfg.init_filters)
