@@ -278,3 +278,60 @@ def test_organ_weights_change_which_organ_a_crop_is_drawn_for():
     rng = np.random.default_rng(0)
     drawn = [draw_sample(case, cfg, rng, {})[2]["organ"] for _ in range(200)]
     assert 0.7 < np.mean(np.array(drawn) == 4) < 0.9          # 8 / 10 expected
+
+
+def test_rotated_and_scaled_crops_keep_left_and_right_and_their_labels():
+    """``p_spatial``: a crop rotated and scaled about its centre stays the configured size, keeps the liver on
+    the patient's right of the spleen (never mirrored), and its organs grow or shrink with the drawn scale;
+    with no rotation and unit scale it is the plain crop."""
+    from priorsam.training.localiser import (IGNORE, LocaliserTrainConfig, TrainCase, draw_sample,
+                                             rotate_and_scale, spatial_source_size)
+
+    ours = np.zeros((60, 60, 40), np.uint8)
+    ours[22:32, 26:38, 14:26] = 5                   # liver (1,440 voxels): low x, the patient's right
+    ours[34:40, 28:34, 16:22] = 1                   # spleen: high x
+    ct = np.where(ours > 0, 60.0, -100.0).astype(np.float32)
+    case = TrainCase("synthetic", ct, ours.copy(), ours, (0, 40), [], [1, 5])
+    cfg = LocaliserTrainConfig(bank="-", out_dir="-", spacing_mm=8.0, crop=(64, 64, 48), p_phase=0.0,
+                               p_synthseg=0.0, p_arms=0.0, p_table=0.0, p_fov=0.0, p_slab=0.0, p_thick=0.0,
+                               p_kernel=0.0, p_noise=0.0, p_spatial=1.0, organ_weights={"spleen": 0.0})
+    rng = np.random.default_rng(1)
+    for _ in range(8):
+        img, lab, info = draw_sample(case, cfg, rng, {})
+        assert img.shape == lab.shape == (64, 64, 48)
+        rot, scale = info["spatial"]["rotate_deg"], info["spatial"]["scale"]
+        assert abs(rot[2]) <= 15 and all(abs(r) <= 5 for r in rot[:2])
+        assert all(0.85 * 0.95 - 1e-3 <= s <= 1.15 * 1.05 + 1e-3 for s in scale)
+        liver, spleen = np.argwhere(lab == 5), np.argwhere(lab == 1)
+        assert len(spleen) and liver[:, 0].mean() < spleen[:, 0].mean()
+        # The crop is centred in the liver, which lies whole inside it: its voxels scale with 1 / the
+        # volume factor.
+        assert len(liver) == pytest.approx(1440 / np.prod(scale), rel=0.08)
+
+    size = np.array(cfg.crop)
+    src = spatial_source_size(size, cfg)
+    assert np.all(src >= size * 1.15 * 1.05) and np.all(src % 2 == 0)
+    still = LocaliserTrainConfig(bank="-", out_dir="-", spatial_scale=(1.0, 1.0), spatial_axis_scale=0.0,
+                                 spatial_rotate_deg=(0.0, 0.0, 0.0))
+    block = np.random.default_rng(0).normal(0, 50, tuple(src)).astype(np.float32)
+    labels = (np.arange(src.prod()) % 9).reshape(tuple(src)).astype(np.uint8)
+    c, f, lab, _ = rotate_and_scale(block, labels, labels, size, still, rng)
+    cut = tuple(slice((s - t) // 2, (s - t) // 2 + t) for s, t in zip(src, size))
+    np.testing.assert_allclose(c, block[cut], atol=0.01)      # grid_sample's rounding
+    np.testing.assert_array_equal(lab, labels[cut])
+    np.testing.assert_array_equal(f, labels[cut])
+    # Zoomed out beyond the source crop, the labels there are unknown, not background.
+    wide = LocaliserTrainConfig(bank="-", out_dir="-", spatial_scale=(2.0, 2.0), spatial_axis_scale=0.0,
+                                spatial_rotate_deg=(0.0, 0.0, 0.0))
+    _, _, lab, _ = rotate_and_scale(block, labels, labels + 1, size, wide, rng)
+    assert lab[0, 0, 0] == IGNORE and lab[tuple(size // 2)] != IGNORE and (lab != IGNORE).mean() < 0.9
+
+
+def test_rotation_and_scaling_settings_that_would_mirror_or_tumble_are_refused():
+    from priorsam.training.localiser import LocaliserTrainConfig, check_spatial
+
+    check_spatial(LocaliserTrainConfig(bank="-", out_dir="-", p_spatial=0.5))
+    for bad in ({"spatial_scale": (-1.0, 1.0)}, {"spatial_scale": (1.2, 0.9)}, {"spatial_axis_scale": 1.0},
+                {"p_spatial": 1.5}, {"spatial_rotate_deg": (0.0, 0.0, 180.0)}, {"spatial_rotate_deg": (10.0,)}):
+        with pytest.raises(ValueError, match="spatial"):
+            check_spatial(LocaliserTrainConfig(bank="-", out_dir="-", **bad))

@@ -59,6 +59,11 @@ class LocaliserTrainConfig:
                                                 # the field's edge) instead of on the crop's organ
     organ_weights: dict | None = None           # relative chance of each organ (by name, default 1) as a crop's
                                                 # centre; None: uniform over the case's reliable organs
+    p_spatial: float = 0.0                      # share of crops rotated and scaled about their centre: more
+                                                # anatomies than the bank's (organ positions, body size, tilt)
+    spatial_scale: tuple[float, float] = (0.85, 1.15)   # isotropic; > 1 shows more of the body (a smaller patient)
+    spatial_axis_scale: float = 0.05            # each axis's own factor around it (± this share)
+    spatial_rotate_deg: tuple[float, float, float] = (5.0, 5.0, 15.0)  # at most this about x, y, z (z: in-plane)
     p_slab: float = 0.2                         # thin z slab, 40–120 mm
     p_thick: float = 0.3
     p_noise: float = 0.5
@@ -153,21 +158,66 @@ def organ_chances(organs: list[int], weights: dict | None) -> np.ndarray | None:
     return w / w.sum() if w.sum() > 0 else None
 
 
-def vessel_centre(case: TrainCase, lo: np.ndarray, size: np.ndarray, rng: np.random.Generator,
+def vessel_centre(middle: np.ndarray, lo: np.ndarray, size: np.ndarray, rng: np.random.Generator,
                   fallback: np.ndarray) -> np.ndarray:
-    """Crop coordinates of the aorta's or a kidney's centre (in-plane, at the crop's middle slice) for a tight
-    field of view; ``fallback`` where none of them is in that slice or its centre lies outside the crop."""
+    """Crop coordinates of the aorta's or a kidney's centre (in-plane) for a tight field of view, found in
+    ``middle``, our labels in the crop's middle slice on a grid where the crop starts at ``lo``;
+    ``fallback`` where none of them is in that slice or its centre lies outside the crop."""
     ids = {lab.name: lab.id for lab in labels()}
-    z = int(np.clip(lo[2] + size[2] // 2, 0, case.ours.shape[2] - 1))
-    choices = [n for n in ("aorta", "kidney_right", "kidney_left") if (case.ours[:, :, z] == ids[n]).any()]
+    choices = [n for n in ("aorta", "kidney_right", "kidney_left") if (middle == ids[n]).any()]
     if not choices:
         return fallback
-    pts = np.argwhere(case.ours[:, :, z] == ids[str(rng.choice(choices))])
+    pts = np.argwhere(middle == ids[str(rng.choice(choices))])
     c = fallback.copy()
     c[:2] = np.round(pts.mean(0)).astype(int) - lo[:2] + rng.integers(-2, 3, size=2)
     if np.any(c[:2] < 0) or np.any(c[:2] >= size[:2]):
         return fallback
     return c
+
+
+def check_spatial(cfg: LocaliserTrainConfig) -> None:
+    """Refuse rotation and scaling settings that would mirror, collapse or tumble the crops."""
+    lo, hi = cfg.spatial_scale
+    if not (0 < lo <= hi) or not (0 <= cfg.spatial_axis_scale < 1) or not 0 <= cfg.p_spatial <= 1:
+        raise ValueError(f"p_spatial must lie in [0, 1], spatial_scale be 0 < low ≤ high and spatial_axis_scale "
+                         f"in [0, 1): {cfg.p_spatial}, {cfg.spatial_scale}, {cfg.spatial_axis_scale}")
+    if len(cfg.spatial_rotate_deg) != 3 or not all(0 <= d <= 45 for d in cfg.spatial_rotate_deg):
+        raise ValueError(f"spatial_rotate_deg must be three angles of 0–45°: {cfg.spatial_rotate_deg}")
+
+
+def spatial_source_size(size: np.ndarray, cfg: LocaliserTrainConfig) -> np.ndarray:
+    """The cube a crop of ``size`` is resampled from under the widest rotation and scaling the config draws
+    (each output axis then reaches at most this far along every input axis), rounded up to even."""
+    reach = max(cfg.spatial_scale) * (1 + cfg.spatial_axis_scale)
+    tilt = np.radians(max(cfg.spatial_rotate_deg))
+    need = np.ceil(size.max() * reach * (np.cos(tilt) + np.sin(tilt)) + 2)
+    return np.full(3, int(need + need % 2))
+
+
+def rotate_and_scale(ct: np.ndarray, full: np.ndarray, lab: np.ndarray, size: np.ndarray,
+                     cfg: LocaliserTrainConfig, rng: np.random.Generator) -> tuple:
+    """Rotate and scale a crop about its centre (MONAI ``Affine``) and cut ``size`` from the middle: the
+    image linearly (edges continued), the two label maps by nearest voxel. Never mirrored, so left stays
+    left. Labels outside the source crop become IGNORE."""
+    from monai.transforms import Affine
+
+    rot = [float(np.radians(rng.uniform(-d, d))) for d in cfg.spatial_rotate_deg]
+    iso = float(rng.uniform(*cfg.spatial_scale))
+    scale = [iso * float(rng.uniform(1 - cfg.spatial_axis_scale, 1 + cfg.spatial_axis_scale)) for _ in range(3)]
+    warp = Affine(rotate_params=rot, scale_params=scale, spatial_size=tuple(int(v) for v in size),
+                  image_only=True)
+
+    def run(a: np.ndarray, mode: str, padding: str) -> np.ndarray:
+        return np.asarray(warp(torch.from_numpy(np.ascontiguousarray(a, np.float32))[None], mode=mode,
+                               padding_mode=padding))[0]
+
+    ct = run(ct, "bilinear", "border")
+    full = np.rint(run(full, "nearest", "zeros")).astype(np.uint8)
+    # Shifted by one so the zero padding is told from background.
+    lab1 = np.rint(run(lab.astype(np.float32) + 1, "nearest", "zeros")).astype(np.int32)
+    lab = np.where(lab1 == 0, IGNORE, lab1 - 1).astype(np.uint8)
+    return ct, full, lab, {"rotate_deg": [round(float(np.degrees(r)), 1) for r in rot],
+                           "scale": [round(v, 3) for v in scale]}
 
 
 def draw_sample(case: TrainCase, cfg: LocaliserTrainConfig, rng: np.random.Generator, names: dict[int, str]):
@@ -177,15 +227,22 @@ def draw_sample(case: TrainCase, cfg: LocaliserTrainConfig, rng: np.random.Gener
     pts = np.argwhere(case.ours == k)
     centre = pts[rng.integers(len(pts))] + rng.integers(-8, 9, size=3)
     lo = centre - size // 2
-    ct = _crop(case.ct, lo, size, "edge")
-    full = _crop(case.full, lo, size, 0)
-    lab = _crop(case.ours, lo, size, IGNORE).astype(np.uint8)
+    # Drawn only when asked, so older configs see the same random sequence (their weights reproduce).
+    spatial = bool(cfg.p_spatial) and rng.random() < cfg.p_spatial
+    # A rotated, scaled crop samples a wider region: cut that from the case so its corners are real pixels.
+    grab = spatial_source_size(size, cfg) if spatial else size
+    glo = centre - grab // 2
+    ct = _crop(case.ct, glo, grab, "edge")
+    full = _crop(case.full, glo, grab, 0)
+    lab = _crop(case.ours, glo, grab, IGNORE).astype(np.uint8)
     # Outside the volume and outside the sample's field of view the pixels are made up: ignore them.
-    zs = np.arange(lo[2], lo[2] + size[2])
+    zs = np.arange(glo[2], glo[2] + grab[2])
     lab[:, :, (zs < case.valid_z[0]) | (zs >= case.valid_z[1])] = IGNORE
     for u in case.unreliable:
         lab[lab == u] = IGNORE
     info = {"case": case.case_id, "organ": k}
+    if spatial:
+        ct, full, lab, info["spatial"] = rotate_and_scale(ct, full, lab, size, cfg, rng)
     r = rng.random()
     if r < cfg.p_phase:
         ph = str(rng.choice(list(cfg.phase_probs), p=np.array(list(cfg.phase_probs.values())) /
@@ -205,7 +262,11 @@ def draw_sample(case: TrainCase, cfg: LocaliserTrainConfig, rng: np.random.Gener
         c = centre - lo + rng.integers(-4, 5, size=3)
         # Drawn only when asked, so older configs see the same random sequence (their weights reproduce).
         if cfg.p_fov_on_vessel and rng.random() < cfg.p_fov_on_vessel:
-            c = vessel_centre(case, lo, size, rng, c)
+            if spatial:
+                c = vessel_centre(lab[:, :, size[2] // 2], np.zeros(3, int), size, rng, c)
+            else:
+                z = int(np.clip(lo[2] + size[2] // 2, 0, case.ours.shape[2] - 1))
+                c = vessel_centre(case.ours[:, :, z], lo, size, rng, c)
         ct = app.crop_field_of_view(ct, cfg.spacing_mm, rng, (c[0], c[1]), fov)
         half = fov / cfg.spacing_mm / 2
         gx = np.abs(np.arange(size[0]) - c[0]) > half
@@ -253,6 +314,7 @@ def train_localiser(cfg: LocaliserTrainConfig, log=print) -> Path:
     torch.manual_seed(cfg.seed)
     names = totalsegmentator_class_names()
     organ_chances(organ_ids(), cfg.organ_weights)   # a misspelt organ fails now, not after the cases load
+    check_spatial(cfg)
     ids = select_cases(cfg)
     cases = load_cases(cfg, ids, log)
     model = OrganLocaliser(num_classes=len(organ_ids()) + 1, spacing_mm=cfg.spacing_mm, init_filters=cfg.init_filters)
