@@ -1,19 +1,19 @@
-"""The sample CT's label map, voxel for voxel, against a hash stored before the engine refactor
-(issue 15): restructuring the code must not change what a user gets.
+"""The sample CT's label map against a stored reference (since the engine refactor, issue 15):
+restructuring the code must not change what a user gets.
 
-The hash was made on this project's CPU machine with the shipped ``bundle/models/model.pt``
-and the engine's defaults (runtime ``auto``: OpenVINO for the encoder and the box decoder on CPU);
-last updated for bundle 0.5.1 (each organ's pieces kept by the localiser and by the 3D clean-up where
-they reach into the localiser's mask: the sample CT's pancreas 532 → 1,032 voxels); bundle 0.6.0's
-heads and margin left it as it was (the localiser prompts every organ there); bundle 0.6.1's localiser
-masks interpolated from its probabilities changed it (where a slice's mask disagrees with the
-localiser's, the smoother mask stands: aorta 1,933 → 1,850, pancreas 1,032 → 951 voxels). A change that
-is meant to alter the output (new weights, new defaults) updates the hash in the same commit, and
-says so in its message.
+The reference is the label map itself (``tests/data/sample_ct_labels_fp32.npz``), made with the shipped
+``bundle/models/model.pt`` and the engine's defaults (runtime ``auto``: OpenVINO for the encoder and the box
+decoder on CPU) on a 2-core AMD EPYC machine, where OpenVINO computes in fp32. A CPU with AVX-512 bf16 or
+AMX (this project's Intel Xeon machines) runs it in bf16 and gets a map that differs by tens of voxels
+(counts below, hash ``2a9537d1…``, the exact reference until the tests first ran on an AMD CPU), so
+the test allows CPU rounding and no more: every organ's Dice against the reference ≥ 0.95, their mean
+≥ 0.98, every organ's voxel count within 3 %. Changes the test has caught at that level: bundle 0.6.1's
+localiser masks (aorta −4.3 %, pancreas −7.8 % of voxels). A change that is meant to alter the output (new
+weights, new defaults) writes a new reference in the same commit and says so in its message.
 """
 from __future__ import annotations
 
-import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,14 +21,28 @@ import pytest
 import priorsam
 from priorsam.data.samples import sample_ct
 
-SAMPLE_LABELS_SHA256 = "2a9537d1ee88ed73738d18b070cfb1f0162f1536b2e9f947f5dc2019e9bc60b7"
-SAMPLE_VOXELS_PER_LABEL = [1305640, 9902, 7183, 5154, 1188, 43250, 4908, 1893, 946]
+REFERENCE = Path(__file__).parent / "data" / "sample_ct_labels_fp32.npz"
+# The same weights and defaults in bf16 (Intel Xeon, AMX): voxels per label, background first.
+BF16_VOXELS_PER_LABEL = [1305640, 9902, 7183, 5154, 1188, 43250, 4908, 1893, 946]
 
 
 @pytest.mark.slow
 def test_sample_ct_label_map_is_unchanged():
     labels, _ = priorsam.segment(str(sample_ct().image))
     a = np.ascontiguousarray(labels, dtype=np.uint8)
-    # The counts first: when the hash differs they say by how much.
-    assert np.bincount(a.ravel(), minlength=9).tolist() == SAMPLE_VOXELS_PER_LABEL
-    assert hashlib.sha256(a.tobytes()).hexdigest() == SAMPLE_LABELS_SHA256
+    ref = np.load(REFERENCE)["labels"]
+    assert a.shape == ref.shape
+    got, want = np.bincount(a.ravel(), minlength=9), np.bincount(ref.ravel(), minlength=9)
+    dice = [2 * np.sum((a == k) & (ref == k)) / (got[k] + want[k]) for k in range(1, 9)]
+    # Counts and Dice in the message: when it fails they say which organ moved and by how much.
+    detail = f"voxels {got.tolist()} (reference {want.tolist()}), Dice {np.round(dice, 4).tolist()}"
+    assert min(dice) >= 0.95 and np.mean(dice) >= 0.98, detail
+    assert np.all(np.abs(got[1:] - want[1:]) <= 0.03 * want[1:]), detail
+
+
+def test_the_tolerance_admits_the_bf16_cpus_map():
+    """The reference was made in fp32; the counts of the bf16 run (Intel) must pass the same check."""
+    want = np.bincount(np.load(REFERENCE)["labels"].ravel(), minlength=9)
+    bf16 = np.array(BF16_VOXELS_PER_LABEL)
+    assert bf16.sum() == want.sum()
+    assert np.all(np.abs(bf16[1:] - want[1:]) <= 0.03 * want[1:])
