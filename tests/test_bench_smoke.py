@@ -51,6 +51,24 @@ def test_vit_peer_counts_macs():
     assert 0 < peers.gmacs(small, x) < peers.gmacs(big, x)
 
 
+@pytest.mark.slow
+def test_encoder_bench_builds_the_engines_runtimes():
+    """The encoder part times the engine's own ONNX Runtime and OpenVINO encoders; a refactor of
+    those classes must not leave the benchmark calling what is gone."""
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("openvino")
+    import encoders
+
+    x = np.random.default_rng(0).random((2, 3, 256, 256), dtype=np.float32)
+    for backend in ("onnxruntime", "openvino"):
+        run, info = encoders.build(backend, threads=2)
+        out = run(x[:1]) if backend == "onnxruntime" else run(x)
+        n = 1 if backend == "onnxruntime" else 2
+        assert [o.shape for o in out] == [(n, 256, 64, 64), (n, 128, 128, 128), (n, 160, 64, 64)], backend
+        assert info["build_s"] > 0
+    assert info["infer_requests"] >= 1 and info["inference_precision"] in ("bf16", "f32")
+
+
 def _results(quick: bool = False) -> dict:
     """A results dict as run_all assembles it (numbers are small literals: this tests the report only)."""
     return {
