@@ -2,10 +2,12 @@
 
 It runs the same ONNX graph as :mod:`.onnx_encoder` (exported once into the user cache).
 OpenVINO picks its CPU inference precision itself: bf16 on CPUs with AVX512-BF16 or AMX,
-fp32 elsewhere; ``precision="f32"`` forces fp32. On the project's 2-core AMD EPYC machine it
-is ≈2.3× faster than ONNX Runtime per slice at an embedding cosine of 0.9993 against PyTorch
-(docs/benchmarks.md), with no Dice change on the sample CT. The compiled blob is cached beside
-the ONNX file, so the second process loads in a fraction of the first one's time.
+fp32 elsewhere; ``precision="f32"`` forces fp32. Where it runs bf16 it is twice as fast as ONNX
+Runtime in the engine's batches of 4 (0.33 against 0.66 s per slice on a 2-core AVX-512 CPU) at an
+embedding cosine of 0.9993 against PyTorch, with no Dice change on the sample CT; on a CPU with
+AVX2 only it runs fp32 and is level with ONNX Runtime (1.01 against 1.07 s), which is why it stays
+the default everywhere (docs/benchmarks.md). The compiled blob is cached beside the ONNX file, so
+the second process loads in a fraction of the first one's time.
 
 Slices of a batch run as parallel infer requests (OpenVINO's throughput mode): on a CPU with
 few cores, two half-width requests keep the cores busier than one request using both.

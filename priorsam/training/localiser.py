@@ -410,6 +410,39 @@ def export_localiser(model: OrganLocaliser, cfg: LocaliserTrainConfig, cases: li
     return path
 
 
+def plot_curve(log_csv: str | os.PathLike | list, png: str | os.PathLike) -> Path:
+    """The training curve (loss, CE, Dice loss per logged step) as a PNG. ``log_csv``: one run's log, or
+    the logs of runs that continued each other (``init_from``), drawn one after the other with a line
+    where each later stage starts (its crops differ, so its loss is on another scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..preview import save_figure
+
+    logs = [log_csv] if isinstance(log_csv, (str, os.PathLike)) else list(log_csv)
+    rows, starts, offset = [], [], 0
+    for path in logs:
+        with open(path, newline="") as f:
+            part = list(csv.DictReader(f))
+        if rows:
+            starts.append(offset)
+        rows += [{**r, "step": int(r["step"]) + offset} for r in part]
+        offset = rows[-1]["step"]
+    step = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for key, label in (("loss", "total"), ("ce", "cross-entropy"), ("dice", "Dice loss (8 organs)")):
+        ax.plot(step, [float(r[key]) for r in rows], label=label, lw=1)
+    for x in starts:
+        ax.axvline(x, color="0.4", ls="--", lw=0.8)
+    ax.set_xlabel("step" + (" (dashed: the next stage starts from the previous weights)" if starts else ""))
+    ax.set_ylabel("training loss (mean of logged steps)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, png, dpi=100)
+
+
 def main(argv=None) -> int:
     import argparse
 
@@ -431,35 +464,3 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def plot_curve(log_csv: str | os.PathLike | list, png: str | os.PathLike) -> Path:
-    """The training curve (loss, CE, Dice loss per logged step) as a PNG. ``log_csv``: one run's log, or
-    the logs of runs that continued each other (``init_from``), drawn one after the other with a line
-    where each later stage starts (its crops differ, so its loss is on another scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..preview import save_figure
-
-    logs = [log_csv] if isinstance(log_csv, (str, os.PathLike)) else list(log_csv)
-    rows, starts, offset = [], [], 0
-    for path in logs:
-        part = list(csv.DictReader(open(path)))
-        if rows:
-            starts.append(offset)
-        rows += [{**r, "step": int(r["step"]) + offset} for r in part]
-        offset = rows[-1]["step"]
-    step = [r["step"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    for key, label in (("loss", "total"), ("ce", "cross-entropy"), ("dice", "Dice loss (8 organs)")):
-        ax.plot(step, [float(r[key]) for r in rows], label=label, lw=1)
-    for x in starts:
-        ax.axvline(x, color="0.4", ls="--", lw=0.8)
-    ax.set_xlabel("step" + (" (dashed: the next stage starts from the previous weights)" if starts else ""))
-    ax.set_ylabel("training loss (mean of logged steps)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return save_figure(fig, png, dpi=100)
