@@ -66,6 +66,25 @@ def test_thin_slab_is_centred_on_the_organs_largest_cross_section_where_there_is
     vol = as_volume(ct, pp, liver)
     assert vol.shape == (120, 100, SLAB_SLICES)
     assert np.allclose(vol.affine @ [0, 0, 0, 1], pp.affine @ [0, 0, 8, 1])
+    # A moved slab: the same rendered CT, its window shifted along z and kept inside the volume.
+    up = field_of_view(pp, "slab_liver+2")
+    assert (up[2].start, up[2].stop) == (10, 10 + SLAB_SLICES)
+    assert (field_of_view(pp, "slab_liver-1")[2].start, field_of_view(pp, "slab_kidneys+9")[2].stop) == (7, 20)
+    assert np.array_equal(render(pp, "slab_liver+2", {}), ct)
+
+
+def test_an_unknown_setting_is_refused_in_one_line():
+    import pytest
+
+    from priorsam.evaluation.anatomy_holdout import main, parse_setting
+
+    assert parse_setting("slab_kidneys-2") == ("slab_kidneys", -2) and parse_setting("native") == ("native", 0)
+    for bad in ("slab_liver+x", "portal_venous+1", "venous"):
+        with pytest.raises(ValueError, match="unknown setting"):
+            parse_setting(bad)
+    with pytest.raises(SystemExit) as e:
+        main(["--bank", "b", "--runs", "r.json", "--out", "o", "--settings", "native", "slab_liver+"])
+    assert e.value.code == 2
 
 
 def test_a_run_can_name_weights_as_committed_at_an_earlier_revision(tmp_path, monkeypatch):

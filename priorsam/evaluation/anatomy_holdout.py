@@ -48,8 +48,23 @@ SLAB_SETTINGS = {"slab_liver": (5,), "slab_kidneys": (2, 3)}
 SLAB_SLICES = 3
 
 
+def parse_setting(setting: str) -> tuple[str, int]:
+    """A setting's base name and, for a slab, how many slices its window is moved along z:
+    ``slab_liver+2`` is the liver slab two slices higher in the array, ``slab_kidneys-1`` one lower.
+    One slab position scores organs the slab only grazes by chance (a registration a voxel different
+    moves it), so the slab's figure is steadier averaged over a few positions."""
+    for base in SLAB_SETTINGS:
+        rest = setting[len(base):]
+        if setting.startswith(base) and (not rest or (rest[0] in "+-" and rest[1:].isdigit())):
+            return base, int(rest or 0)
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting {setting!r}: use one of {', '.join(SETTINGS)} (a slab may add +N or -N)")
+    return setting, 0
+
+
 def render(pp: PseudoPatient, setting: str, names: dict[int, str]) -> np.ndarray:
     """The pseudo-patient's CT (X,Y,Z HU) in one appearance ``setting``; seeded per case and setting."""
+    setting = parse_setting(setting)[0]     # a moved slab shows the same rendered CT
     rng = np.random.default_rng(zlib.crc32(f"{pp.case_id}/{setting}".encode()))
     sp = float(pp.spacing[0])
     ct = pp.ct.astype(np.float32)
@@ -68,11 +83,13 @@ def field_of_view(pp: PseudoPatient, setting: str) -> tuple[slice, slice, slice]
     """The (x, y, z) crop of a setting: the whole volume; for ``cta_crop`` a reconstruction of
     :data:`CTA_FOV_MM` centred on the aorta (the real CTA of the issue that started the bank: organs cut
     by the field's edge, the rest of the trunk missing); for a slab setting (:data:`SLAB_SETTINGS`)
-    :data:`SLAB_SLICES` slices centred where its organs' cross-section with an image is largest."""
+    :data:`SLAB_SLICES` slices centred where its organs' cross-section with an image is largest,
+    moved by the setting's shift (:func:`parse_setting`)."""
     whole = slice(None)
+    setting, shift = parse_setting(setting)
     if setting in SLAB_SETTINGS:
         area = (np.isin(pp.ours, SLAB_SETTINGS[setting]) & pp.supported()).sum((0, 1))
-        z0 = int(np.clip(int(np.argmax(area)) - SLAB_SLICES // 2, 0, max(0, pp.ours.shape[2] - SLAB_SLICES)))
+        z0 = int(np.clip(int(np.argmax(area)) - SLAB_SLICES // 2 + shift, 0, max(0, pp.ours.shape[2] - SLAB_SLICES)))
         return whole, whole, slice(z0, z0 + SLAB_SLICES)
     if setting != "cta_crop":
         return whole, whole, whole
@@ -117,7 +134,8 @@ def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], 
             memo: dict = {}
             for run in runs:
                 # A slab is too thin for the localiser: a localiser-only run has nothing to score there.
-                default = [s for s in settings if not (run.get("localiser_only") and s in SLAB_SETTINGS)]
+                default = [s for s in settings
+                           if not (run.get("localiser_only") and parse_setting(s)[0] in SLAB_SETTINGS)]
                 if setting not in run.get("settings", default):
                     continue
                 seg = segs[run["name"]]
@@ -188,13 +206,22 @@ def tables(rows: list[dict], runs: list[str], settings: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _setting(text: str) -> str:
+    try:
+        parse_setting(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bank", required=True)
     ap.add_argument("--runs", required=True, help="JSON list of {name, weights, options, what}")
     ap.add_argument("--cases", nargs="*", default=None, help="held-out case ids (default: the first run's "
                                                                "localiser holdout)")
-    ap.add_argument("--settings", nargs="*", default=SETTINGS)
+    ap.add_argument("--settings", nargs="*", default=SETTINGS, type=_setting,
+                    help="appearance settings; a slab may be moved along z, e.g. slab_liver+1 slab_liver-1")
     ap.add_argument("--out", required=True, help="output prefix: writes OUT.json and OUT.md")
     a = ap.parse_args(argv)
     runs = json.loads(Path(a.runs).read_text())
