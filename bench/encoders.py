@@ -125,6 +125,7 @@ def build(backend: str, threads: int, calib: np.ndarray | None = None) -> tuple[
 
         # The engine's own OpenVINO path (throughput mode: a batch's slices run as parallel requests).
         enc = OpenVinoLiteEncoder(threads=threads, precision="f32" if backend == "openvino_fp32" else None)
+
         def run(x: np.ndarray) -> list[np.ndarray]:
             outs = enc.runtime.run_each([{0: x[i:i + 1]} for i in range(len(x))], 3)
             return [np.concatenate([o[k] for o in outs]) for k in range(3)]
