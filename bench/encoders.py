@@ -125,10 +125,7 @@ def build(backend: str, threads: int, calib: np.ndarray | None = None) -> tuple[
 
         # The engine's own OpenVINO path (throughput mode: a batch's slices run as parallel requests).
         enc = OpenVinoLiteEncoder(threads=threads, precision="f32" if backend == "openvino_fp32" else None)
-
-        def run(x: np.ndarray) -> list[np.ndarray]:
-            outs = enc.runtime.run_each([{0: x[i:i + 1]} for i in range(len(x))], 3)
-            return [np.concatenate([o[k] for o in outs]) for k in range(3)]
+        run = _torch_runner(enc)      # called like the PyTorch encoder: tensors in, EncoderFeatures out
         info["inference_precision"] = enc.precision
         info["infer_requests"] = len(enc.runtime.requests)
     elif backend == "ort_int8_dynamic":

@@ -55,9 +55,9 @@ def test_vit_peer_counts_macs():
 def test_encoder_bench_builds_the_engines_runtimes():
     """The encoder part times the engine's own ONNX Runtime and OpenVINO encoders; a refactor of
     those classes must not leave the benchmark calling what is gone."""
-    np = pytest.importorskip("numpy")
     pytest.importorskip("openvino")
     import encoders
+    import numpy as np
 
     x = np.random.default_rng(0).random((2, 3, 256, 256), dtype=np.float32)
     for backend in ("onnxruntime", "openvino"):
