@@ -40,7 +40,8 @@ class LiteMedSAMBoxPredictor:
         if not todo:
             return
         images = self.framed.images(np.array(todo))
-        emb = (self.encoder(images).embedding if self.encoder is not None
+        # A CPU runtime returns CPU tensors; the prompt encoder and mask decoder may sit on a GPU.
+        emb = (self.encoder(images).embedding.to(self.device) if self.encoder is not None
                else self.net.image_encoder(images.to(self.device)))
         for z, e in zip(todo, emb):
             self._cache[z] = e[None]

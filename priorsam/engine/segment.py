@@ -163,7 +163,11 @@ class Segmenter:
             key = (type(self.encoder).__name__, hashlib.sha1(images.numpy().tobytes()).hexdigest())
             if key in self.feature_memo:
                 return self.feature_memo[key]
-        feats = self.encoder(images) if self.encoder is not None else self.model.encode(images.to(self.device))
+        if self.encoder is not None:
+            # A CPU runtime (OpenVINO, ONNX Runtime) returns CPU tensors; the heads may sit on a GPU.
+            feats = self.encoder(images).to(self.device)
+        else:
+            feats = self.model.encode(images.to(self.device))
         if key is not None:
             self.feature_memo[key] = feats
         return feats

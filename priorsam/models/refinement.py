@@ -78,8 +78,8 @@ def mask_box(mask: np.ndarray) -> np.ndarray | None:
 def box_masks(boxes: torch.Tensor, size) -> torch.Tensor:
     """(N, C, 4) boxes [x0, y0, x1, y1] (NaN: none) → (N, C, H, W) bool masks of their insides."""
     h, w = size
-    ys = torch.arange(h, dtype=boxes.dtype).view(1, 1, h, 1)
-    xs = torch.arange(w, dtype=boxes.dtype).view(1, 1, 1, w)
+    ys = torch.arange(h, dtype=boxes.dtype, device=boxes.device).view(1, 1, h, 1)
+    xs = torch.arange(w, dtype=boxes.dtype, device=boxes.device).view(1, 1, 1, w)
     b = torch.nan_to_num(boxes, nan=-1.0)
     inside = (xs >= b[..., 0, None, None]) & (xs <= b[..., 2, None, None]) & \
              (ys >= b[..., 1, None, None]) & (ys <= b[..., 3, None, None])
@@ -111,8 +111,12 @@ def refine_to_labels(out: dict, embedding: torch.Tensor, binary, guide: torch.Te
     logits = out["semantic_logits"] if o.mask_round is None else out["round_logits"][o.mask_round]
     probs = logits.float().softmax(1)
     c = probs.shape[1]
+    dev = probs.device
+    # The engine builds the localiser's boxes on the CPU; the heads may run on a GPU.
+    guide = guide.to(dev) if guide is not None else None
+    prompts = prompts.to(dev) if prompts is not None else None
     region = None
-    unguided = torch.ones(c, dtype=torch.bool)
+    unguided = torch.ones(c, dtype=torch.bool, device=dev)
     if guide is not None:
         unguided = torch.isinf(guide[0, :, 0])
         unguided[0] = False
@@ -148,7 +152,7 @@ def refine_to_labels(out: dict, embedding: torch.Tensor, binary, guide: torch.Te
             if o.box_source == "semantic" or prompts is None:
                 use_sem = keep & expected
             else:
-                own = prompts[:, k] + torch.tensor([-1.0, -1.0, 1.0, 1.0]) * o.localiser_box_margin
+                own = prompts[:, k] + torch.tensor([-1.0, -1.0, 1.0, 1.0], device=dev) * o.localiser_box_margin
                 has_own = ~torch.isnan(own[:, 0])
                 start[has_own] = own[has_own].clamp(0, probs.shape[-1] - 1)
                 use_sem = keep & expected & (o.box_source == "agree") & (box_iou(sem, own) >= o.agree_iou)
@@ -163,7 +167,7 @@ def refine_to_labels(out: dict, embedding: torch.Tensor, binary, guide: torch.Te
         cur = masks[idx]
         for r in range(max(1, o.refine_iterations)):
             if r == 0 and start is not None:
-                boxes, valid = start[idx], torch.ones(len(idx), dtype=torch.bool)
+                boxes, valid = start[idx], torch.ones(len(idx), dtype=torch.bool, device=dev)
             else:
                 boxes, valid = boxes_from_masks(cur, margin=o.box_margin)
             logits_b, _ = binary(embedding[idx], boxes)
