@@ -10,7 +10,9 @@ Measures, each part in a fresh process, medians of ``--runs`` (≥3) timed runs:
    sample CT resampled to 512×512×150 (:mod:`volume`);
 4. the Dice cost of the engine's volume-level savings (body skip, z_stride) and of faster encoders on the
    sample CT (:mod:`savings`);
-5. training throughput with and without the feature cache (:mod:`training`).
+5. training throughput with and without the feature cache (:mod:`training`);
+6. where a CUDA GPU is usable, the engine on it: time per volume, peak GPU memory, Dice (:mod:`gpu`; on a
+   CPU-only machine this part records that no GPU was there).
 
 Writes ``bench.md`` and ``bench.json`` into ``--out`` and prints the markdown. ``--quick`` is a smoke run
 (two backends, one peer, a 16-slice crop; minutes, not a measurement to quote).
@@ -110,6 +112,23 @@ def child(part: str, args, timeout: float, **extra) -> dict:
     return out
 
 
+def gpu_part(args, weights: str, work: Path) -> dict:
+    """bench/gpu.py on the CUDA GPU when one is usable (its gpu.json), else why not."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA GPU on this machine"}
+    out = work / "gpu"
+    cmd = [python(), str(HERE.parent / "gpu.py"), "--out", str(out), "--runs", str(args.runs),
+           "--cli-runs", str(args.runs), "--weights", weights]
+    print("[bench] gpu ...", file=sys.stderr, flush=True)
+    res = run_child(cmd, timeout=3600)
+    if res["rc"] != 0 or res["timed_out"]:
+        why = (res["stderr"].strip().splitlines() or ["timed out"])[-1]
+        return {"error": why, "stderr_tail": res["stderr"][-1500:]}
+    return json.loads((out / "gpu.json").read_text())
+
+
 # ---------------------------------------------------------------- the whole benchmark
 def run_volumes(args, weights: str, volumes: dict, work: Path) -> dict:
     """End-to-end runs: the real CLI (default options) on each volume, then the variants on the large one."""
@@ -163,7 +182,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=None, help="timed runs per measurement (default 3; quick 2)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (default: all cores)")
     ap.add_argument("--weights", default=None, help="PriorSAM checkpoint (default: bundle, else the lead's run)")
-    ap.add_argument("--skip", nargs="*", default=[], help="parts to leave out: encoders peers volumes savings training")
+    ap.add_argument("--skip", nargs="*", default=[],
+                    help="parts to leave out: encoders peers volumes savings training gpu")
     ap.add_argument("--variant-runs", type=int, default=1, help="runs of each end-to-end variant (default 1)")
     ap.add_argument("--volume-timeout", type=float, default=1800.0)
     ap.add_argument("--update", action="store_true",
@@ -256,9 +276,11 @@ def main() -> None:
     if "savings" not in args.skip:
         img, lab = volumes["sample_organs16"] if args.quick else (s.image, s.label)
         results["savings"] = child("savings", args, timeout=3600, image=img, label=lab, weights=weights)
+    if "gpu" not in args.skip and not args.quick:
+        results["gpu"] = gpu_part(args, weights, work)
     now = time.strftime("%Y-%m-%d %H:%M")
     for part, key in (("encoders", "encoders"), ("peers", "peers"), ("training", "training"), ("volumes", "volume"),
-                      ("savings", "savings")):
+                      ("savings", "savings"), ("gpu", "gpu")):
         if part not in args.skip:
             measured[key] = {"date": now, "loadavg_end": list(os.getloadavg())}
     results["measured"] = measured

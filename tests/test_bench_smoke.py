@@ -104,5 +104,55 @@ def test_report_picks_fastest_accurate_backend_and_states_targets():
     assert "openvino encoder and z_stride 2: 55.0 s (meets it" in text
     # PG-SAM 8 s/slice vs our engine 160 s / 150 slices
     assert "7.5× — **met**" in text
-    assert "not measurable here" in text
+    assert "GPU: ≤ 3 s per volume — not measured in this run (the run had no GPU part)" in text
     assert "QUICK" not in text and "QUICK" in report.render(_results(quick=True))
+
+
+def test_gpu_bench_refuses_cuda_without_a_gpu(tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    import subprocess
+
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu.py"), "--out", str(tmp_path / "g"), "--device", "cuda"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("bench/gpu.py:")]
+    assert len(lines) == 1 and "no CUDA GPU" in lines[0]
+    assert not (tmp_path / "g").exists()
+
+
+def test_gpu_bench_compares_with_the_reference_runs_label_maps(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    import json
+
+    import gpu
+    import numpy as np
+
+    lab = np.zeros((6, 6, 4), np.uint8)
+    lab[1:4, 1:4, 1:3] = 5
+    other = lab.copy()
+    other[1, 1:4, 1:3] = 0          # 12 of 18 liver voxels kept: Dice 2·12 / (18 + 12)
+    for folder, arr in (("ref", lab), ("run", other)):
+        (tmp_path / folder).mkdir()
+        for name in ("large_x.nii.gz", "large_box_x.nii.gz"):
+            nib.save(nib.Nifti1Image(arr, np.eye(4)), str(tmp_path / folder / name))
+    ref_run = {"labels": "large_x.nii.gz", "box": {"labels": "large_box_x.nii.gz"}, "image_sha256": "a"}
+    (tmp_path / "ref" / "gpu.json").write_text(json.dumps({"device": "cpu", "volumes": {"large": ref_run}}))
+    got = gpu.agreement({**ref_run, "image_sha256": "b"}, tmp_path / "run", tmp_path / "ref", "large")
+    assert got["same_input"] is False
+    assert got["labels"]["organs"] == {"liver": pytest.approx(2 * 12 / 30)}
+    assert got["box"]["mean"] == pytest.approx(2 * 12 / 30)
+    assert gpu.agreement(ref_run, tmp_path / "run", tmp_path / "ref", "sample") is None
+
+
+def test_report_gpu_line_judges_the_loaded_model_time():
+    gpu = {"machine": {"gpu": "NVIDIA H200"},
+           "volumes": {"large": {"total_s": {"median": 2.4}}}, "cli": {"large": {"wall_s": {"median": 14.0, "n": 3}}}}
+    line = report._gpu_target(gpu)
+    assert "NVIDIA H200" in line and "2.40 s read → segment → write" in line and "14.0 s" in line
+    assert line.endswith("**met**.")
+    gpu["volumes"]["large"]["total_s"]["median"] = 3.5
+    assert report._gpu_target(gpu).endswith("**missed**.")
+    assert "not measured in this run (no CUDA GPU on this machine)" in report._gpu_target(
+        {"skipped": "no CUDA GPU on this machine"})
