@@ -6,9 +6,11 @@ The constants come from this project's measurements (docs/slicer.md, "Run time")
   ≈ 10 mm), an idle 2-core AMD EPYC took 35.5 s for the 112-slice sample CT and 51.1 s for a
   512×512×150 CT (docs/benchmarks.md): 0.32–0.34 s per input slice. Thick slices are interpolated
   less, so 0.4 s/slice is used. (Before the faster defaults the figure was 3.5 s/slice.)
-* GPU: not measured in this project yet (no GPU was available); 0.15 s/slice is an assumption
-  to be replaced by a benchmark.
-* Start-up: importing torch/MONAI and loading the weights, measured 7–9 s on 2-core machines.
+* GPU: one NVIDIA H200 (bench/gpu.py, docs/benchmarks.md) took 4.3 s for the sample CT and 9.8 s for
+  the 512×512×150 CT with the model loaded: 0.04–0.07 s per input slice, so 0.07 s/slice is used; a
+  smaller GPU will be slower.
+* Start-up: importing torch/MONAI and loading the weights, measured 7–9 s on 2-core machines; on the
+  H200 machine a fresh run spent 16–22 s beyond the segmentation itself (CUDA start-up included).
 
 A run that finishes records its own seconds per slice; later estimates on that computer use it.
 """
@@ -16,9 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SECONDS_PER_SLICE = {"cpu": 0.4, "cuda": 0.15}
-STARTUP_SECONDS = {"cpu": 9.0, "cuda": 15.0}
-SOURCE = {"cpu": "project benchmark (2-core CPU)", "cuda": "assumed, not yet benchmarked"}
+SECONDS_PER_SLICE = {"cpu": 0.4, "cuda": 0.07}
+STARTUP_SECONDS = {"cpu": 9.0, "cuda": 20.0}
+SOURCE = {"cpu": "project benchmark (2-core CPU)", "cuda": "project benchmark (NVIDIA H200)"}
 
 
 @dataclass(frozen=True)
