@@ -84,3 +84,20 @@ def test_clean_up_keeps_the_pieces_the_localiser_draws_and_drops_the_rest():
     alone = clean_labels(lab, fill_holes=False)   # without the localiser: the largest component only
     assert (alone == 8).sum() == 10 * 6 * 4
     np.testing.assert_array_equal(clean_labels(lab, largest_component=False, fill_holes=False), lab)
+
+
+def test_holes_are_filled_per_slice_even_where_they_open_along_z():
+    from priorsam.engine.consistency import clean_labels
+
+    lab = np.zeros((30, 30, 8), np.uint8)
+    lab[5:25, 5:25, 2:6] = 5
+    lab[10:20, 10:20, 2:6] = 0                    # a tube open at both ends: a hole in each slice, none in 3D
+    lab[22:24, 2:4, 2:6] = 5                      # and a piece apart from the main one
+    out = clean_labels(lab)
+    assert (out[5:25, 5:25, 2:6] == 5).all()      # every slice's hole filled
+    assert not out[22:24, 2:4].any() and not out[:, :, [0, 1, 6, 7]].any()
+    # Another organ's ring in the same slices is filled on its own, without taking the liver's voxels.
+    lab[0:4, 26:30, 3] = 1
+    lab[1:3, 27:29, 3] = 0
+    out = clean_labels(lab)
+    assert (out[0:4, 26:30, 3] == 1).all() and (out[5:25, 5:25, 2:6] == 5).all()

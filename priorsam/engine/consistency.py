@@ -76,12 +76,17 @@ def clean_labels(labels: np.ndarray, largest_component: bool = True, fill_holes:
     from ..labels import labels as label_table
 
     out = labels.copy()
+    # One pass for every organ's box: an organ's voxels change only at its own turn (another organ's turn
+    # removes that organ's voxels or fills background), so each box still holds its organ when reached.
+    boxes = ndimage.find_objects(out)
+    # Holes are filled per axial slice: a structure without neighbours along z does all slices in one call.
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[:, :, 1] = ndimage.generate_binary_structure(2, 1)
     for lab in label_table():
-        mask = out == lab.id
-        if not mask.any():
+        box = boxes[lab.id - 1] if lab.id - 1 < len(boxes) else None
+        if box is None:
             continue
-        box = ndimage.find_objects(mask.astype(np.uint8))[0]
-        sub = mask[box]
+        sub = out[box] == lab.id
         if largest_component and lab.single_component:
             cc, n = ndimage.label(sub)
             if n > 1:
@@ -93,8 +98,7 @@ def clean_labels(labels: np.ndarray, largest_component: bool = True, fill_holes:
                     keep[0] = False
                 sub = keep[cc]
         if fill_holes:
-            for z in range(sub.shape[2]):
-                sub[:, :, z] = ndimage.binary_fill_holes(sub[:, :, z])
+            sub = ndimage.binary_fill_holes(sub, structure=in_plane)
         region = out[box]
         region[(region == lab.id) & ~sub] = 0
         region[sub & (region == 0)] = lab.id
@@ -112,21 +116,30 @@ def agree_with_localiser(labels: np.ndarray, localiser_labels: np.ndarray, min_d
     guess on training anatomies (docs/generalisation.md); where they agree, the per-slice boundary, drawn
     at full resolution, is kept.
     """
+    from scipy import ndimage
+
     out = labels.copy()
-    for k in np.unique(localiser_labels):
-        if k == 0:
+    # Only the box around both masks of an organ is looked at: replacing organ k's slices sets voxels to k
+    # or to background, so another organ's box is the same when its turn comes.
+    mine_boxes, their_boxes = ndimage.find_objects(out), ndimage.find_objects(localiser_labels)
+    for k, theirs_box in enumerate(their_boxes, start=1):
+        if theirs_box is None:
             continue
-        mine, theirs = out == k, localiser_labels == k
+        mine_box = mine_boxes[k - 1] if k - 1 < len(mine_boxes) else None
+        box = theirs_box if mine_box is None else tuple(
+            slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(theirs_box, mine_box))
+        region = out[box]
+        mine, theirs = region == k, localiser_labels[box] == k
         inter = (mine & theirs).sum((0, 1))
         total = mine.sum((0, 1)) + theirs.sum((0, 1))
         dice = 2.0 * inter / np.maximum(total, 1)
         zs = np.flatnonzero(theirs.any((0, 1)) & (dice < min_dice))
         if not zs.size:
             continue
-        sub, t = out[:, :, zs], theirs[:, :, zs]
+        sub, t = region[:, :, zs], theirs[:, :, zs]
         sub[(sub == k) & ~t] = 0
         sub[t & (sub == 0)] = k
-        out[:, :, zs] = sub
+        region[:, :, zs] = sub
     return out
 
 
