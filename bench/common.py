@@ -47,6 +47,29 @@ def time_runs(fn: Callable[[], object], runs: int, warmup: int = 1) -> list[floa
     return out
 
 
+def profile_call(fn: Callable[[], object], path: Path, title: str, restrict: str = "priorsam", top: int = 45) -> float:
+    """Run ``fn`` once under cProfile; write to ``path`` the functions matching ``restrict`` by cumulative
+    time and the ``top`` functions of any module by own time, under ``title``. Returns the wall seconds."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    t = time.perf_counter()
+    prof.enable()
+    try:
+        fn()
+    finally:
+        prof.disable()
+    wall = time.perf_counter() - t
+    buf = io.StringIO()
+    st = pstats.Stats(prof, stream=buf)
+    st.sort_stats("cumulative").print_stats(restrict, top)
+    st.sort_stats("tottime").print_stats(top)
+    path.write_text(f"# {title}\n# {wall:.2f} s wall under the profiler\n{buf.getvalue()}")
+    return wall
+
+
 def stats(xs: Sequence[float]) -> dict:
     """Median, min, max and count of a list of seconds (the table shows the median)."""
     a = np.asarray(list(xs), dtype=float)

@@ -1,6 +1,7 @@
 """The engine on a CUDA GPU: whole-volume time, peak GPU memory, and agreement with the CPU engine.
 
     python bench/gpu.py --out DIR [--device cuda] [--runs 5] [--cli-runs 3] [--reference DIR] [--weights W]
+                        [--profile]
 
 On the 512×512×150 volume of ``make bench`` and on the sample CT:
 
@@ -12,7 +13,9 @@ On the 512×512×150 volume of ``make bench`` and on the sample CT:
 3. one box prompt per volume (``segment_box`` around the liver's labelled extent);
 4. Dice of every label map against the volume's labels and, with ``--reference``, per organ against the
    label maps another run of this script wrote (e.g. ``--device cpu`` on a CPU machine: the engine's CPU
-   runtime), so the GPU path is checked against the CPU path on the same input.
+   runtime), so the GPU path is checked against the CPU path on the same input;
+5. with ``--profile``, one more in-process segment per volume under cProfile (``profile_TAG_DEVICE.txt``):
+   where the time of a GPU run goes, CPU-side work included.
 
 Writes ``gpu.json``, ``gpu.md`` and the label maps (``large_DEVICE.nii.gz``, ``sample_DEVICE.nii.gz``,
 ``large_box_DEVICE.nii.gz``, ``sample_box_DEVICE.nii.gz``) into ``--out``. ``--device cuda`` without a
@@ -31,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import machine_info, python, run_child_rss, stats  # noqa: E402
+from common import machine_info, profile_call, python, run_child_rss, stats  # noqa: E402
 from volume import CountingEncoder, cli_command, dice_per_organ  # noqa: E402
 
 
@@ -69,8 +72,9 @@ def liver_box(label_path: Path, liver: int) -> str:
 
 
 def in_process(image: Path, labels: Path, out_dir: Path, tag: str, device_name: str, runs: int,
-               weights: str | None = None) -> dict:
-    """Model loaded once; ``runs`` timed read → segment → write passes after one warm-up, then one box."""
+               weights: str | None = None, profile: bool = False) -> dict:
+    """Model loaded once; ``runs`` timed read → segment → write passes after one warm-up, then one box;
+    with ``profile`` one more segment under cProfile (``profile_TAG_DEVICE.txt``)."""
     import torch
 
     from priorsam.engine.box_segment import segment_box
@@ -108,7 +112,14 @@ def in_process(image: Path, labels: Path, out_dir: Path, tag: str, device_name: 
         if device.type == "cuda":
             row["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         rows.append(row)
-    liver = _liver_id()
+    profile_file = None
+    if profile:
+        # On a GPU, kernels run asynchronously: their time shows at the next call that waits for them
+        # (a .cpu() copy, the final synchronise), while CPU-side work shows as itself.
+        vol = read_volume(image)
+        profile_file = f"profile_{tag}_{device.type}.txt"
+        profile_call(lambda: (seg.segment(vol, show_bar=False), _sync(device)), out_dir / profile_file,
+                     f"Segmenter.segment on {tag} ({device}), model loaded, after the timed runs")
     box = liver_box(labels, liver)
     vol = read_volume(image)
     t = time.perf_counter()
@@ -124,6 +135,7 @@ def in_process(image: Path, labels: Path, out_dir: Path, tag: str, device_name: 
             "segment_s": stats([r["segment_s"] for r in timed]), "total_s": stats([r["total_s"] for r in timed]),
             "encoded_slices": timed[-1]["encoded_slices"], "slices": int(vol.shape[2]),
             "peak_gpu_mb": max(r["peak_gpu_mb"] for r in rows) if device.type == "cuda" else None,
+            "profile": profile_file,
             "dice": dice_per_organ(out_path, labels), "labels": out_path.name,
             "box": {"box_voxel": box, "seconds": box_s, "labels": box_path.name,
                     "liver_dice": dice_per_organ(box_path, labels)["organs"]["liver"]}}
@@ -181,6 +193,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cli-runs", type=int, default=3, help="fresh-process CLI runs per volume (0: none)")
     ap.add_argument("--reference", type=Path, help="folder of another run's label maps to compare with")
     ap.add_argument("--weights", help="PriorSAM checkpoint (default: the bundle's demo weights)")
+    ap.add_argument("--profile", action="store_true",
+                    help="one more in-process segment per volume under cProfile: profile_TAG_DEVICE.txt")
     args = ap.parse_args(argv)
     if args.runs < 1 or args.cli_runs < 0:
         ap.error("--runs must be at least 1 and --cli-runs at least 0")
@@ -207,7 +221,7 @@ def main(argv=None) -> int:
     res = {"device": str(device), "machine": machine, "volumes": {}, "cli": {}, "agreement": {}}
     for tag, (image, labels) in volumes.items():
         res["volumes"][tag] = in_process(Path(image), Path(labels), args.out, tag, args.device, args.runs,
-                                         args.weights)
+                                         args.weights, args.profile)
         walls = []
         cmd = cli_command(python(), str(image), str(args.out / f"cli_{tag}.nii.gz"), args.weights)
         for _ in range(args.cli_runs):

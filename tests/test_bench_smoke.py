@@ -156,3 +156,20 @@ def test_report_gpu_line_judges_the_loaded_model_time():
     assert report._gpu_target(gpu).endswith("**missed**.")
     assert "not measured in this run (no CUDA GPU on this machine)" in report._gpu_target(
         {"skipped": "no CUDA GPU on this machine"})
+
+
+def test_profile_call_names_the_functions_that_took_the_time(tmp_path):
+    profile_call = common.profile_call
+
+    def slow_part():
+        return sum(i * i for i in range(200_000))
+
+    def run():
+        slow_part()
+        raise RuntimeError("a failing run still leaves the profiler off")
+
+    with pytest.raises(RuntimeError):
+        profile_call(run, tmp_path / "p.txt", "t")
+    assert profile_call(slow_part, tmp_path / "p.txt", "a title", restrict="slow_part") > 0
+    text = (tmp_path / "p.txt").read_text()
+    assert text.startswith("# a title\n# ") and "slow_part" in text and "cumulative" in text
