@@ -120,6 +120,7 @@ def in_process(image: Path, labels: Path, out_dir: Path, tag: str, device_name: 
         profile_file = f"profile_{tag}_{device.type}.txt"
         profile_call(lambda: (seg.segment(vol, show_bar=False), _sync(device)), out_dir / profile_file,
                      f"Segmenter.segment on {tag} ({device}), model loaded, after the timed runs")
+    liver = _liver_id()
     box = liver_box(labels, liver)
     vol = read_volume(image)
     t = time.perf_counter()
