@@ -57,14 +57,12 @@ def fuse(pre, loc_labels, scores, located, agreement: float, fill: float, veto: 
 
 def dice_per_organ(pred: np.ndarray, gt: np.ndarray, support: np.ndarray) -> dict[str, float]:
     """Dice per organ where the image is (NaN where the reference lacks the organ), as the held-out tables."""
+    from priorsam.data.registration import dice_per_label
     from priorsam.labels import labels
 
-    p_all, g_all = np.where(support, pred, 0), np.where(support, gt, 0)
-    out = {}
-    for lab in labels():
-        g, p = g_all == lab.id, p_all == lab.id
-        out[lab.name] = 2.0 * float((p & g).sum()) / float(p.sum() + g.sum()) if g.any() else float("nan")
-    return out
+    gt = np.where(support, gt, 0)
+    dice = dice_per_label(np.where(support, pred, 0), gt, [lab.id for lab in labels()])
+    return {lab.name: dice[lab.id] if (gt == lab.id).any() else float("nan") for lab in labels()}
 
 
 def synapse_mean(per_case: dict[str, dict[str, float]]) -> float:
