@@ -115,14 +115,13 @@ def in_process(image: Path, labels: Path, out_dir: Path, tag: str, device_name: 
     profile_file = None
     if profile:
         # On a GPU, kernels run asynchronously: their time shows at the next call that waits for them
-        # (a .cpu() copy, the final synchronise), while CPU-side work shows as itself.
-        vol = read_volume(image)
+        # (a .cpu() copy, the final synchronise), while CPU-side work shows as itself. The last timed
+        # run's volume is segmented again; the box prompt below uses it too.
         profile_file = f"profile_{tag}_{device.type}.txt"
         profile_call(lambda: (seg.segment(vol, show_bar=False), _sync(device)), out_dir / profile_file,
                      f"Segmenter.segment on {tag} ({device}), model loaded, after the timed runs")
     liver = _liver_id()
     box = liver_box(labels, liver)
-    vol = read_volume(image)
     t = time.perf_counter()
     mask = segment_box(vol, box, space="voxel", device=str(device), show_bar=False)
     _sync(device)
