@@ -76,3 +76,45 @@ def test_segment_box_liver_with_pretrained_litemedsam(tmp_path):
     report = dict(ln.split(":", 1) for ln in proc.stdout.strip().splitlines() if ":" in ln)
     assert int(report["value"]) == LIVER and int(report["voxels"]) == int((seg == LIVER).sum())
     assert Path(report["output"].strip()) == out
+
+
+class CountingEncoder:
+    """The real encoder runtime, recording the batch size of every call."""
+
+    def __init__(self, encoder):
+        self.encoder, self.batch_sizes = encoder, []
+
+    def __call__(self, images):
+        self.batch_sizes.append(len(images))
+        return self.encoder(images)
+
+
+@pytest.mark.slow
+def test_propagation_embeds_slices_ahead_in_batches_with_the_same_masks():
+    """Prefetching embeddings changes how often the encoder is called, never a mask."""
+    from priorsam.data.samples import sample_ct
+    from priorsam.engine.box_segment import LiteMedSAMBoxPredictor, propagate_box
+    from priorsam.engine.boxes import box_to_display
+    from priorsam.io import display_spacing, read_label_map, read_volume
+
+    try:
+        sample = sample_ct()
+    except AssetError as exc:
+        pytest.skip(f"sample CT not cached and not downloadable here: {exc}")
+    vol = read_volume(sample.image)
+    lab = read_label_map(sample.label).array
+    widest = int(np.argmax((lab == LIVER).sum((0, 1))))
+    idx = np.argwhere(lab[:, :, widest - 3:widest + 4] == LIVER) + [0, 0, widest - 3]
+    dbox = box_to_display(vol, np.r_[idx.min(0), idx.max(0)].astype(float), "voxel")  # 7 slices
+    row_mm, col_mm = display_spacing(vol)
+    masks, calls = {}, {}
+    for prefetch in (1, 4):
+        pred = LiteMedSAMBoxPredictor(vol.axial_slices(), "cpu", row_mm=row_mm, col_mm=col_mm)
+        pred.encoder = CountingEncoder(pred.encoder)
+        masks[prefetch] = propagate_box(pred, dbox, (5.0, 5.0), show_bar=False, prefetch=prefetch)
+        calls[prefetch] = pred.encoder.batch_sizes
+    assert masks[1].any(axis=(1, 2)).sum() == 7
+    np.testing.assert_array_equal(masks[4], masks[1])
+    assert calls[1] == [1] * 7
+    # the middle slice and 3 above it, then the 3 below it in one call
+    assert calls[4] == [4, 3]

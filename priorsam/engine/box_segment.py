@@ -4,6 +4,12 @@ Starts at the middle slice of the user's 3D box and propagates up and down: each
 slice is prompted with the previous slice's mask box plus a margin, and propagation stops
 when the mask vanishes or leaves the box's slice range. Framing is LiteMedSAM's own
 (:meth:`~priorsam.data.framed_volume.Framing.upstream`), which the pretrained decoder expects.
+
+The prompts depend on the previous slice's mask, the image embeddings do not: they are computed
+a few slices ahead of the propagation in one encoder call, because the encoder runs a batch
+faster per slice than single slices (on a 2-core CPU OpenVINO runs a batch's slices as parallel
+requests; docs/benchmarks.md). At most ``prefetch - 1`` slices past where propagation stops are
+encoded for nothing.
 """
 from __future__ import annotations
 
@@ -34,6 +40,9 @@ class LiteMedSAMBoxPredictor:
         self._cache: dict[int, torch.Tensor] = {}
         self.encoder = cpu_encoder(encoder_backend, self.device)  # None: the network's PyTorch encoder
 
+    def has_embedding(self, z: int) -> bool:
+        return z in self._cache
+
     @torch.inference_mode()
     def embed(self, zs: list[int]) -> None:
         todo = [z for z in zs if z not in self._cache]
@@ -60,13 +69,23 @@ class LiteMedSAMBoxPredictor:
 
 def propagate_box(predictor: LiteMedSAMBoxPredictor, box: DisplayBox, margin_px: tuple[float, float],
                   min_pixels: int = 4, progress: ProgressFn | None = None, show_bar: bool = True,
-                  rel_margin: float = 0.1) -> np.ndarray:
-    """(Z, H, W) bool mask grown from the box's middle slice up and down (see module docstring)."""
+                  rel_margin: float = 0.1, prefetch: int = 4) -> np.ndarray:
+    """(Z, H, W) bool mask grown from the box's middle slice up and down (see module docstring).
+
+    ``prefetch``: slices embedded per encoder call, ahead of the propagation (1: one at a time).
+    """
     z_count, h, w = predictor.slices.shape
     out = np.zeros((z_count, h, w), dtype=bool)
-    mid = (box.z0 + box.z1) // 2
+
+    def embed_ahead(z: int, step: int) -> None:
+        # Only when z itself is missing, so every call fills a whole batch rather than one slice.
+        if not predictor.has_embedding(z):
+            predictor.embed([z + i * step for i in range(max(1, prefetch)) if box.z0 <= z + i * step <= box.z1])
+
     reporter = ProgressReporter(box.z1 - box.z0 + 1, "propagating", progress, show_bar)
     try:
+        mid = (box.z0 + box.z1) // 2
+        embed_ahead(mid, 1)
         first = predictor.predict(mid, box.xyxy())
         reporter.advance(1)
         out[mid] = first
@@ -83,6 +102,7 @@ def propagate_box(predictor: LiteMedSAMBoxPredictor, box: DisplayBox, margin_px:
                 my = max(margin_px[0], rel_margin * (b[3] - b[1]))
                 grown = b + np.array([-mx, -my, mx, my], dtype=np.float32)
                 grown = np.clip(grown, [box.c0, box.r0, box.c0, box.r0], [box.c1, box.r1, box.c1, box.r1])
+                embed_ahead(z, step)
                 prev = predictor.predict(z, grown)
                 out[z] = prev
                 reporter.advance(1)
