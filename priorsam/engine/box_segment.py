@@ -67,47 +67,13 @@ class LiteMedSAMBoxPredictor:
         return (self.framed.maps_from_model(logits.float()).sigmoid()[0, 0] > 0.5).cpu().numpy()
 
 
-def box_iou_xyxy(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two [x0, y0, x1, y1] pixel boxes (inclusive pixel indices)."""
-    w = min(a[2], b[2]) - max(a[0], b[0]) + 1
-    h = min(a[3], b[3]) - max(a[1], b[1]) + 1
-    inter = max(0.0, float(w)) * max(0.0, float(h))
-    area = lambda x: float(x[2] - x[0] + 1) * float(x[3] - x[1] + 1)  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
-
-
-def best_fitting_slice(predictor: LiteMedSAMBoxPredictor, box: DisplayBox, prefetch: int = 4) -> tuple[int, np.ndarray]:
-    """The slice of the box's z range where the user's box fits the object it prompts best, and that mask.
-
-    Every slice is prompted with the user's 2D box; the fit is the IoU between that box and the
-    mask's own box (ties: the slice nearest the middle). A 3D box is as wide as the object's widest
-    slice, so elsewhere the box is looser than the object and the decoder may fill it with neighbours.
-    """
-    zs = list(range(box.z0, box.z1 + 1))
-    for i in range(0, len(zs), max(1, prefetch)):
-        predictor.embed(zs[i:i + max(1, prefetch)])
-    mid = (box.z0 + box.z1) / 2
-    best = (-1.0, 0.0, box.z0, None)
-    for z in zs:
-        mask = predictor.predict(z, box.xyxy())
-        b = mask_box(mask)
-        fit = 0.0 if b is None else box_iou_xyxy(b, box.xyxy())
-        key = (fit, -abs(z - mid))
-        if key > best[:2]:
-            best = (*key, z, mask)
-    return best[2], best[3]
-
-
 def propagate_box(predictor: LiteMedSAMBoxPredictor, box: DisplayBox, margin_px: tuple[float, float],
                   min_pixels: int = 4, progress: ProgressFn | None = None, show_bar: bool = True,
-                  rel_margin: float = 0.1, prefetch: int = 4, start: str = "middle") -> np.ndarray:
-    """(Z, H, W) bool mask grown from a start slice up and down (see module docstring).
+                  rel_margin: float = 0.1, prefetch: int = 4) -> np.ndarray:
+    """(Z, H, W) bool mask grown from the box's middle slice up and down (see module docstring).
 
-    ``start``: "middle" (the box's middle slice) or "best_fit" (:func:`best_fitting_slice`).
     ``prefetch``: slices embedded per encoder call, ahead of the propagation (1: one at a time).
     """
-    if start not in ("middle", "best_fit"):
-        raise ValueError(f"start must be middle or best_fit, not {start!r}")
     z_count, h, w = predictor.slices.shape
     out = np.zeros((z_count, h, w), dtype=bool)
 
@@ -118,12 +84,9 @@ def propagate_box(predictor: LiteMedSAMBoxPredictor, box: DisplayBox, margin_px:
 
     reporter = ProgressReporter(box.z1 - box.z0 + 1, "propagating", progress, show_bar)
     try:
-        if start == "best_fit":
-            mid, first = best_fitting_slice(predictor, box, prefetch)
-        else:
-            mid = (box.z0 + box.z1) // 2
-            embed_ahead(mid, 1)
-            first = predictor.predict(mid, box.xyxy())
+        mid = (box.z0 + box.z1) // 2
+        embed_ahead(mid, 1)
+        first = predictor.predict(mid, box.xyxy())
         reporter.advance(1)
         out[mid] = first
         for step in (1, -1):
