@@ -2,8 +2,10 @@
 
 For every organ of every case: (a) one box per slice, taken from the labels (the decoder's ceiling);
 (b) one 3D box around the organ's labelled extent, propagated from the box's middle slice as
-``priorsam segment-box`` does. (bench/results/box_prompt.md also has a column (c), a start at the
-slice the box fits best, measured with commit 56d8dad and not adopted.) Cases: the
+``priorsam segment-box`` does; and the name PriorSAM's semantic decoder gives the object
+(``segment-box --label auto``), asked of the propagated mask and of the labelled one. (bench/results/
+box_prompt.md also has a column (c), a start at the slice the box fits best, measured with commit
+56d8dad and not adopted.) Cases: the
 sample CT (its labels are TotalSegmentator output, not manual ground truth) and, with ``--bank``,
 pseudo-patients of the anatomy bank rendered as :mod:`priorsam.evaluation.anatomy_holdout` renders
 them, scored where they have an image. Nothing of the box path is trained, so every anatomy is
@@ -27,7 +29,9 @@ import numpy as np
 
 from priorsam.engine.box_segment import LiteMedSAMBoxPredictor, propagate_box
 from priorsam.engine.boxes import box_to_display
-from priorsam.io import display_spacing, read_label_map, read_volume, to_display
+from priorsam.engine.naming import name_prompted_organ
+from priorsam.engine.segment import Segmenter
+from priorsam.io import display_spacing, from_display, read_label_map, read_volume, to_display
 from priorsam.labels import labels
 from priorsam.models.refinement import mask_box
 
@@ -56,7 +60,7 @@ def cases(bank: str | None, case_ids: list[str], settings: list[str]):
             yield f"{cid}/{setting}", as_volume(render(pp, setting, names), pp), pp.ours, pp.supported()
 
 
-def score_case(vol, lab: np.ndarray, support: np.ndarray | None) -> list[dict]:
+def score_case(vol, lab: np.ndarray, support: np.ndarray | None, namer: Segmenter | None = None) -> list[dict]:
     slices = vol.axial_slices()
     row_mm, col_mm = display_spacing(vol)
     pred = LiteMedSAMBoxPredictor(slices, "cpu", row_mm=row_mm, col_mm=col_mm)
@@ -75,8 +79,13 @@ def score_case(vol, lab: np.ndarray, support: np.ndarray | None) -> list[dict]:
             per_slice[z] = pred.predict(int(z), mask_box(gt[z]))
         t = time.perf_counter()
         m = propagate_box(pred, dbox, (5.0 / sy, 5.0 / sx), show_bar=False)
-        rows.append({"organ": L.name, "box_slices": dbox.z1 - dbox.z0 + 1, "per_slice": dice(per_slice & sup_d, gt),
-                     "middle": dice(m & sup_d, gt), "middle_s": time.perf_counter() - t})
+        row = {"organ": L.name, "box_slices": dbox.z1 - dbox.z0 + 1, "per_slice": dice(per_slice & sup_d, gt),
+               "middle": dice(m & sup_d, gt), "middle_s": time.perf_counter() - t}
+        if namer is not None:
+            for key, mask in (("named_box", from_display(m)), ("named_labels", from_display(gt))):
+                name, _, prob = name_prompted_organ(vol, mask, segmenter=namer)
+                row[key], row[f"{key}_p"] = name, prob
+        rows.append(row)
     return rows
 
 
@@ -98,6 +107,25 @@ def table(rows: list[dict]) -> list[str]:
     return out
 
 
+def naming_table(rows: list[dict]) -> list[str]:
+    """How often the semantic decoder names the object right, per organ, from either mask."""
+    out = ["| organ | cases | named right from the 3D-box mask | its probability when right, median | "
+           "named right from the labelled mask | wrong names (3D-box mask) |", "|---|---|---|---|---|---|"]
+    for o in [L.name for L in labels()]:
+        rs = [r for r in rows if r["organ"] == o and "named_box" in r]
+        if not rs:
+            continue
+        right = [r for r in rs if r["named_box"] == o]
+        wrong = sorted({r["named_box"] for r in rs if r["named_box"] != o})
+        p = f"{np.median([r['named_box_p'] for r in right]):.2f}" if right else "—"
+        out.append(f"| {o} | {len(rs)} | {len(right)} | {p} | {sum(r['named_labels'] == o for r in rs)} | "
+                   f"{', '.join(wrong) or '—'} |")
+    n = [r for r in rows if "named_box" in r]
+    out.append(f"| **all** | {len(n)} | **{sum(r['named_box'] == r['organ'] for r in n)}** | | "
+               f"**{sum(r['named_labels'] == r['organ'] for r in n)}** | |")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/box_prompt.md")
@@ -107,9 +135,10 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     rows = []
+    namer = Segmenter(None, "cpu")   # the bundle's weights, loaded once for every name
     for name, vol, lab, support in cases(args.bank, args.cases, args.settings):
         t = time.perf_counter()
-        for r in score_case(vol, lab, support):
+        for r in score_case(vol, lab, support, namer):
             rows.append({"case": name, **r})
             print(json.dumps(rows[-1]), flush=True)
         print(f"[box] {name}: {time.perf_counter() - t:.0f} s", flush=True)
@@ -122,6 +151,8 @@ def main() -> None:
              "Dice in 3D; per organ the mean over cases, then the mean of the organ means.", ""]
     lines += table(rows)
     lines += ["", "Sample CT alone:", ""] + table([r for r in rows if r["case"] == "example_ct"])
+    lines += ["", "Naming (`segment-box --label auto`: the 3 slices where the mask is largest, their class "
+              "probabilities averaged):", ""] + naming_table(rows)
     lines += ["", "Median seconds per organ box once the slices are embedded (decoder and propagation): "
               f"{float(np.median([r['middle_s'] for r in rows])):.2f} s.", ""]
     out.write_text("\n".join(lines))

@@ -28,3 +28,19 @@ def test_label_auto_prints_and_writes_a_named_organ(tmp_path, random_checkpoint)
 
     written = np.unique(np.asarray(nib.load(str(out)).dataobj))
     assert set(written.tolist()) <= {0, int(value)} and int(value) in written
+
+
+@pytest.mark.slow
+def test_a_loaded_segmenter_names_as_the_weights_do(tmp_path, random_checkpoint):
+    """Benchmarks name many objects with one loaded model; the answer must not depend on it."""
+    from priorsam.engine.naming import name_prompted_organ
+    from priorsam.engine.segment import Segmenter
+    from priorsam.io import read_volume
+
+    vol = read_volume(save_nifti(tmp_path / "ct.nii.gz", synthetic_ct_array(shape=(48, 40, 3))))
+    mask = np.zeros(vol.shape, dtype=bool)
+    mask[10:30, 12:28, :] = True
+    by_weights = name_prompted_organ(vol, mask, str(random_checkpoint), "cpu")
+    seg = Segmenter(str(random_checkpoint), "cpu")
+    assert name_prompted_organ(vol, mask, segmenter=seg) == by_weights
+    assert name_prompted_organ(vol, mask, segmenter=seg) == by_weights

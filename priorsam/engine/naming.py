@@ -17,9 +17,12 @@ from .segment import Segmenter
 
 @torch.inference_mode()
 def name_prompted_organ(volume: Volume, mask_ras: np.ndarray, weights: str | None = None, device: str = "auto",
-                        max_slices: int = 3) -> tuple[str, int, float]:
-    """(organ name, label id, probability) for the object in ``mask_ras`` (canonical RAS bool)."""
-    seg = Segmenter(weights, device)
+                        max_slices: int = 3, segmenter: Segmenter | None = None) -> tuple[str, int, float]:
+    """(organ name, label id, probability) for the object in ``mask_ras`` (canonical RAS bool).
+
+    ``segmenter``: a loaded :class:`Segmenter` to use instead of loading ``weights`` (several names in
+    one process load the model once)."""
+    seg = segmenter or Segmenter(weights, device)
     model = seg.model
     mask_d = to_display(mask_ras.astype(np.uint8)) > 0
     areas = mask_d.reshape(len(mask_d), -1).sum(1)
