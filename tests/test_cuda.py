@@ -81,8 +81,7 @@ def test_box_prompt_and_its_name_on_cuda(organ_slab):
     vol = read_volume(path)
     on = {dev: segment_box(vol, box, space="voxel", device=dev, show_bar=False) for dev in ("cpu", "cuda")}
     assert dice(on["cpu"].astype(np.uint8), on["cuda"].astype(np.uint8), 1) >= 0.97
-    # The same answer on both devices; not necessarily "liver": on this 32-slice crop both name the liver's
-    # box "stomach" (p 0.28 on the CPU), a limit of naming from a crop, not of the GPU path.
+    # The same answer on both devices; whether it is right is bench/results/naming.md's question.
     named = {dev: name_prompted_organ(vol, on["cuda"], device=dev) for dev in ("cpu", "cuda")}
     assert named["cpu"][:2] == named["cuda"][:2]
     assert abs(named["cpu"][2] - named["cuda"][2]) < 0.05
