@@ -151,8 +151,7 @@ def main() -> None:
              "Dice in 3D; per organ the mean over cases, then the mean of the organ means.", ""]
     lines += table(rows)
     lines += ["", "Sample CT alone:", ""] + table([r for r in rows if r["case"] == "example_ct"])
-    lines += ["", "Naming (`segment-box --label auto`: the 3 slices where the mask is largest, their class "
-              "probabilities averaged):", ""] + naming_table(rows)
+    lines += ["", "Naming (`segment-box --label auto`, the default rule of priorsam.engine.naming):", ""] + naming_table(rows)
     lines += ["", "Median seconds per organ box once the slices are embedded (decoder and propagation): "
               f"{float(np.median([r['middle_s'] for r in rows])):.2f} s.", ""]
     out.write_text("\n".join(lines))
