@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from priorsam.engine.naming import NAMING_RULES, name_prompted_organ
+from priorsam.engine.naming import NAMING_RULES, prompted_organ_names
 from priorsam.engine.segment import Segmenter
 from priorsam.labels import labels
 
@@ -38,8 +38,7 @@ def main() -> None:
             if not mask.any():
                 continue
             row = {"case": name, "organ": L.name}
-            for rule in NAMING_RULES:
-                named, _, p = name_prompted_organ(vol, mask, segmenter=seg, rule=rule)
+            for rule, (named, _, p) in prompted_organ_names(vol, mask, seg).items():
                 row[rule], row[f"{rule}_p"] = named, p
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -21,35 +21,44 @@ NAMING_RULES = ("prompt_class", "pixels")
 
 
 @torch.inference_mode()
-def name_prompted_organ(volume: Volume, mask_ras: np.ndarray, weights: str | None = None, device: str = "auto",
-                        max_slices: int = 3, segmenter: Segmenter | None = None,
-                        rule: str = "pixels") -> tuple[str, int, float]:
-    """(organ name, label id, probability) for the object in ``mask_ras`` (canonical RAS bool).
+def prompted_organ_names(volume: Volume, mask_ras: np.ndarray, segmenter: Segmenter,
+                         max_slices: int = 3) -> dict[str, tuple[str, int, float]]:
+    """Every rule's (organ name, label id, probability) for the object in ``mask_ras`` (canonical RAS
+    bool), from one forward pass over the ``max_slices`` slices where the mask is largest.
 
-    ``rule``: "pixels" (the heads' per-pixel organ probabilities averaged over the mask, background
-    left out; the probability is the organ's share of that average) or "prompt_class" (the decoder's
-    class logits for the prompted box). Both come from one forward pass.
-    ``segmenter``: a loaded :class:`Segmenter` to use instead of loading ``weights`` (several names in
-    one process load the model once)."""
-    if rule not in NAMING_RULES:
-        raise ValueError(f"rule must be one of {', '.join(NAMING_RULES)}, not {rule!r}")
-    seg = segmenter or Segmenter(weights, device)
-    model = seg.model
+    "pixels": the heads' per-pixel organ probabilities averaged over the mask; "prompt_class": the
+    decoder's class logits for the mask's box. Background is left out; the probability is the organ's
+    share of the organs' total."""
+    model = segmenter.model
     mask_d = to_display(mask_ras.astype(np.uint8)) > 0
     areas = mask_d.reshape(len(mask_d), -1).sum(1)
     if areas.max() == 0:
         raise ValueError("empty mask: nothing to name")
     zs = np.argsort(areas)[::-1][:max_slices]
     zs = zs[areas[zs] > 0]
-    framed = FramedVolume.from_volume(volume, seg.framing())
+    framed = FramedVolume.from_volume(volume, segmenter.framing())
     boxes = np.stack([framed.box_to_model(mask_box(mask_d[z])) for z in zs])
-    out = model(features=seg.features(framed.images(zs)), boxes=torch.as_tensor(boxes))
-    if rule == "pixels":
-        maps = framed.maps_from_model(out["semantic_logits"].float().softmax(1))      # (n, C, H, W)
-        inside = torch.as_tensor(mask_d[zs], device=maps.device)
-        probs = maps.permute(1, 0, 2, 3)[:, inside].mean(1)
-    else:
-        probs = out["prompted_class_logits"].float().softmax(1).mean(0)
-    probs[0] = 0  # a prompted object is an organ; background is not an answer
-    k = int(probs.argmax())
-    return model.class_names[k], int(model.label_ids[k]), float(probs[k] / probs.sum())
+    out = model(features=segmenter.features(framed.images(zs)), boxes=torch.as_tensor(boxes))
+    maps = framed.maps_from_model(out["semantic_logits"].float().softmax(1))      # (n, C, H, W)
+    inside = torch.as_tensor(mask_d[zs], device=maps.device)
+    scores = {"pixels": maps.permute(1, 0, 2, 3)[:, inside].mean(1),
+              "prompt_class": out["prompted_class_logits"].float().softmax(1).mean(0)}
+    names = {}
+    for rule, probs in scores.items():
+        probs[0] = 0  # a prompted object is an organ; background is not an answer
+        k = int(probs.argmax())
+        names[rule] = (model.class_names[k], int(model.label_ids[k]), float(probs[k] / probs.sum()))
+    return names
+
+
+def name_prompted_organ(volume: Volume, mask_ras: np.ndarray, weights: str | None = None, device: str = "auto",
+                        max_slices: int = 3, segmenter: Segmenter | None = None,
+                        rule: str = "pixels") -> tuple[str, int, float]:
+    """(organ name, label id, probability) for the object in ``mask_ras`` (canonical RAS bool) by one
+    rule of :func:`prompted_organ_names` ("pixels" by default, the measured better one).
+
+    ``segmenter``: a loaded :class:`Segmenter` to use instead of loading ``weights`` (several names in
+    one process load the model once)."""
+    if rule not in NAMING_RULES:
+        raise ValueError(f"rule must be one of {', '.join(NAMING_RULES)}, not {rule!r}")
+    return prompted_organ_names(volume, mask_ras, segmenter or Segmenter(weights, device), max_slices)[rule]
