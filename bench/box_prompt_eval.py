@@ -3,10 +3,10 @@
 For every organ of every case: (a) one box per slice, taken from the labels (the decoder's ceiling);
 (b) one 3D box around the organ's labelled extent, propagated from the box's middle slice as
 ``priorsam segment-box`` does; and the name PriorSAM's semantic decoder gives the object
-(``segment-box --label auto``), asked of the propagated mask and of the labelled one. (bench/results/
-box_prompt.md also has a column (c), a start at the slice the box fits best, measured with commit
-56d8dad and not adopted.) Cases: the
-sample CT (its labels are TotalSegmentator output, not manual ground truth) and, with ``--bank``,
+(``segment-box --label auto``), asked of the propagated mask and of the labelled one.
+(bench/results/box_prompt.md also has a column (c), a start at the slice the box fits best, measured
+with commit 56d8dad and not adopted.) Cases: the sample CT (its labels are TotalSegmentator output,
+not manual ground truth) and, with ``--bank``,
 pseudo-patients of the anatomy bank rendered as :mod:`priorsam.evaluation.anatomy_holdout` renders
 them, scored where they have an image. Nothing of the box path is trained, so every anatomy is
 unseen by it; the pseudo-patients share the sample CT's texture (anatomy transfer only).
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from priorsam.data.registration import dice_per_label
 from priorsam.engine.box_segment import LiteMedSAMBoxPredictor, propagate_box
 from priorsam.engine.boxes import box_to_display
 from priorsam.engine.naming import name_prompted_organ
@@ -35,9 +36,10 @@ from priorsam.io import display_spacing, from_display, read_label_map, read_volu
 from priorsam.labels import labels
 from priorsam.models.refinement import mask_box
 
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return float("nan") if s == 0 else 2.0 * float((a & b).sum()) / s
+    """Dice of two bool masks (NaN when both are empty)."""
+    return dice_per_label(a, b, [1])[1]
 
 
 def cases(bank: str | None, case_ids: list[str], settings: list[str]):
