@@ -1,0 +1,131 @@
+"""A box around an organ: propagated LiteMedSAM against the automatic engine's organ in the box.
+
+For every organ of every case, with the same 3D box as bench/box_prompt_eval.py (the organ's labelled
+extent where the image is):
+- **propagate**: ``segment-box --method propagate`` (LiteMedSAM from the box's middle slice), and the
+  name the "pixels" rule gives its mask (what ``--label auto`` printed before the organs route);
+- **organs, explicit label**: :func:`priorsam.engine.box_organs.organ_for_box` with the organ's name
+  (the engine's mask of it inside the box when its extent fits the box, IoU ≥ 0.5; else propagation);
+- **organs, auto**: the same with no name (the best-fitting organ names the answer; else propagation
+  named by the "pixels" rule).
+The engine runs once per case with its defaults and the bundle's weights. The rule these figures decide
+was written down first: bench/results/box_organs_decision.md.
+
+    python bench/box_organs_eval.py --out bench/results/box_organs.md \
+        [--bank CACHE --cases btcv_0005 ... --settings native portal_venous]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+from box_prompt_eval import cases, dice
+
+from priorsam.engine.box_organs import organ_for_box
+from priorsam.engine.box_segment import LiteMedSAMBoxPredictor, propagate_box
+from priorsam.engine.boxes import box_to_display
+from priorsam.engine.naming import name_prompted_organ
+from priorsam.engine.segment import Segmenter
+from priorsam.io import display_spacing, from_display, to_display
+from priorsam.labels import labels
+
+
+def score_case(vol, lab: np.ndarray, support: np.ndarray | None, seg: Segmenter) -> tuple[list[dict], float]:
+    t = time.perf_counter()
+    engine = seg.segment(vol, show_bar=False).labels
+    engine_s = time.perf_counter() - t
+    slices = vol.axial_slices()
+    row_mm, col_mm = display_spacing(vol)
+    pred = LiteMedSAMBoxPredictor(slices, "cpu", row_mm=row_mm, col_mm=col_mm)
+    sx, sy, _ = vol.spacing
+    lab_d = to_display(lab.astype(np.uint8))
+    sup_d = np.ones(lab_d.shape, bool) if support is None else to_display(support.astype(np.uint8)) > 0
+    eng_d = to_display(engine)
+    rows = []
+    for L in labels():
+        idx = np.argwhere((lab == L.id) if support is None else (lab == L.id) & support)
+        if len(idx) == 0:
+            continue
+        gt = (lab_d == L.id) & sup_d
+        dbox = box_to_display(vol, np.r_[idx.min(0), idx.max(0)].astype(float), "voxel")
+        m = propagate_box(pred, dbox, (5.0 / sy, 5.0 / sx), show_bar=False)
+        named, _, p = name_prompted_organ(vol, from_display(m), segmenter=seg)
+        row = {"organ": L.name, "propagate": dice(m & sup_d, gt), "named_propagate": named, "named_propagate_p": p,
+               "engine_whole": dice((eng_d == L.id) & sup_d, gt)}
+        found = organ_for_box(engine, dbox, L.name)
+        row["explicit_route"] = "organs" if found else "propagate"
+        row["explicit_iou"] = found[1].iou if found else None
+        row["explicit"] = dice((to_display(found[0].astype(np.uint8)) > 0) & sup_d, gt) if found else row["propagate"]
+        found = organ_for_box(engine, dbox, None)
+        row["auto_route"] = "organs" if found else "propagate"
+        row["auto_name"] = found[1].name if found else named
+        row["auto_iou"] = found[1].iou if found else None
+        row["auto"] = dice((to_display(found[0].astype(np.uint8)) > 0) & sup_d, gt) if found else row["propagate"]
+        rows.append(row)
+    return rows, engine_s
+
+
+def table(rows: list[dict]) -> list[str]:
+    out = ["| organ | cases | propagate | organs, explicit label | difference | answered by propagation | "
+           "organs, auto | auto named right | propagate + pixels rule named right | engine, whole organ (no box) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    means = {k: [] for k in ("propagate", "explicit", "auto", "engine_whole")}
+    for o in [L.name for L in labels()]:
+        rs = [r for r in rows if r["organ"] == o]
+        if not rs:
+            continue
+        m = {k: float(np.nanmean([r[k] for r in rs])) for k in means}
+        for k in means:
+            means[k].append(m[k])
+        out.append(f"| {o} | {len(rs)} | {m['propagate']:.3f} | {m['explicit']:.3f} | "
+                   f"{m['explicit'] - m['propagate']:+.3f} | {sum(r['explicit_route'] == 'propagate' for r in rs)} | "
+                   f"{m['auto']:.3f} | {sum(r['auto_name'] == o for r in rs)} | "
+                   f"{sum(r['named_propagate'] == o for r in rs)} | {m['engine_whole']:.3f} |")
+    mm = {k: float(np.mean(v)) for k, v in means.items()}
+    out.append(f"| **mean of organ means** | {len(rows)} | **{mm['propagate']:.3f}** | **{mm['explicit']:.3f}** | "
+               f"**{mm['explicit'] - mm['propagate']:+.3f}** | {sum(r['explicit_route'] == 'propagate' for r in rows)} | "
+               f"**{mm['auto']:.3f}** | **{sum(r['auto_name'] == r['organ'] for r in rows)}** | "
+               f"**{sum(r['named_propagate'] == r['organ'] for r in rows)}** | {mm['engine_whole']:.3f} |")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench/results/box_organs.md")
+    ap.add_argument("--bank", default=None, help="pseudo-patient cache (priorsam.data.pseudo_patients)")
+    ap.add_argument("--cases", nargs="*", default=[])
+    ap.add_argument("--settings", nargs="*", default=["native", "portal_venous"])
+    args = ap.parse_args()
+    out = Path(args.out)
+    rows, engine_s = [], {}
+    seg = Segmenter(None, "cpu")
+    for name, vol, lab, support in cases(args.bank, args.cases, args.settings):
+        t = time.perf_counter()
+        case_rows, engine_s[name] = score_case(vol, lab, support, seg)
+        for r in case_rows:
+            rows.append({"case": name, **r})
+            print(json.dumps(rows[-1]), flush=True)
+        print(f"[box-organs] {name}: {time.perf_counter() - t:.0f} s (engine {engine_s[name]:.0f} s)", flush=True)
+        out.with_suffix(".json").write_text(json.dumps({"engine_seconds": engine_s, "rows": rows}, indent=1))
+    held_out = [r for r in rows if r["case"] != "example_ct"]
+    lines = ["# A box around an organ: propagated LiteMedSAM against the automatic engine's organ in the box", "",
+             f"`python bench/box_organs_eval.py` on {platform.processor() or platform.machine()}, "
+             f"{__import__('os').cpu_count()} cores, CPU only, {time.strftime('%Y-%m-%d')}. Cases: "
+             f"{', '.join(dict.fromkeys(r['case'] for r in rows))}. The 3D box is each organ's labelled extent "
+             "(where the image is); Dice in 3D; per organ the mean over cases, then the mean of the organ means. "
+             "Rule: box_organs_decision.md.", ""]
+    if held_out:
+        lines += ["Held-out pseudo-patients (the rule's cases):", ""] + table(held_out) + [""]
+    lines += ["Sample CT (the engine's heads trained on it; not used by the rule):", ""]
+    lines += table([r for r in rows if r["case"] == "example_ct"])
+    lines += ["", f"Engine seconds per case, median: {float(np.median(list(engine_s.values()))):.0f} s.", ""]
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

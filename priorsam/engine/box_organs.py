@@ -1,0 +1,91 @@
+"""A box around one of the eight organs, answered with the automatic engine's mask of that organ.
+
+Propagating LiteMedSAM from a box's middle slice (:mod:`.box_segment`) sees one slice at a time and
+nothing of the anatomy around it: where an organ narrows faster than the box, its mask spills onto
+the neighbours. The automatic engine finds the organs with the 3D localiser's context. So when the
+engine drew the organ the user boxed — the 3D bounding box of its mask overlaps the user's box with an
+IoU of at least ``min_iou`` — its mask inside the box is the answer, and otherwise the caller propagates
+(a lesion, or an organ the engine missed or drew elsewhere). Measured on held-out pseudo-patients:
+bench/results/box_organs.md.
+
+Works in display coordinates (:func:`priorsam.io.to_display`), where :class:`.boxes.DisplayBox` lives.
+Numpy only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..io import from_display, to_display
+from ..labels import labels
+from .boxes import DisplayBox
+
+
+@dataclass(frozen=True)
+class OrganMatch:
+    """The engine's organ that answers a box, and how well its extent fits the box."""
+
+    name: str
+    label_id: int
+    iou: float
+
+
+def voxel_extent(box: DisplayBox) -> np.ndarray:
+    """The box as inclusive voxel indices (z0, r0, c0, z1, r1, c1) of the display grid."""
+    return np.array([box.z0, round(box.r0), round(box.c0), box.z1, round(box.r1), round(box.c1)], dtype=np.int64)
+
+
+def mask_extent(mask: np.ndarray) -> np.ndarray | None:
+    """Inclusive (z0, r0, c0, z1, r1, c1) of a (Z, H, W) bool mask; None when it is empty."""
+    idx = np.argwhere(mask)
+    return None if len(idx) == 0 else np.r_[idx.min(0), idx.max(0)]
+
+
+def box_iou_3d(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two inclusive integer boxes (z0, r0, c0, z1, r1, c1), counted in voxels."""
+    size = lambda lo, hi: float(np.prod(np.maximum(hi - lo + 1, 0)))  # noqa: E731
+    inter = size(np.maximum(a[:3], b[:3]), np.minimum(a[3:], b[3:]))
+    return inter / (size(a[:3], a[3:]) + size(b[:3], b[3:]) - inter)
+
+
+def match_organ(labels_display: np.ndarray, box: DisplayBox, candidates: dict[str, int],
+                min_iou: float = 0.5) -> OrganMatch | None:
+    """The candidate organ (name → label id) whose mask in ``labels_display`` (Z, H, W label ids) has the
+    3D extent closest to the box, if its IoU reaches ``min_iou``; None otherwise."""
+    user = voxel_extent(box)
+    best = None
+    for name, label_id in candidates.items():
+        extent = mask_extent(labels_display == label_id)
+        if extent is None:
+            continue
+        iou = box_iou_3d(user, extent)
+        if iou >= min_iou and (best is None or iou > best.iou):
+            best = OrganMatch(name, int(label_id), iou)
+    return best
+
+
+def organ_inside_box(labels_display: np.ndarray, box: DisplayBox, label_id: int) -> np.ndarray:
+    """(Z, H, W) bool: the organ's voxels that lie inside the box (the user's box bounds the answer)."""
+    z0, r0, c0, z1, r1, c1 = voxel_extent(box)
+    out = np.zeros(labels_display.shape, dtype=bool)
+    out[z0:z1 + 1, r0:r1 + 1, c0:c1 + 1] = labels_display[z0:z1 + 1, r0:r1 + 1, c0:c1 + 1] == label_id
+    return out
+
+
+def organ_for_box(engine_labels: np.ndarray, box: DisplayBox, organ: str | None = None,
+                  min_iou: float = 0.5) -> tuple[np.ndarray, OrganMatch] | None:
+    """The answer to a box from the automatic engine's label map ``engine_labels`` (canonical RAS label
+    ids, as :meth:`priorsam.engine.segment.Segmenter.segment` returns): (canonical RAS bool mask inside the
+    box, the match), or None when no organ fits the box and the caller should propagate.
+
+    ``organ``: one of the eight organ names (only that organ may answer), or None (``--label auto``: the
+    organ that fits the box best)."""
+    ids = {lab.name: lab.id for lab in labels()}
+    if organ is not None and organ not in ids:
+        raise ValueError(f"{organ!r} is not one of the organs {', '.join(ids)}")
+    lab_d = to_display(engine_labels)
+    match = match_organ(lab_d, box, ids if organ is None else {organ: ids[organ]}, min_iou)
+    if match is None:
+        return None
+    return from_display(organ_inside_box(lab_d, box, match.label_id)), match
