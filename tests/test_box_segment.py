@@ -58,8 +58,8 @@ def test_segment_box_liver_with_pretrained_litemedsam(tmp_path):
     out = tmp_path / "out" / "liver.nii.gz"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "priorsam", "segment-box", str(image), box, str(out),
-                           "--label", "liver", "--device", "cpu"], capture_output=True, text=True, env=env,
-                          timeout=600)
+                           "--label", "liver", "--method", "propagate", "--device", "cpu"], capture_output=True,
+                          text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "error" not in proc.stderr.lower()
 
@@ -76,6 +76,42 @@ def test_segment_box_liver_with_pretrained_litemedsam(tmp_path):
     report = dict(ln.split(":", 1) for ln in proc.stdout.strip().splitlines() if ":" in ln)
     assert int(report["value"]) == LIVER and int(report["voxels"]) == int((seg == LIVER).sum())
     assert Path(report["output"].strip()) == out
+    assert report["method"].strip() == "propagate"
+
+
+@pytest.mark.slow
+def test_segment_box_answers_an_organ_box_with_the_automatic_engines_organ(tmp_path):
+    """The default for one of the eight organs: the engine's liver inside the box, written on the input's grid."""
+    from priorsam.data.samples import sample_ct
+
+    try:
+        sample = sample_ct()
+    except AssetError as exc:
+        pytest.skip(f"sample CT not cached and not downloadable here: {exc}")
+    full = np.asarray(nib.load(str(sample.label)).dataobj)
+    widest = int(np.argmax((full == LIVER).sum((0, 1))))
+    image, lab, affine = lps_crop(sample, widest - 2, widest + 2, tmp_path)
+    truth = lab == LIVER
+    idx = np.argwhere(truth)
+    box = ",".join(str(int(v)) for v in np.r_[idx.min(0), idx.max(0)])
+
+    out = tmp_path / "out" / "liver.nii.gz"
+    proc = subprocess.run([sys.executable, "-m", "priorsam", "segment-box", str(image), box, str(out), "--label",
+                           "auto", "--device", "cpu"], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    report = dict(ln.split(":", 1) for ln in proc.stdout.strip().splitlines() if ":" in ln)
+    assert report["method"].strip() == "organs" and float(report["organ_box_iou"]) >= 0.5
+    assert f"PRIORSAM_LABEL liver {LIVER}" in proc.stdout.splitlines()
+    written = nib.load(str(out))
+    np.testing.assert_allclose(written.affine, affine, atol=1e-5)
+    seg = np.asarray(written.dataobj)
+    assert set(np.unique(seg)) <= {0, LIVER}
+    inside = np.zeros_like(truth)
+    inside[idx[:, 0].min():idx[:, 0].max() + 1, idx[:, 1].min():idx[:, 1].max() + 1] = True
+    assert not (seg[~inside] > 0).any(), "voxels outside the box"
+    d = dice(seg == LIVER, truth)
+    assert d > 0.85, f"liver Dice {d:.3f} on 4 sample slices"
 
 
 class CountingEncoder:

@@ -1,4 +1,7 @@
-"""`segment-box --label auto`: the semantic decoder names the boxed object (real pipeline, random heads)."""
+"""`segment-box --label auto`: the semantic decoder names the boxed object (real pipeline, random heads).
+
+With ``--method propagate``: the naming of a propagated mask (the default answers a box the automatic
+segmentation's organs fit with that organ and its name, tests/test_box_segment.py)."""
 import subprocess
 import sys
 
@@ -14,7 +17,8 @@ def test_label_auto_prints_and_writes_a_named_organ(tmp_path, random_checkpoint)
     out = tmp_path / "mask.nii.gz"
     env = {"PRIORSAM_WEIGHTS": str(random_checkpoint), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-m", "priorsam", "segment-box", "--image", str(ct), "--box",
-                           "7,15,0,24,28,2", "--label", "auto", "--out", str(out), "--device", "cpu"],
+                           "7,15,0,24,28,2", "--label", "auto", "--method", "propagate", "--out", str(out),
+                           "--device", "cpu"],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("PRIORSAM_LABEL ")]

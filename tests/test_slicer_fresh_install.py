@@ -122,7 +122,7 @@ def test_first_use_install_then_both_buttons(simulated_slicer, capsys):
     assert cmd[cmd.index("--device") + 1] == "auto"
     assert len(organs["segments"]) == 8
     assert organs["voxels"]["liver"] > 0           # the shipped demo weights were trained on this scan
-    # "Segment from box": segment-box with --label auto, one segment named by the semantic decoder
+    # "Segment from box": segment-box with --label auto, one segment named by the model
     box = report["box"]
     assert box["state"] == "succeeded", box
     assert box["command"][1:4] == ["-m", "priorsam", "segment-box"] and "--progress" in box["command"]

@@ -11,7 +11,8 @@ import numpy as np
 
 def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label: str = "organ",
                     device: str = "auto", series: str | None = None, margin_mm: float = 5.0,
-                    progress: bool = False, weights: str | None = None, force: bool = False):
+                    progress: bool = False, weights: str | None = None, force: bool = False,
+                    method: str = "auto"):
     """Segment one organ through the volume from a 3D box.
 
     Args:
@@ -25,6 +26,10 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
         progress: print machine-readable PRIORSAM_PROGRESS lines (for a parent process).
         weights: PriorSAM checkpoint used by ``--label auto`` (default: the bundle's models/model.pt).
         force: segment an image that does not look like CT in Hounsfield units (with a warning).
+        method: ``organs`` answers with the automatic engine's mask of the boxed organ, inside the box, when
+            the engine drew one whose 3D extent fits the box (IoU >= 0.5), and propagates otherwise;
+            ``propagate`` always propagates LiteMedSAM from the box's middle slice; ``auto`` (default) is
+            ``organs`` for one of the 8 organs or ``--label auto`` and ``propagate`` for any other label.
     """
     from ..engine.boxes import box_to_display, parse_box
     from ..errors import InputError
@@ -34,6 +39,9 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
 
     check_writable(out)
     parsed = parse_box(box)
+    ids = {lab.name: lab.id for lab in labels()}
+    label = str(label)
+    method = box_method(method, label, ids)
     t0 = time.time()
     volume = read_volume(image, series_uid=series, force=force)
     show_warnings(volume.warnings)
@@ -41,21 +49,57 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
     from ..engine.box_segment import segment_box
     from ..engine.progress import StdoutProgress
 
-    ids = {lab.name: lab.id for lab in labels()}
-    mask = segment_box(volume, parsed, space=space, device=device, margin_mm=margin_mm,
-                       progress=StdoutProgress() if progress else None, show_bar=not progress)
-    score = None
-    if str(label) == "auto":
-        if not mask.any():
-            raise InputError("the box gave an empty mask, so there is no object to name")
-        from ..engine.naming import name_prompted_organ
+    reporter = StdoutProgress() if progress else None
+    match, segmenter, score = None, None, None
+    if method == "organs":
+        from ..engine.box_organs import organ_for_box
+        from ..engine.segment import Segmenter
 
-        label, value, score = name_prompted_organ(volume, mask, weights, device)
-        print(f"PRIORSAM_LABEL {label} {value} {score:.3f}", flush=True)
+        segmenter = Segmenter(weights, device)
+        engine = segmenter.segment(volume, progress=reporter, show_bar=not progress).labels
+        found = organ_for_box(engine, box_to_display(volume, parsed, space), None if label == "auto" else label)
+        if found is None:
+            show_warnings([f"the automatic segmentation has no {'organ' if label == 'auto' else label} whose extent "
+                           "fits this box; the box is propagated slice by slice instead"])
+        else:
+            mask, match = found
+    if match is None:
+        mask = segment_box(volume, parsed, space=space, device=device, margin_mm=margin_mm,
+                           progress=reporter, show_bar=not progress)
+    if label == "auto":
+        if match is not None:
+            label, value = match.name, match.label_id
+            print(f"PRIORSAM_LABEL {label} {value}", flush=True)
+        else:
+            if not mask.any():
+                raise InputError("the box gave an empty mask, so there is no object to name")
+            from ..engine.naming import name_prompted_organ
+
+            label, value, score = name_prompted_organ(volume, mask, weights, device, segmenter=segmenter)
+            print(f"PRIORSAM_LABEL {label} {value} {score:.3f}", flush=True)
     else:
-        value = ids.get(str(label), 1)
+        value = ids.get(label, 1)
     write_label_map(volume, mask.astype(np.uint8) * value, out)
     vox_ml = float(np.prod(volume.spacing)) / 1000.0
     return {"output": str(out), "label": str(label), "value": value, "label_probability": score,
-            "voxels": int(mask.sum()),
+            "method": "organs" if match is not None else "propagate",
+            "organ_box_iou": round(match.iou, 3) if match is not None else None, "voxels": int(mask.sum()),
             "volume_ml": round(float(mask.sum()) * vox_ml, 2), "seconds": round(time.time() - t0, 1)}
+
+
+BOX_METHODS = ("auto", "organs", "propagate")
+
+
+def box_method(method: str, label: str, organ_ids: dict[str, int]) -> str:
+    """``organs`` or ``propagate`` for a ``--method`` and ``--label`` (see :func:`segment_box_cli`)."""
+    from ..errors import InputError
+
+    if method not in BOX_METHODS:
+        raise InputError(f"--method {method!r}: use one of {', '.join(BOX_METHODS)}")
+    organ = label == "auto" or label in organ_ids
+    if method == "organs" and not organ:
+        raise InputError(f"--method organs needs --label auto or one of the organs {', '.join(organ_ids)}, "
+                         f"not {label!r}")
+    if method == "auto":
+        return "organs" if organ else "propagate"
+    return method

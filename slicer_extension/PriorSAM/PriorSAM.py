@@ -69,7 +69,7 @@ class PriorSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for text, data in (("auto (GPU if available)", "auto"), ("GPU", "gpu"), ("CPU", "cpu")):
             self.ui.deviceComboBox.addItem(text, data)
         self.ui.boxLabelComboBox.clear()
-        self.ui.boxLabelComboBox.addItem("auto (named by the semantic decoder)", "auto")
+        self.ui.boxLabelComboBox.addItem("auto (named by the model)", "auto")
         for organ in self.logic.organs:
             self.ui.boxLabelComboBox.addItem(organ.display, organ.name)
         self.ui.backendComboBox.clear()

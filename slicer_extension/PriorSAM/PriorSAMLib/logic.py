@@ -139,7 +139,7 @@ class SegmentationLogic:
 
     def start_box(self, volume, roi, label: str = "auto", device: str = "auto", segmentation=None,
                   on_finished: Optional[Finished] = None, on_progress=None, on_line=None) -> process.Run:
-        """Segment the one organ inside a markups ROI; ``label`` 'auto' lets the semantic decoder name it."""
+        """Segment the one organ inside a markups ROI; ``label`` 'auto' lets the model name it."""
         self._check_idle()
         dev, _ = self.resolved_device(device) if self.device_info is not None else (commands.engine_device(device), "")
         bounds = segmentation_io.roi_bounds_ras(self.slicer, roi, volume)

@@ -1,0 +1,103 @@
+"""A box answered with the automatic engine's organ (priorsam.engine.box_organs), and how the command line
+chooses between that and propagation. Synthetic label maps; no model."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from priorsam.cli.segment_box import box_method
+from priorsam.engine.box_organs import box_iou_3d, organ_for_box
+from priorsam.engine.boxes import box_to_display
+from priorsam.errors import InputError
+from priorsam.io import read_volume
+from priorsam.labels import labels
+
+IDS = {lab.name: lab.id for lab in labels()}
+
+
+def test_box_iou_counts_voxels_of_inclusive_boxes():
+    a = np.array([0, 0, 0, 9, 9, 9])
+    assert box_iou_3d(a, a) == 1.0
+    assert box_iou_3d(a, np.array([10, 0, 0, 19, 9, 9])) == 0.0
+    # the second box's lower half (5 of its 10 slices) lies in the first: 500 / (1000 + 1000 - 500)
+    assert box_iou_3d(a, np.array([5, 0, 0, 14, 9, 9])) == pytest.approx(1 / 3)
+
+
+@pytest.fixture
+def lps_volume(tmp_path):
+    """A 40 × 30 × 12 CT stored in LPS order (so the stored voxel indices are not the canonical ones) and
+    an engine label map on its canonical grid: a liver block, a spleen block and a small bright lesion
+    box inside the liver that no organ fits."""
+    ct = np.full((40, 30, 12), -1000.0, np.float32)
+    ct[2:38, 2:28, :] = 40.0
+    affine = np.diag([-0.8, -0.8, 2.5, 1.0])
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(ct, affine), str(path))
+    vol = read_volume(str(path))
+    engine = np.zeros(vol.shape, np.uint8)        # canonical RAS (X, Y, Z)
+    engine[4:20, 5:25, 1:11] = IDS["liver"]
+    engine[26:34, 8:18, 3:9] = IDS["spleen"]
+    return vol, engine
+
+
+def stored_box(vol, ras_lo, ras_hi):
+    """A canonical index box given as stored voxel indices (the file is LPS: x and y run backwards)."""
+    X, Y, _ = vol.shape
+    return np.array([X - 1 - ras_hi[0], Y - 1 - ras_hi[1], ras_lo[2], X - 1 - ras_lo[0], Y - 1 - ras_lo[1], ras_hi[2]],
+                    float)
+
+
+def test_a_box_around_an_organ_gets_the_engines_organ_inside_the_box(lps_volume):
+    vol, engine = lps_volume
+    box = box_to_display(vol, stored_box(vol, (25, 7, 2), (34, 18, 9)), "voxel")  # a little larger than the spleen
+    for organ in ("spleen", None):
+        mask, match = organ_for_box(engine, box, organ)
+        assert match.name == "spleen" and match.label_id == IDS["spleen"]
+        assert match.iou == pytest.approx((8 * 10 * 6) / (10 * 12 * 8))
+        np.testing.assert_array_equal(mask, engine == IDS["spleen"])
+    # the liver's extent does not fit that box, so a box said to hold the liver gets no answer here
+    assert organ_for_box(engine, box, "liver") is None
+
+
+def test_the_users_box_bounds_the_answer(lps_volume):
+    vol, engine = lps_volume
+    # the liver's extent but two slices short at the top: IoU 8/10, and the top two slices are left out
+    box = box_to_display(vol, stored_box(vol, (4, 5, 1), (19, 24, 8)), "voxel")
+    mask, match = organ_for_box(engine, box, "liver")
+    assert match.iou == pytest.approx(0.8)
+    expected = engine == IDS["liver"]
+    expected[:, :, 9:] = False
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_a_box_no_organ_fits_is_left_to_propagation(lps_volume):
+    vol, engine = lps_volume
+    lesion = box_to_display(vol, stored_box(vol, (8, 10, 4), (12, 14, 6)), "voxel")  # well inside the liver
+    assert organ_for_box(engine, lesion, None) is None
+    with pytest.raises(ValueError, match="not one of the organs"):
+        organ_for_box(engine, lesion, "tumour")
+
+
+def test_box_method_for_each_label():
+    assert box_method("auto", "liver", IDS) == "organs"
+    assert box_method("auto", "auto", IDS) == "organs"
+    assert box_method("auto", "lesion", IDS) == "propagate"
+    assert box_method("propagate", "liver", IDS) == "propagate"
+    assert box_method("organs", "auto", IDS) == "organs"
+    with pytest.raises(InputError, match="--method organs needs"):
+        box_method("organs", "lesion", IDS)
+    with pytest.raises(InputError, match="use one of auto, organs, propagate"):
+        box_method("nearest", "liver", IDS)
+
+
+def test_a_bad_method_is_refused_before_the_image_is_read(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "priorsam", "segment-box", str(tmp_path / "missing.nii.gz"),
+                           "1,1,1,5,5,5", str(tmp_path / "out.nii.gz"), "--method", "nearest"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert errors == ["error: --method 'nearest': use one of auto, organs, propagate"], proc.stderr
