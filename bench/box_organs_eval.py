@@ -23,14 +23,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from box_prompt_eval import cases, dice
+from box_prompt_eval import add_case_arguments, box_predictor, cases, dice, organ_boxes
 
 from priorsam.engine.box_organs import organ_for_box
-from priorsam.engine.box_segment import LiteMedSAMBoxPredictor, propagate_box
-from priorsam.engine.boxes import box_to_display
+from priorsam.engine.box_segment import propagate_box
 from priorsam.engine.naming import name_prompted_organ
 from priorsam.engine.segment import Segmenter
-from priorsam.io import display_spacing, from_display, to_display
+from priorsam.io import from_display, to_display
 from priorsam.labels import labels
 
 
@@ -38,33 +37,22 @@ def score_case(vol, lab: np.ndarray, support: np.ndarray | None, seg: Segmenter)
     t = time.perf_counter()
     engine = seg.segment(vol, show_bar=False).labels
     engine_s = time.perf_counter() - t
-    slices = vol.axial_slices()
-    row_mm, col_mm = display_spacing(vol)
-    pred = LiteMedSAMBoxPredictor(slices, "cpu", row_mm=row_mm, col_mm=col_mm)
+    pred = box_predictor(vol)
     sx, sy, _ = vol.spacing
-    lab_d = to_display(lab.astype(np.uint8))
-    sup_d = np.ones(lab_d.shape, bool) if support is None else to_display(support.astype(np.uint8)) > 0
     eng_d = to_display(engine)
     rows = []
-    for L in labels():
-        idx = np.argwhere((lab == L.id) if support is None else (lab == L.id) & support)
-        if len(idx) == 0:
-            continue
-        gt = (lab_d == L.id) & sup_d
-        dbox = box_to_display(vol, np.r_[idx.min(0), idx.max(0)].astype(float), "voxel")
+    for L, gt, dbox, sup_d in organ_boxes(vol, lab, support):
         m = propagate_box(pred, dbox, (5.0 / sy, 5.0 / sx), show_bar=False)
         named, _, p = name_prompted_organ(vol, from_display(m), segmenter=seg)
         row = {"organ": L.name, "propagate": dice(m & sup_d, gt), "named_propagate": named, "named_propagate_p": p,
                "engine_whole": dice((eng_d == L.id) & sup_d, gt)}
-        found = organ_for_box(engine, dbox, L.name)
-        row["explicit_route"] = "organs" if found else "propagate"
-        row["explicit_iou"] = found[1].iou if found else None
-        row["explicit"] = dice((to_display(found[0].astype(np.uint8)) > 0) & sup_d, gt) if found else row["propagate"]
-        found = organ_for_box(engine, dbox, None)
-        row["auto_route"] = "organs" if found else "propagate"
-        row["auto_name"] = found[1].name if found else named
-        row["auto_iou"] = found[1].iou if found else None
-        row["auto"] = dice((to_display(found[0].astype(np.uint8)) > 0) & sup_d, gt) if found else row["propagate"]
+        for key, organ in (("explicit", L.name), ("auto", None)):
+            found = organ_for_box(engine, dbox, organ)
+            row[f"{key}_route"] = "organs" if found else "propagate"
+            row[f"{key}_iou"] = found[1].iou if found else None
+            row[key] = dice((to_display(found[0].astype(np.uint8)) > 0) & sup_d, gt) if found else row["propagate"]
+            if key == "auto":
+                row["auto_name"] = found[1].name if found else named
         rows.append(row)
     return rows, engine_s
 
@@ -96,9 +84,7 @@ def table(rows: list[dict]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/box_organs.md")
-    ap.add_argument("--bank", default=None, help="pseudo-patient cache (priorsam.data.pseudo_patients)")
-    ap.add_argument("--cases", nargs="*", default=[])
-    ap.add_argument("--settings", nargs="*", default=["native", "portal_venous"])
+    add_case_arguments(ap)
     args = ap.parse_args()
     out = Path(args.out)
     rows, engine_s = [], {}

@@ -62,20 +62,35 @@ def cases(bank: str | None, case_ids: list[str], settings: list[str]):
             yield f"{cid}/{setting}", as_volume(render(pp, setting, names), pp), pp.ours, pp.supported()
 
 
-def score_case(vol, lab: np.ndarray, support: np.ndarray | None, namer: Segmenter | None = None) -> list[dict]:
-    slices = vol.axial_slices()
-    row_mm, col_mm = display_spacing(vol)
-    pred = LiteMedSAMBoxPredictor(slices, "cpu", row_mm=row_mm, col_mm=col_mm)
-    sx, sy, _ = vol.spacing
+def organ_boxes(vol, lab: np.ndarray, support: np.ndarray | None):
+    """Per organ present: (label, its (Z, H, W) display mask where the image is, the 3D box of that extent,
+    the display support mask)."""
     lab_d = to_display(lab.astype(np.uint8))
     sup_d = np.ones(lab_d.shape, bool) if support is None else to_display(support.astype(np.uint8)) > 0
-    rows = []
     for L in labels():
         idx = np.argwhere((lab == L.id) if support is None else (lab == L.id) & support)
         if len(idx) == 0:
             continue
-        gt = (lab_d == L.id) & sup_d
         dbox = box_to_display(vol, np.r_[idx.min(0), idx.max(0)].astype(float), "voxel")
+        yield L, (lab_d == L.id) & sup_d, dbox, sup_d
+
+
+def box_predictor(vol) -> LiteMedSAMBoxPredictor:
+    row_mm, col_mm = display_spacing(vol)
+    return LiteMedSAMBoxPredictor(vol.axial_slices(), "cpu", row_mm=row_mm, col_mm=col_mm)
+
+
+def add_case_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--bank", default=None, help="pseudo-patient cache (priorsam.data.pseudo_patients)")
+    ap.add_argument("--cases", nargs="*", default=[])
+    ap.add_argument("--settings", nargs="*", default=["native", "portal_venous"])
+
+
+def score_case(vol, lab: np.ndarray, support: np.ndarray | None, namer: Segmenter | None = None) -> list[dict]:
+    pred = box_predictor(vol)
+    sx, sy, _ = vol.spacing
+    rows = []
+    for L, gt, dbox, sup_d in organ_boxes(vol, lab, support):
         per_slice = np.zeros_like(gt)
         for z in np.flatnonzero(gt.any((1, 2))):
             per_slice[z] = pred.predict(int(z), mask_box(gt[z]))
@@ -131,9 +146,7 @@ def naming_table(rows: list[dict]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="bench/results/box_prompt.md")
-    ap.add_argument("--bank", default=None, help="pseudo-patient cache (priorsam.data.pseudo_patients)")
-    ap.add_argument("--cases", nargs="*", default=[])
-    ap.add_argument("--settings", nargs="*", default=["native", "portal_venous"])
+    add_case_arguments(ap)
     args = ap.parse_args()
     out = Path(args.out)
     rows = []
