@@ -3,10 +3,11 @@
 Propagating LiteMedSAM from a box's middle slice (:mod:`.box_segment`) sees one slice at a time and
 nothing of the anatomy around it: where an organ narrows faster than the box, its mask spills onto
 the neighbours. The automatic engine finds the organs with the 3D localiser's context. So when the
-engine drew the organ the user boxed — the 3D bounding box of its mask overlaps the user's box with an
-IoU of at least ``min_iou`` — its mask inside the box is the answer, and otherwise the caller propagates
-(a lesion, or an organ the engine missed or drew elsewhere). Measured on held-out pseudo-patients:
-bench/results/box_organs.md.
+engine drew the organ the user boxed, its mask inside the box is the answer, and otherwise the caller
+propagates (a lesion, or an organ the engine missed or drew elsewhere). Which organ fits the box
+(``rule``): "extent" — the 3D bounding box of its mask overlaps the user's box with an IoU of at least
+``min_iou``; "share" — at least ``min_share`` of its voxels lie inside the box. Either way the fitting
+organ with the highest IoU answers. Measured on held-out pseudo-patients: bench/results/box_organs.md.
 
 Works in display coordinates (:func:`priorsam.io.to_display`), where :class:`.boxes.DisplayBox` lives.
 Numpy only.
@@ -28,7 +29,11 @@ class OrganMatch:
 
     name: str
     label_id: int
-    iou: float
+    iou: float     # of the user's box and the 3D bounding box of the organ's mask
+    share: float   # of the organ's voxels that lie inside the box
+
+
+MATCH_RULES = ("extent", "share")
 
 
 def voxel_extent(box: DisplayBox) -> np.ndarray:
@@ -49,19 +54,25 @@ def box_iou_3d(a: np.ndarray, b: np.ndarray) -> float:
     return inter / (size(a[:3], a[3:]) + size(b[:3], b[3:]) - inter)
 
 
-def match_organ(labels_display: np.ndarray, box: DisplayBox, candidates: dict[str, int],
-                min_iou: float = 0.5) -> OrganMatch | None:
-    """The candidate organ (name → label id) whose mask in ``labels_display`` (Z, H, W label ids) has the
-    3D extent closest to the box, if its IoU reaches ``min_iou``; None otherwise."""
+def match_organ(labels_display: np.ndarray, box: DisplayBox, candidates: dict[str, int], min_iou: float = 0.5,
+                rule: str = "extent", min_share: float = 0.5) -> OrganMatch | None:
+    """The candidate organ (name → label id) in ``labels_display`` (Z, H, W label ids) that fits the box by
+    ``rule`` (module docstring) with the highest IoU; None when none fits."""
+    if rule not in MATCH_RULES:
+        raise ValueError(f"rule must be one of {', '.join(MATCH_RULES)}, not {rule!r}")
     user = voxel_extent(box)
+    z0, r0, c0, z1, r1, c1 = user
     best = None
     for name, label_id in candidates.items():
-        extent = mask_extent(labels_display == label_id)
-        if extent is None:
+        organ = labels_display == label_id
+        total = int(organ.sum())
+        if total == 0:
             continue
-        iou = box_iou_3d(user, extent)
-        if iou >= min_iou and (best is None or iou > best.iou):
-            best = OrganMatch(name, int(label_id), iou)
+        iou = box_iou_3d(user, mask_extent(organ))
+        share = int(organ[z0:z1 + 1, r0:r1 + 1, c0:c1 + 1].sum()) / total
+        fits = iou >= min_iou if rule == "extent" else share >= min_share
+        if fits and (best is None or iou > best.iou):
+            best = OrganMatch(name, int(label_id), iou, share)
     return best
 
 
@@ -73,19 +84,19 @@ def organ_inside_box(labels_display: np.ndarray, box: DisplayBox, label_id: int)
     return out
 
 
-def organ_for_box(engine_labels: np.ndarray, box: DisplayBox, organ: str | None = None,
-                  min_iou: float = 0.5) -> tuple[np.ndarray, OrganMatch] | None:
+def organ_for_box(engine_labels: np.ndarray, box: DisplayBox, organ: str | None = None, min_iou: float = 0.5,
+                  rule: str = "extent") -> tuple[np.ndarray, OrganMatch] | None:
     """The answer to a box from the automatic engine's label map ``engine_labels`` (canonical RAS label
     ids, as :meth:`priorsam.engine.segment.Segmenter.segment` returns): (canonical RAS bool mask inside the
     box, the match), or None when no organ fits the box and the caller should propagate.
 
     ``organ``: one of the eight organ names (only that organ may answer), or None (``--label auto``: the
-    organ that fits the box best)."""
+    organ that fits the box best). ``rule``: see the module docstring."""
     ids = {lab.name: lab.id for lab in labels()}
     if organ is not None and organ not in ids:
         raise ValueError(f"{organ!r} is not one of the organs {', '.join(ids)}")
     lab_d = to_display(engine_labels)
-    match = match_organ(lab_d, box, ids if organ is None else {organ: ids[organ]}, min_iou)
+    match = match_organ(lab_d, box, ids if organ is None else {organ: ids[organ]}, min_iou, rule)
     if match is None:
         return None
     return from_display(organ_inside_box(lab_d, box, match.label_id)), match

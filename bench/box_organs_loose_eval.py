@@ -1,0 +1,135 @@
+"""Which organ answers a box: the "extent" and "share" rules of priorsam.engine.box_organs, tight and loose boxes.
+
+For every organ of every case the box is the organ's labelled extent where the image is (as
+bench/box_organs_eval.py) and that box grown by ``--grow-mm`` on every side (clipped to the volume). Each rule
+answers with an explicit label and with ``auto``; where it finds no organ the box is propagated
+(LiteMedSAM from the middle slice, named by the "pixels" rule), as ``segment-box`` does, and the propagation
+is computed only then. The engine runs once per case. Rule decided by these figures, written down first:
+bench/results/box_organs_loose_decision.md.
+
+    python bench/box_organs_loose_eval.py --out bench/results/box_organs_loose.md \
+        --bank CACHE --cases btcv_0005 ... [--settings native portal_venous] [--grow-mm 0 10]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+from box_prompt_eval import add_case_arguments, box_predictor, cases, dice, organ_boxes
+
+from priorsam.engine.box_organs import MATCH_RULES, organ_for_box
+from priorsam.engine.box_segment import propagate_box
+from priorsam.engine.boxes import DisplayBox
+from priorsam.engine.naming import name_prompted_organ
+from priorsam.engine.segment import Segmenter
+from priorsam.io import from_display, to_display
+from priorsam.labels import labels
+
+
+def grown(box: DisplayBox, vol, mm: float) -> DisplayBox:
+    """The box grown by ``mm`` on every side, clipped to the volume (display axes: z, rows = y, columns = x)."""
+    sx, sy, sz = vol.spacing
+    Z, H, W = vol.shape[2], vol.shape[1], vol.shape[0]
+    return DisplayBox(max(0, box.z0 - round(mm / sz)), min(Z - 1, box.z1 + round(mm / sz)),
+                      max(0.0, box.r0 - mm / sy), min(H - 1.0, box.r1 + mm / sy),
+                      max(0.0, box.c0 - mm / sx), min(W - 1.0, box.c1 + mm / sx))
+
+
+def score_case(vol, lab, support, seg: Segmenter, grow_mm: list[float]) -> tuple[list[dict], float]:
+    t = time.perf_counter()
+    engine = seg.segment(vol, show_bar=False).labels
+    engine_s = time.perf_counter() - t
+    pred = box_predictor(vol)
+    sx, sy, _ = vol.spacing
+    rows = []
+    for L, gt, tight, sup_d in organ_boxes(vol, lab, support):
+        for mm in grow_mm:
+            box = grown(tight, vol, mm) if mm else tight
+            propagated = {}
+
+            def propagation():
+                if not propagated:
+                    m = propagate_box(pred, box, (5.0 / sy, 5.0 / sx), show_bar=False)
+                    propagated.update(mask=m, dice=dice(m & sup_d, gt),
+                                      name=name_prompted_organ(vol, from_display(m), segmenter=seg)[0])
+                return propagated
+
+            row = {"organ": L.name, "grow_mm": mm}
+            for rule in MATCH_RULES:
+                for key, organ in (("explicit", L.name), ("auto", None)):
+                    found = organ_for_box(engine, box, organ, rule=rule)
+                    col = f"{rule}_{key}"
+                    if found is None:
+                        row[col], row[f"{col}_route"] = propagation()["dice"], "propagate"
+                        row[f"{col}_name"] = propagation()["name"] if organ is None else L.name
+                    else:
+                        answer = (to_display(found[0].astype(np.uint8)) > 0) & sup_d
+                        row[col], row[f"{col}_route"] = dice(answer, gt), "organs"
+                        row[f"{col}_name"] = found[1].name
+                        row[f"{col}_iou"], row[f"{col}_share"] = found[1].iou, found[1].share
+            rows.append(row)
+    return rows, engine_s
+
+
+def table(rows: list[dict]) -> list[str]:
+    out = ["| organ | cases | extent, explicit | share, explicit | share − extent | propagated (extent / share) "
+           "| auto named right (extent / share) |", "|---|---|---|---|---|---|---|"]
+    means = {k: [] for k in ("extent_explicit", "share_explicit")}
+    for o in [L.name for L in labels()]:
+        rs = [r for r in rows if r["organ"] == o]
+        if not rs:
+            continue
+        m = {k: float(np.nanmean([r[k] for r in rs])) for k in means}
+        for k in means:
+            means[k].append(m[k])
+        fell = " / ".join(str(sum(r[f"{rule}_explicit_route"] == "propagate" for r in rs)) for rule in MATCH_RULES)
+        named = " / ".join(str(sum(r[f"{rule}_auto_name"] == o for r in rs)) for rule in MATCH_RULES)
+        out.append(f"| {o} | {len(rs)} | {m['extent_explicit']:.3f} | {m['share_explicit']:.3f} | "
+                   f"{m['share_explicit'] - m['extent_explicit']:+.3f} | {fell} | {named} |")
+    mm = {k: float(np.mean(v)) for k, v in means.items()}
+    fell = " / ".join(str(sum(r[f"{rule}_explicit_route"] == "propagate" for r in rows)) for rule in MATCH_RULES)
+    named = " / ".join(str(sum(r[f"{rule}_auto_name"] == r["organ"] for r in rows)) for rule in MATCH_RULES)
+    out.append(f"| **mean of organ means** | {len(rows)} | **{mm['extent_explicit']:.3f}** | "
+               f"**{mm['share_explicit']:.3f}** | **{mm['share_explicit'] - mm['extent_explicit']:+.3f}** | {fell} | "
+               f"**{named}** |")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="bench/results/box_organs_loose.md")
+    add_case_arguments(ap)
+    ap.add_argument("--grow-mm", nargs="+", type=float, default=[0.0, 10.0])
+    ap.add_argument("--skip-sample", action="store_true", help="leave the sample CT out (the heads trained on it)")
+    args = ap.parse_args()
+    out = Path(args.out)
+    rows, engine_s = [], {}
+    seg = Segmenter(None, "cpu")
+    for name, vol, lab, support in cases(args.bank, args.cases, args.settings):
+        if args.skip_sample and name == "example_ct":
+            continue
+        t = time.perf_counter()
+        case_rows, engine_s[name] = score_case(vol, lab, support, seg, args.grow_mm)
+        for r in case_rows:
+            rows.append({"case": name, **r})
+            print(json.dumps(rows[-1]), flush=True)
+        print(f"[box-loose] {name}: {time.perf_counter() - t:.0f} s (engine {engine_s[name]:.0f} s)", flush=True)
+        out.with_suffix(".json").write_text(json.dumps({"engine_seconds": engine_s, "rows": rows}, indent=1))
+    lines = ["# Which organ answers a box: the \"extent\" and \"share\" rules, tight and loose boxes", "",
+             f"`python bench/box_organs_loose_eval.py` on {platform.processor() or platform.machine()}, "
+             f"{__import__('os').cpu_count()} cores, CPU only, {time.strftime('%Y-%m-%d')}. Cases: "
+             f"{', '.join(dict.fromkeys(r['case'] for r in rows))}. Dice in 3D where the image is; per organ the "
+             "mean over cases, then the mean of the organ means. Rule: box_organs_loose_decision.md.", ""]
+    for mm in args.grow_mm:
+        lines += [f"Box grown by {mm:g} mm on every side:" if mm else "Tight box (the organ's labelled extent):", ""]
+        lines += table([r for r in rows if r["grow_mm"] == mm]) + [""]
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
