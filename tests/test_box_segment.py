@@ -38,8 +38,9 @@ def lps_crop(sample, z0: int, z1: int, folder: Path) -> tuple[Path, np.ndarray, 
     return path, lab, affine
 
 
-@pytest.mark.slow
-def test_segment_box_liver_with_pretrained_litemedsam(tmp_path):
+def liver_crop_with_box(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray, np.ndarray]:
+    """4 LPS-stored slices of the sample CT around the liver's widest extent: (file, liver mask, affine,
+    the liver's box in stored voxel indices x0, y0, z0, x1, y1, z1)."""
     from priorsam.data.samples import sample_ct
 
     try:
@@ -53,14 +54,22 @@ def test_segment_box_liver_with_pretrained_litemedsam(tmp_path):
     assert nib.aff2axcodes(affine) == ("L", "P", "S")
     truth = lab == LIVER
     idx = np.argwhere(truth)
-    box = ",".join(str(int(v)) for v in np.r_[idx.min(0), idx.max(0)])  # stored voxel indices
+    return image, truth, affine, np.r_[idx.min(0), idx.max(0)]
 
-    out = tmp_path / "out" / "liver.nii.gz"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "priorsam", "segment-box", str(image), box, str(out),
-                           "--label", "liver", "--method", "propagate", "--device", "cpu"], capture_output=True,
-                          text=True, env=env, timeout=600)
+
+def run_segment_box(image: Path, box: np.ndarray, out: Path, *options: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "priorsam", "segment-box", str(image),
+                           ",".join(str(int(v)) for v in box), str(out), "--device", "cpu", *options],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.mark.slow
+def test_segment_box_liver_with_pretrained_litemedsam(tmp_path):
+    image, truth, affine, box = liver_crop_with_box(tmp_path)
+    out = tmp_path / "out" / "liver.nii.gz"
+    proc = run_segment_box(image, box, out, "--label", "liver", "--method", "propagate")
     assert "error" not in proc.stderr.lower()
 
     written = nib.load(str(out))
@@ -82,24 +91,9 @@ def test_segment_box_liver_with_pretrained_litemedsam(tmp_path):
 @pytest.mark.slow
 def test_segment_box_answers_an_organ_box_with_the_automatic_engines_organ(tmp_path):
     """The default for one of the eight organs: the engine's liver inside the box, written on the input's grid."""
-    from priorsam.data.samples import sample_ct
-
-    try:
-        sample = sample_ct()
-    except AssetError as exc:
-        pytest.skip(f"sample CT not cached and not downloadable here: {exc}")
-    full = np.asarray(nib.load(str(sample.label)).dataobj)
-    widest = int(np.argmax((full == LIVER).sum((0, 1))))
-    image, lab, affine = lps_crop(sample, widest - 2, widest + 2, tmp_path)
-    truth = lab == LIVER
-    idx = np.argwhere(truth)
-    box = ",".join(str(int(v)) for v in np.r_[idx.min(0), idx.max(0)])
-
+    image, truth, affine, box = liver_crop_with_box(tmp_path)
     out = tmp_path / "out" / "liver.nii.gz"
-    proc = subprocess.run([sys.executable, "-m", "priorsam", "segment-box", str(image), box, str(out), "--label",
-                           "auto", "--device", "cpu"], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_segment_box(image, box, out, "--label", "auto")
     report = dict(ln.split(":", 1) for ln in proc.stdout.strip().splitlines() if ":" in ln)
     assert report["method"].strip() == "organs" and float(report["organ_box_iou"]) >= 0.5
     assert f"PRIORSAM_LABEL liver {LIVER}" in proc.stdout.splitlines()
@@ -108,7 +102,7 @@ def test_segment_box_answers_an_organ_box_with_the_automatic_engines_organ(tmp_p
     seg = np.asarray(written.dataobj)
     assert set(np.unique(seg)) <= {0, LIVER}
     inside = np.zeros_like(truth)
-    inside[idx[:, 0].min():idx[:, 0].max() + 1, idx[:, 1].min():idx[:, 1].max() + 1] = True
+    inside[box[0]:box[3] + 1, box[1]:box[4] + 1] = True
     assert not (seg[~inside] > 0).any(), "voxels outside the box"
     d = dice(seg == LIVER, truth)
     assert d > 0.85, f"liver Dice {d:.3f} on 4 sample slices"
