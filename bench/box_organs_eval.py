@@ -4,8 +4,10 @@ For every organ of every case, with the same 3D box as bench/box_prompt_eval.py 
 extent where the image is):
 - **propagate**: ``segment-box --method propagate`` (LiteMedSAM from the box's middle slice), and the
   name the "pixels" rule gives its mask (what ``--label auto`` printed before the organs route);
-- **organs, explicit label**: :func:`priorsam.engine.box_organs.organ_for_box` with the organ's name
-  (the engine's mask of it inside the box when its extent fits the box, IoU ≥ 0.5; else propagation);
+- **organs, explicit label**: :func:`priorsam.engine.box_organs.organ_for_box` with the organ's name and
+  the "extent" rule (the engine's mask of it inside the box when its extent fits the box, IoU ≥ 0.5; else
+  propagation; the command has used the "share" rule for a named organ since
+  bench/results/box_organs_loose_decision.md);
 - **organs, auto**: the same with no name (the best-fitting organ names the answer; else propagation
   named by the "pixels" rule).
 The engine runs once per case with its defaults and the bundle's weights. The rule these figures decide
@@ -47,7 +49,7 @@ def score_case(vol, lab: np.ndarray, support: np.ndarray | None, seg: Segmenter)
         row = {"organ": L.name, "propagate": dice(m & sup_d, gt), "named_propagate": named, "named_propagate_p": p,
                "engine_whole": dice((eng_d == L.id) & sup_d, gt)}
         for key, organ in (("explicit", L.name), ("auto", None)):
-            found = organ_for_box(engine, dbox, organ)
+            found = organ_for_box(engine, dbox, organ, rule="extent")  # the rule this bench decided
             row[f"{key}_route"] = "organs" if found else "propagate"
             row[f"{key}_iou"] = found[1].iou if found else None
             row[key] = dice((to_display(found[0].astype(np.uint8)) > 0) & sup_d, gt) if found else row["propagate"]

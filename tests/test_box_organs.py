@@ -74,6 +74,20 @@ def test_the_users_box_bounds_the_answer(lps_volume):
     np.testing.assert_array_equal(mask, expected)
 
 
+def test_a_loose_box_around_a_named_organ_gets_it_but_auto_asks_for_a_fitting_extent(lps_volume):
+    """A named organ answers when half its voxels are in the box ("share"); ``auto`` keeps the extent rule,
+    so a box 4 voxels larger on every side than the spleen (IoU 0.19) is left to propagation there."""
+    vol, engine = lps_volume
+    loose = box_to_display(vol, stored_box(vol, (22, 4, 0), (37, 21, 11)), "voxel")
+    mask, match = organ_for_box(engine, loose, "spleen")
+    assert match.name == "spleen" and match.share == 1.0
+    assert match.iou == pytest.approx((8 * 10 * 6) / (16 * 18 * 12))
+    np.testing.assert_array_equal(mask, engine == IDS["spleen"])
+    assert organ_for_box(engine, loose, None) is None
+    assert organ_for_box(engine, loose, "spleen", rule="extent") is None
+    assert organ_for_box(engine, loose, None, rule="share")[1].name == "spleen"
+
+
 def test_a_box_no_organ_fits_is_left_to_propagation(lps_volume):
     vol, engine = lps_volume
     lesion = box_to_display(vol, stored_box(vol, (8, 10, 4), (12, 14, 6)), "voxel")  # well inside the liver

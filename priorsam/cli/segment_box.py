@@ -27,7 +27,8 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
         weights: PriorSAM checkpoint used by ``--label auto`` (default: the bundle's models/model.pt).
         force: segment an image that does not look like CT in Hounsfield units (with a warning).
         method: ``organs`` answers with the automatic engine's mask of the boxed organ, inside the box, when
-            the engine drew one whose 3D extent fits the box (IoU >= 0.5), and propagates otherwise;
+            the engine drew one that fits the box (a named organ: half its voxels inside the box; ``auto``:
+            its 3D extent overlaps the box with IoU >= 0.5), and propagates otherwise;
             ``propagate`` always propagates LiteMedSAM from the box's middle slice; ``auto`` (default) is
             ``organs`` for one of the 8 organs or ``--label auto`` and ``propagate`` for any other label.
     """
@@ -59,7 +60,7 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
         engine = segmenter.segment(volume, progress=reporter, show_bar=not progress).labels
         found = organ_for_box(engine, box_to_display(volume, parsed, space), None if label == "auto" else label)
         if found is None:
-            show_warnings([f"the automatic segmentation has no {'organ' if label == 'auto' else label} whose extent "
+            show_warnings([f"the automatic segmentation has no {'organ' if label == 'auto' else label} that "
                            "fits this box; the box is propagated slice by slice instead"])
         else:
             mask, match = found

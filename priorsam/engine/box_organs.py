@@ -85,17 +85,19 @@ def organ_inside_box(labels_display: np.ndarray, box: DisplayBox, label_id: int)
 
 
 def organ_for_box(engine_labels: np.ndarray, box: DisplayBox, organ: str | None = None, min_iou: float = 0.5,
-                  rule: str = "extent") -> tuple[np.ndarray, OrganMatch] | None:
+                  rule: str | None = None) -> tuple[np.ndarray, OrganMatch] | None:
     """The answer to a box from the automatic engine's label map ``engine_labels`` (canonical RAS label
     ids, as :meth:`priorsam.engine.segment.Segmenter.segment` returns): (canonical RAS bool mask inside the
     box, the match), or None when no organ fits the box and the caller should propagate.
 
     ``organ``: one of the eight organ names (only that organ may answer), or None (``--label auto``: the
-    organ that fits the box best). ``rule``: see the module docstring."""
+    organ that fits the box best). ``rule``: see the module docstring; by default "share" for a named organ
+    and "extent" for ``auto``, as measured (bench/results/box_organs_loose_decision.md)."""
     ids = {lab.name: lab.id for lab in labels()}
     if organ is not None and organ not in ids:
         raise ValueError(f"{organ!r} is not one of the organs {', '.join(ids)}")
     lab_d = to_display(engine_labels)
+    rule = rule or ("extent" if organ is None else "share")
     match = match_organ(lab_d, box, ids if organ is None else {organ: ids[organ]}, min_iou, rule)
     if match is None:
         return None
