@@ -18,21 +18,20 @@ was written down first: bench/results/box_organs_decision.md.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
 
 import numpy as np
-from box_prompt_eval import add_case_arguments, box_predictor, cases, dice, organ_boxes
+from box_prompt_eval import box_predictor, case_arguments, cases, dice, organ_boxes, per_organ
 
 from priorsam.engine.box_organs import organ_for_box
 from priorsam.engine.box_segment import propagate_box
 from priorsam.engine.naming import name_prompted_organ
 from priorsam.engine.segment import Segmenter
 from priorsam.io import from_display, to_display
-from priorsam.labels import labels
 
 
 def score_case(vol, lab: np.ndarray, support: np.ndarray | None, seg: Segmenter) -> tuple[list[dict], float]:
@@ -63,19 +62,12 @@ def table(rows: list[dict]) -> list[str]:
     out = ["| organ | cases | propagate | organs, explicit label | difference | answered by propagation | "
            "organs, auto | auto named right | propagate + pixels rule named right | engine, whole organ (no box) |",
            "|---|---|---|---|---|---|---|---|---|---|"]
-    means = {k: [] for k in ("propagate", "explicit", "auto", "engine_whole")}
-    for o in [L.name for L in labels()]:
-        rs = [r for r in rows if r["organ"] == o]
-        if not rs:
-            continue
-        m = {k: float(np.nanmean([r[k] for r in rs])) for k in means}
-        for k in means:
-            means[k].append(m[k])
+    per, mm = per_organ(rows, ("propagate", "explicit", "auto", "engine_whole"))
+    for o, rs, m in per:
         out.append(f"| {o} | {len(rs)} | {m['propagate']:.3f} | {m['explicit']:.3f} | "
                    f"{m['explicit'] - m['propagate']:+.3f} | {sum(r['explicit_route'] == 'propagate' for r in rs)} | "
                    f"{m['auto']:.3f} | {sum(r['auto_name'] == o for r in rs)} | "
                    f"{sum(r['named_propagate'] == o for r in rs)} | {m['engine_whole']:.3f} |")
-    mm = {k: float(np.mean(v)) for k, v in means.items()}
     out.append(f"| **mean of organ means** | {len(rows)} | **{mm['propagate']:.3f}** | **{mm['explicit']:.3f}** | "
                f"**{mm['explicit'] - mm['propagate']:+.3f}** | {sum(r['explicit_route'] == 'propagate' for r in rows)} | "
                f"**{mm['auto']:.3f}** | **{sum(r['auto_name'] == r['organ'] for r in rows)}** | "
@@ -83,29 +75,39 @@ def table(rows: list[dict]) -> list[str]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="bench/results/box_organs.md")
-    add_case_arguments(ap)
-    args = ap.parse_args()
-    out = Path(args.out)
+def score_cases(args, score, tag: str, out: Path) -> tuple[list[dict], dict[str, float]]:
+    """Every case of ``args`` through ``score(vol, labels, support) -> (rows, engine seconds)``: each row printed,
+    and the rows so far with each case's engine seconds saved to ``out`` as .json after every case."""
     rows, engine_s = [], {}
-    seg = Segmenter(None, "cpu")
     for name, vol, lab, support in cases(args.bank, args.cases, args.settings):
+        if getattr(args, "skip_sample", False) and name == "example_ct":
+            continue
         t = time.perf_counter()
-        case_rows, engine_s[name] = score_case(vol, lab, support, seg)
+        case_rows, engine_s[name] = score(vol, lab, support)
         for r in case_rows:
             rows.append({"case": name, **r})
             print(json.dumps(rows[-1]), flush=True)
-        print(f"[box-organs] {name}: {time.perf_counter() - t:.0f} s (engine {engine_s[name]:.0f} s)", flush=True)
+        print(f"[{tag}] {name}: {time.perf_counter() - t:.0f} s (engine {engine_s[name]:.0f} s)", flush=True)
         out.with_suffix(".json").write_text(json.dumps({"engine_seconds": engine_s, "rows": rows}, indent=1))
+    return rows, engine_s
+
+
+def header(script: str, title: str, rows: list[dict], how: str) -> list[str]:
+    return [f"# {title}", "", f"`python bench/{script}` on {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} cores, CPU only, {time.strftime('%Y-%m-%d')}. Cases: "
+            f"{', '.join(dict.fromkeys(r['case'] for r in rows))}. {how}", ""]
+
+
+def main() -> None:
+    args = case_arguments("bench/results/box_organs.md").parse_args()
+    out = Path(args.out)
+    seg = Segmenter(None, "cpu")
+    rows, engine_s = score_cases(args, lambda vol, lab, sup: score_case(vol, lab, sup, seg), "box-organs", out)
     held_out = [r for r in rows if r["case"] != "example_ct"]
-    lines = ["# A box around an organ: propagated LiteMedSAM against the automatic engine's organ in the box", "",
-             f"`python bench/box_organs_eval.py` on {platform.processor() or platform.machine()}, "
-             f"{__import__('os').cpu_count()} cores, CPU only, {time.strftime('%Y-%m-%d')}. Cases: "
-             f"{', '.join(dict.fromkeys(r['case'] for r in rows))}. The 3D box is each organ's labelled extent "
-             "(where the image is); Dice in 3D; per organ the mean over cases, then the mean of the organ means. "
-             "Rule: box_organs_decision.md.", ""]
+    lines = header("box_organs_eval.py", "A box around an organ: propagated LiteMedSAM against the automatic "
+                   "engine's organ in the box", rows, "The 3D box is each organ's labelled extent (where the image "
+                   "is); Dice in 3D; per organ the mean over cases, then the mean of the organ means. Rule: "
+                   "box_organs_decision.md.")
     if held_out:
         lines += ["Held-out pseudo-patients (the rule's cases):", ""] + table(held_out) + [""]
     lines += ["Sample CT (the engine's heads trained on it; not used by the rule):", ""]

@@ -12,14 +12,12 @@ bench/results/box_organs_loose_decision.md.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-from box_prompt_eval import add_case_arguments, box_predictor, cases, dice, organ_boxes
+from box_organs_eval import header, score_cases
+from box_prompt_eval import box_predictor, case_arguments, dice, organ_boxes, per_organ
 
 from priorsam.engine.box_organs import MATCH_RULES, organ_for_box
 from priorsam.engine.box_segment import propagate_box
@@ -27,7 +25,6 @@ from priorsam.engine.boxes import DisplayBox
 from priorsam.engine.naming import name_prompted_organ
 from priorsam.engine.segment import Segmenter
 from priorsam.io import from_display, to_display
-from priorsam.labels import labels
 
 
 def grown(box: DisplayBox, vol, mm: float) -> DisplayBox:
@@ -78,19 +75,12 @@ def score_case(vol, lab, support, seg: Segmenter, grow_mm: list[float]) -> tuple
 def table(rows: list[dict]) -> list[str]:
     out = ["| organ | cases | extent, explicit | share, explicit | share − extent | propagated (extent / share) "
            "| auto named right (extent / share) |", "|---|---|---|---|---|---|---|"]
-    means = {k: [] for k in ("extent_explicit", "share_explicit")}
-    for o in [L.name for L in labels()]:
-        rs = [r for r in rows if r["organ"] == o]
-        if not rs:
-            continue
-        m = {k: float(np.nanmean([r[k] for r in rs])) for k in means}
-        for k in means:
-            means[k].append(m[k])
+    per, mm = per_organ(rows, ("extent_explicit", "share_explicit"))
+    for o, rs, m in per:
         fell = " / ".join(str(sum(r[f"{rule}_explicit_route"] == "propagate" for r in rs)) for rule in MATCH_RULES)
         named = " / ".join(str(sum(r[f"{rule}_auto_name"] == o for r in rs)) for rule in MATCH_RULES)
         out.append(f"| {o} | {len(rs)} | {m['extent_explicit']:.3f} | {m['share_explicit']:.3f} | "
                    f"{m['share_explicit'] - m['extent_explicit']:+.3f} | {fell} | {named} |")
-    mm = {k: float(np.mean(v)) for k, v in means.items()}
     fell = " / ".join(str(sum(r[f"{rule}_explicit_route"] == "propagate" for r in rows)) for rule in MATCH_RULES)
     named = " / ".join(str(sum(r[f"{rule}_auto_name"] == r["organ"] for r in rows)) for rule in MATCH_RULES)
     out.append(f"| **mean of organ means** | {len(rows)} | **{mm['extent_explicit']:.3f}** | "
@@ -100,30 +90,16 @@ def table(rows: list[dict]) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="bench/results/box_organs_loose.md")
-    add_case_arguments(ap)
+    ap = case_arguments("bench/results/box_organs_loose.md")
     ap.add_argument("--grow-mm", nargs="+", type=float, default=[0.0, 10.0])
     ap.add_argument("--skip-sample", action="store_true", help="leave the sample CT out (the heads trained on it)")
     args = ap.parse_args()
     out = Path(args.out)
-    rows, engine_s = [], {}
     seg = Segmenter(None, "cpu")
-    for name, vol, lab, support in cases(args.bank, args.cases, args.settings):
-        if args.skip_sample and name == "example_ct":
-            continue
-        t = time.perf_counter()
-        case_rows, engine_s[name] = score_case(vol, lab, support, seg, args.grow_mm)
-        for r in case_rows:
-            rows.append({"case": name, **r})
-            print(json.dumps(rows[-1]), flush=True)
-        print(f"[box-loose] {name}: {time.perf_counter() - t:.0f} s (engine {engine_s[name]:.0f} s)", flush=True)
-        out.with_suffix(".json").write_text(json.dumps({"engine_seconds": engine_s, "rows": rows}, indent=1))
-    lines = ["# Which organ answers a box: the \"extent\" and \"share\" rules, tight and loose boxes", "",
-             f"`python bench/box_organs_loose_eval.py` on {platform.processor() or platform.machine()}, "
-             f"{__import__('os').cpu_count()} cores, CPU only, {time.strftime('%Y-%m-%d')}. Cases: "
-             f"{', '.join(dict.fromkeys(r['case'] for r in rows))}. Dice in 3D where the image is; per organ the "
-             "mean over cases, then the mean of the organ means. Rule: box_organs_loose_decision.md.", ""]
+    rows, _ = score_cases(args, lambda vol, lab, sup: score_case(vol, lab, sup, seg, args.grow_mm), "box-loose", out)
+    lines = header("box_organs_loose_eval.py", "Which organ answers a box: the \"extent\" and \"share\" rules, "
+                   "tight and loose boxes", rows, "Dice in 3D where the image is; per organ the mean over cases, "
+                   "then the mean of the organ means. Rule: box_organs_loose_decision.md.")
     for mm in args.grow_mm:
         lines += [f"Box grown by {mm:g} mm on every side:" if mm else "Tight box (the organ's labelled extent):", ""]
         lines += table([r for r in rows if r["grow_mm"] == mm]) + [""]

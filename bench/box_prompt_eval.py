@@ -80,10 +80,29 @@ def box_predictor(vol) -> LiteMedSAMBoxPredictor:
     return LiteMedSAMBoxPredictor(vol.axial_slices(), "cpu", row_mm=row_mm, col_mm=col_mm)
 
 
-def add_case_arguments(ap: argparse.ArgumentParser) -> None:
+def per_organ(rows: list[dict], keys: tuple[str, ...]) -> tuple[list[tuple[str, list[dict], dict]], dict]:
+    """Per organ present (in label order): (name, its rows, the mean of each key over them); and per key the mean
+    of the organ means."""
+    per, means = [], {k: [] for k in keys}
+    for o in [L.name for L in labels()]:
+        rs = [r for r in rows if r["organ"] == o]
+        if not rs:
+            continue
+        m = {k: float(np.nanmean([r[k] for r in rs])) for k in keys}
+        for k in keys:
+            means[k].append(m[k])
+        per.append((o, rs, m))
+    return per, {k: float(np.mean(v)) for k, v in means.items()}
+
+
+def case_arguments(out: str) -> argparse.ArgumentParser:
+    """The arguments every box bench takes: --out (default ``out``), --bank, --cases, --settings."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=out)
     ap.add_argument("--bank", default=None, help="pseudo-patient cache (priorsam.data.pseudo_patients)")
     ap.add_argument("--cases", nargs="*", default=[])
     ap.add_argument("--settings", nargs="*", default=["native", "portal_venous"])
+    return ap
 
 
 def score_case(vol, lab: np.ndarray, support: np.ndarray | None, namer: Segmenter | None = None) -> list[dict]:
@@ -107,18 +126,10 @@ def score_case(vol, lab: np.ndarray, support: np.ndarray | None, namer: Segmente
 
 
 def table(rows: list[dict]) -> list[str]:
-    organs = [L.name for L in labels()]
     out = ["| organ | cases | (a) box per slice | (b) 3D box, middle start | (b) − (a) |", "|---|---|---|---|---|"]
-    means = {k: [] for k in ("per_slice", "middle")}
-    for o in organs:
-        rs = [r for r in rows if r["organ"] == o]
-        if not rs:
-            continue
-        m = {k: float(np.nanmean([r[k] for r in rs])) for k in means}
-        for k in means:
-            means[k].append(m[k])
+    per, mm = per_organ(rows, ("per_slice", "middle"))
+    for o, rs, m in per:
         out.append(f"| {o} | {len(rs)} | {m['per_slice']:.3f} | {m['middle']:.3f} | {m['middle'] - m['per_slice']:+.3f} |")
-    mm = {k: float(np.mean(v)) for k, v in means.items()}
     out.append(f"| **mean of organ means** | | **{mm['per_slice']:.3f}** | **{mm['middle']:.3f}** | "
                f"**{mm['middle'] - mm['per_slice']:+.3f}** |")
     return out
@@ -144,10 +155,7 @@ def naming_table(rows: list[dict]) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="bench/results/box_prompt.md")
-    add_case_arguments(ap)
-    args = ap.parse_args()
+    args = case_arguments("bench/results/box_prompt.md").parse_args()
     out = Path(args.out)
     rows = []
     namer = Segmenter(None, "cpu")   # the bundle's weights, loaded once for every name
