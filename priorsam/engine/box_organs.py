@@ -6,8 +6,9 @@ the neighbours. The automatic engine finds the organs with the 3D localiser's co
 engine drew the organ the user boxed, its mask inside the box is the answer, and otherwise the caller
 propagates (a lesion, or an organ the engine missed or drew elsewhere). Which organ fits the box
 (``rule``): "extent" — the 3D bounding box of its mask overlaps the user's box with an IoU of at least
-``min_iou``; "share" — at least ``min_share`` of its voxels lie inside the box. Either way the fitting
-organ with the highest IoU answers. Measured on held-out pseudo-patients: bench/results/box_organs.md.
+``min_iou``; "share" — at least ``min_share`` of its voxels lie inside the box (the default for a named
+organ; "extent" for ``auto``). Either way the fitting organ with the highest IoU answers. Measured on
+pseudo-patients: bench/results/box_organs.md and box_organs_loose.md.
 
 Works in display coordinates (:func:`priorsam.io.to_display`), where :class:`.boxes.DisplayBox` lives.
 Numpy only.
