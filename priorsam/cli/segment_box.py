@@ -46,7 +46,7 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
     t0 = time.time()
     volume = read_volume(image, series_uid=series, force=force)
     show_warnings(volume.warnings)
-    box_to_display(volume, parsed, space)  # rejects a box outside the volume before the model loads
+    dbox = box_to_display(volume, parsed, space)  # rejects a box outside the volume before the model loads
     from ..engine.box_segment import segment_box
     from ..engine.progress import StdoutProgress
 
@@ -58,7 +58,7 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
 
         segmenter = Segmenter(weights, device)
         engine = segmenter.segment(volume, progress=reporter, show_bar=not progress).labels
-        found = organ_for_box(engine, box_to_display(volume, parsed, space), None if label == "auto" else label)
+        found = organ_for_box(engine, dbox, None if label == "auto" else label)
         if found is None:
             show_warnings([f"the automatic segmentation has no {'organ' if label == 'auto' else label} that "
                            "fits this box; the box is propagated slice by slice instead"])
