@@ -51,7 +51,7 @@ def score_case(vol, lab, support, seg: Segmenter, grow_mm: list[float]) -> tuple
             def propagation():
                 if not propagated:
                     m = propagate_box(pred, box, (5.0 / sy, 5.0 / sx), show_bar=False)
-                    propagated.update(mask=m, dice=dice(m & sup_d, gt),
+                    propagated.update(dice=dice(m & sup_d, gt),
                                       name=name_prompted_organ(vol, from_display(m), segmenter=seg)[0])
                 return propagated
 
