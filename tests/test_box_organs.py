@@ -115,3 +115,54 @@ def test_a_bad_method_is_refused_before_the_image_is_read(tmp_path):
     assert proc.returncode != 0
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert errors == ["error: --method 'nearest': use one of auto, organs, propagate"], proc.stderr
+
+
+def run_segment_box(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "priorsam", "segment-box", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_saved_organ_map_answers_the_box_without_segmenting_again(lps_volume, tmp_path):
+    """``--organs``: the label map ``priorsam segment`` wrote (on the LPS file's grid) or the same map stored in
+    RAS order answers as the engine would, and nothing loads a model (the engine here is a made-up map)."""
+    from priorsam.io import write_label_map
+
+    vol, engine = lps_volume
+    as_written = write_label_map(vol, engine, tmp_path / "organs.nii.gz")
+    ras = tmp_path / "organs_ras.nii.gz"
+    nib.save(nib.Nifti1Image(engine, vol.affine), str(ras))
+    box = ",".join(str(int(v)) for v in stored_box(vol, (25, 7, 2), (34, 18, 9)))
+    for organs in (as_written, ras):
+        out = tmp_path / f"spleen_{organs.name}"
+        proc = run_segment_box(vol.source.path, box, str(out), "--label", "auto", "--organs", str(organs))
+        assert proc.returncode == 0, proc.stderr
+        assert f"PRIORSAM_LABEL spleen {IDS['spleen']}" in proc.stdout.splitlines()
+        report = dict(ln.split(":", 1) for ln in proc.stdout.splitlines() if ":" in ln)
+        assert report["method"].strip() == "organs"
+        written = nib.load(str(out))
+        np.testing.assert_allclose(written.affine, nib.load(vol.source.path).affine)
+        expected = np.where(engine == IDS["spleen"], IDS["spleen"], 0)[::-1, ::-1]   # back to the stored LPS order
+        np.testing.assert_array_equal(np.asarray(written.dataobj), expected)
+
+
+def test_an_organ_map_that_is_not_this_images_is_refused_with_one_line(lps_volume, tmp_path):
+    vol, engine = lps_volume
+    shifted = vol.affine.copy()
+    shifted[2, 3] += 5.0
+    bad = {"short": (engine[:, :, :-1], vol.affine), "shifted": (engine, shifted),
+           "foreign": (np.where(engine > 0, 13, 0).astype(np.uint8), vol.affine)}
+    why = {"short": "label map of shape (40, 30, 11), the image has (40, 30, 12)",
+           "shifted": "lie up to 5.0 mm from the image's", "foreign": "label values [13] are not PriorSAM's organ ids"}
+    box = ",".join(str(int(v)) for v in stored_box(vol, (25, 7, 2), (34, 18, 9)))
+    for name, (array, affine) in bad.items():
+        path = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(array, affine), str(path))
+        out = tmp_path / f"out_{name}.nii.gz"
+        proc = run_segment_box(vol.source.path, box, str(out), "--label", "spleen", "--organs", str(path))
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+        assert proc.returncode != 0 and len(errors) == 1 and why[name] in errors[0], proc.stderr
+        assert not out.exists()
+    # a label the organs method cannot answer leaves --organs unread: refused rather than ignored
+    proc = run_segment_box(vol.source.path, box, str(tmp_path / "x.nii.gz"), "--label", "lesion", "--organs",
+                           str(tmp_path / "short.nii.gz"))
+    assert proc.returncode != 0 and "--organs is read by the organs method only" in proc.stderr

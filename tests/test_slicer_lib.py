@@ -117,6 +117,11 @@ def test_box_command():
     assert "--progress" in cmd  # segment-box prints PRIORSAM_PROGRESS lines for the progress bar
     quiet = commands.box_job(Path("/t"), [0, 0, 0, 1, 1, 1], "auto", "cpu", python="py", progress=False).command
     assert "--progress" not in quiet and quiet[quiet.index("--label") + 1] == "auto"
+    assert "--organs" not in cmd and "PRIORSAM_WEIGHTS" not in job.env
+    mine = commands.box_job(Path("/t"), [0, 0, 0, 1, 1, 1], "liver", "cpu", python="py", weights="/w/mine.pt")
+    assert mine.env["PRIORSAM_WEIGHTS"] == "/w/mine.pt"   # the user's weights segment and name for the box too
+    kept = commands.box_job(Path("/t"), [0, 0, 0, 1, 1, 1], "auto", "cpu", python="py", organs=Path("/k/o.nii.gz"))
+    assert kept.command[kept.command.index("--organs") + 1] == "/k/o.nii.gz"
 
 
 def test_probe_description():

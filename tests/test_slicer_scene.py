@@ -156,3 +156,22 @@ def test_segment_from_box_adds_one_named_organ(slicer_mod, sample_crop, random_c
     engine = np.asarray(nib.load(str(tmp_path / "kept" / "input_box.nii.gz")).dataobj)
     counts = segmentation_io.segment_voxel_counts(slicer, scene, outcome.segmentation, volume)
     assert counts[outcome.segment_id] == int((engine > 0).sum()) > 0
+    assert "--organs" not in logic.run.command and logic.organ_map_for(volume) is None
+
+    # after "Segment organs" the box is answered from that run's organ map: the same label map as before,
+    # without segmenting the volume again; changed voxels make the kept map stale
+    organs = logic.segment_organs(volume, "cpu", timeout=600)
+    assert organs.state == process.SUCCEEDED, organs.message
+    kept = logic.organ_map_for(volume)
+    assert kept is not None and kept.is_file()
+    finished.clear()
+    logic.start_box(volume, roi, "liver", "cpu", on_finished=finished.append).wait(timeout=600)
+    assert finished[0].state == process.SUCCEEDED, finished[0].message
+    command = logic.run.command
+    assert command[command.index("--organs") + 1] == str(kept)
+    again = np.asarray(nib.load(str(tmp_path / "kept" / "input_box.nii.gz")).dataobj)
+    np.testing.assert_array_equal(again, engine)
+    volume.GetImageData().Modified()
+    assert logic.organ_map_for(volume) is None
+    logic.forget_organ_maps()
+    assert not kept.exists()

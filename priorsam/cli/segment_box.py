@@ -12,7 +12,7 @@ import numpy as np
 def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label: str = "organ",
                     device: str = "auto", series: str | None = None, margin_mm: float = 5.0,
                     progress: bool = False, weights: str | None = None, force: bool = False,
-                    method: str = "auto"):
+                    method: str = "auto", organs: str | None = None):
     """Segment one organ through the volume from a 3D box.
 
     Args:
@@ -20,7 +20,8 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
         box: x0,y0,z0,x1,y1,z1 — voxel indices of the file as stored (--space voxel) or RAS mm (--space ras).
         out: output label map (.nii.gz or .nrrd), written on the input's grid.
         label: organ name; one of the 8 organs gives its label id in the output, anything else gives 1;
-            ``auto`` lets PriorSAM's semantic decoder name the object (prints ``PRIORSAM_LABEL name id p``).
+            ``auto`` names the object: the organ that answered (prints ``PRIORSAM_LABEL name id``), or after
+            propagation the semantic decoder's name for the mask (``PRIORSAM_LABEL name id p``).
         device: auto, cuda or cpu.
         series: DICOM SeriesInstanceUID when the folder holds several series.
         progress: print machine-readable PRIORSAM_PROGRESS lines (for a parent process).
@@ -31,6 +32,8 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
             its 3D extent overlaps the box with IoU >= 0.5), and propagates otherwise;
             ``propagate`` always propagates LiteMedSAM from the box's middle slice; ``auto`` (default) is
             ``organs`` for one of the 8 organs or ``--label auto`` and ``propagate`` for any other label.
+        organs: the organ label map ``priorsam segment`` wrote for this image (same grid, our label ids);
+            the organs method reads the engine's answer from it instead of segmenting the volume again.
     """
     from ..engine.boxes import box_to_display, parse_box
     from ..errors import InputError
@@ -43,6 +46,9 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
     ids = {lab.name: lab.id for lab in labels()}
     label = str(label)
     method = box_method(method, label, ids)
+    if organs is not None and method != "organs":
+        raise InputError("--organs is read by the organs method only (--label auto or one of the organs "
+                         f"{', '.join(ids)}, and --method auto or organs)")
     t0 = time.time()
     volume = read_volume(image, series_uid=series, force=force)
     show_warnings(volume.warnings)
@@ -56,8 +62,11 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
         from ..engine.box_organs import organ_for_box
         from ..engine.segment import Segmenter
 
-        segmenter = Segmenter(weights, device)
-        engine = segmenter.segment(volume, progress=reporter, show_bar=not progress).labels
+        if organs is not None:
+            engine = organ_label_map(volume, organs, ids.values())
+        else:
+            segmenter = Segmenter(weights, device)
+            engine = segmenter.segment(volume, progress=reporter, show_bar=not progress).labels
         found = organ_for_box(engine, dbox, None if label == "auto" else label)
         if found is None:
             show_warnings([f"the automatic segmentation has no {'organ' if label == 'auto' else label} that "
@@ -89,6 +98,20 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
 
 
 BOX_METHODS = ("auto", "organs", "propagate")
+
+
+def organ_label_map(volume, path: str, organ_ids) -> np.ndarray:
+    """The engine's label map of ``volume`` read from ``path`` (canonical RAS), refused with one line unless
+    it is on the image's grid and holds only background and our organ ids."""
+    from ..errors import InputError
+    from ..io import read_label_map_on
+
+    lab = read_label_map_on(volume, path)
+    stray = sorted(set(np.unique(lab).tolist()) - {0, *organ_ids})
+    if stray:
+        raise InputError(f"{path}: label values {stray[:5]} are not PriorSAM's organ ids 1-{max(organ_ids)}: "
+                         "give the label map `priorsam segment` wrote for this image")
+    return lab.astype(np.uint8)
 
 
 def box_method(method: str, label: str, organ_ids: dict[str, int]) -> str:

@@ -18,6 +18,27 @@ def read_label_map(path: str | Path) -> Volume:
     return read_volume(path, check=False)
 
 
+def read_label_map_on(volume: Volume, path: str | Path) -> np.ndarray:
+    """A label map of ``volume`` (NIfTI or NRRD, stored in any axis order) as a canonical-RAS integer array,
+    refused with one line unless it lies on the volume's own grid (the same voxels in the same places)."""
+    lab = read_label_map(path)
+    if lab.shape != volume.shape:
+        raise InputError(f"{path}: label map of shape {lab.shape}, the image has {volume.shape}: "
+                         "not a label map of this image")
+    # the corner voxels' centres, within a quarter of the finest voxel: headers written in float32 round
+    # far less than that, a map of another scan or resampled one misses it
+    corners = np.array([[x, y, z, 1.0] for x in (0, lab.shape[0] - 1) for y in (0, lab.shape[1] - 1)
+                        for z in (0, lab.shape[2] - 1)]).T
+    apart = np.linalg.norm((lab.affine @ corners - volume.affine @ corners)[:3], axis=0).max()
+    if apart > 0.25 * float(volume.spacing.min()):
+        raise InputError(f"{path}: the label map's voxels lie up to {apart:.1f} mm from the image's (another "
+                         "origin, spacing or direction): not a label map of this image")
+    values = lab.array
+    if not np.isfinite(values).all() or (values != np.round(values)).any():
+        raise InputError(f"{path}: a label map holds whole numbers; this one does not")
+    return values.astype(np.int64)
+
+
 def read_volume(path: str | Path, series_uid: str | None = None, check: bool = True, force: bool = False,
                 files: list[str] | None = None) -> Volume:
     """Read a CT volume from a NIfTI/NRRD file or a DICOM series folder, in canonical RAS.

@@ -97,12 +97,15 @@ class PriorSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
         if self.logic is not None and self.logic.run is not None:
             self.logic.cancel()
+        if self.logic is not None:
+            self.logic.forget_organ_maps()
         if self.timer is not None:
             self.timer.stop()
 
     def onSceneStartClose(self, caller, event):
         if self.active in ("organs", "box"):
             self.logic.cancel()
+        self.logic.forget_organ_maps()     # the next scene's volumes may reuse these node IDs
 
     # -- device probe ----------------------------------------------------------------------------
     def startProbe(self):

@@ -161,12 +161,14 @@ def format_box(bounds_ras) -> str:
 
 
 def box_job(work_dir: Path, bounds_ras, label: str = "auto", device: str = "auto", python: str | None = None,
-            progress: bool = True) -> Job:
+            progress: bool = True, organs: Path | None = None, weights: str | None = None) -> Job:
     """Command for one organ from a 3D box (RAS mm) on ``work_dir/in/input.nii.gz``.
 
-    ``label='auto'`` asks the semantic decoder to name the organ (needs an engine that supports it
-    and prints a ``PRIORSAM_LABEL`` line); an organ name fixes the label. ``progress`` adds
-    ``--progress`` (PRIORSAM_PROGRESS lines from segment-box; on by default).
+    ``label='auto'`` lets the engine name the organ (it prints a ``PRIORSAM_LABEL`` line); an organ name
+    fixes the label. ``progress`` adds ``--progress`` (PRIORSAM_PROGRESS lines from segment-box; on by
+    default). ``organs``: an organ label map of this image from an earlier organ run (``--organs``), which
+    answers the box instead of a new whole-volume segmentation. ``weights``: the user's checkpoint, which
+    segments the volume for the box and names the organ (as in :func:`organ_job`).
     """
     python = python or python_executable()
     image = Path(work_dir) / "in" / f"{CASE_NAME}.nii.gz"
@@ -175,7 +177,9 @@ def box_job(work_dir: Path, bounds_ras, label: str = "auto", device: str = "auto
            "--space", "ras", "--label", str(label), "--out", str(out), "--device", engine_device(device)]
     if progress:
         cmd.append("--progress")
-    return Job(cmd, subprocess_env(), image, out.parent, out)
+    if organs is not None:
+        cmd += ["--organs", str(organs)]
+    return Job(cmd, subprocess_env(weights), image, out.parent, out)
 
 
 # Printed as one JSON line by the device probe; run in the subprocess Python, never in Slicer's.

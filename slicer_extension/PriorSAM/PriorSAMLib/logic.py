@@ -44,6 +44,9 @@ class SegmentationLogic:
         self.run: process.Run | None = None
         # a copy of each engine output label map is kept here before the temp folder goes (debugging, tests)
         self.keep_results_in = Path(keep_results_in) if keep_results_in else None
+        # volume node ID -> (what the map depends on, the organ label map of its last "Segment organs" run)
+        self._organ_maps: dict[str, tuple[tuple, Path]] = {}
+        self._organ_map_dir: Path | None = None
 
     # -- facts shown before a run ------------------------------------------------------------
     def organ_by_name(self, name: str) -> Organ | None:
@@ -124,9 +127,14 @@ class SegmentationLogic:
         slices = self.slice_count(volume)
         name = f"{volume.GetName()} organs (PriorSAM)"
 
+        def add(path: Path):
+            seg = segmentation_io.import_organs(self.slicer, self.scene, path, volume, self.organs, self.category,
+                                                name)
+            self._keep_organ_map(volume, path)
+            return seg
+
         def done(run: process.Run) -> None:
-            outcome = self._finish(run, job, lambda path: segmentation_io.import_organs(
-                self.slicer, self.scene, path, volume, self.organs, self.category, name))
+            outcome = self._finish(run, job, add)
             if outcome.state == process.SUCCEEDED and dev in ("cpu", "cuda"):
                 per = estimate.per_slice_from_run(run.elapsed, slices, dev)
                 if per:
@@ -139,12 +147,16 @@ class SegmentationLogic:
 
     def start_box(self, volume, roi, label: str = "auto", device: str = "auto", segmentation=None,
                   on_finished: Optional[Finished] = None, on_progress=None, on_line=None) -> process.Run:
-        """Segment the one organ inside a markups ROI; ``label`` 'auto' lets the model name it."""
+        """Segment the one organ inside a markups ROI; ``label`` 'auto' lets the model name it.
+
+        For ``auto`` or one of the eight organs, the organ label map of the last "Segment organs" run on this
+        volume (same voxels, geometry and weights) answers the box, instead of segmenting the volume again."""
         self._check_idle()
         dev, _ = self.resolved_device(device) if self.device_info is not None else (commands.engine_device(device), "")
         bounds = segmentation_io.roi_bounds_ras(self.slicer, roi, volume)
+        organs = self.organ_map_for(volume) if label == "auto" or self.organ_by_name(label) else None
         work = self._export(volume)
-        job = commands.box_job(work, bounds, label, dev, self.python)
+        job = commands.box_job(work, bounds, label, dev, self.python, organs=organs, weights=self.weights)
 
         def add(path: Path):
             seg = segmentation or segmentation_io.new_segmentation(
@@ -161,6 +173,47 @@ class SegmentationLogic:
 
         self.run = process.Run(job.command, job.env, work, on_progress, on_line, done).start()
         return self.run
+
+    # -- organ maps kept for box prompts ------------------------------------------------------
+    def _organ_map_state(self, volume) -> tuple:
+        """What an organ map of ``volume`` depends on: its voxels (the image data's modification time), where
+        they lie and the weights. Any change makes the kept map stale."""
+        import vtk
+
+        m = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(m)
+        image = volume.GetImageData()
+        return (image.GetMTime() if image is not None else None, tuple(image.GetDimensions()) if image else None,
+                tuple(round(m.GetElement(r, c), 6) for r in range(3) for c in range(4)), self.weights)
+
+    def _keep_organ_map(self, volume, path: Path) -> None:
+        import shutil
+
+        if self._organ_map_dir is None:
+            self._organ_map_dir = process.make_work_dir("PriorSAM-organs-")
+        kept = self._organ_map_dir / f"organs_{len(self._organ_maps)}_{Path(path).name}"
+        shutil.copy2(path, kept)
+        old = self._organ_maps.get(volume.GetID())
+        self._organ_maps[volume.GetID()] = (self._organ_map_state(volume), kept)
+        if old is not None:
+            old[1].unlink(missing_ok=True)
+
+    def organ_map_for(self, volume) -> Path | None:
+        """The organ label map of the last "Segment organs" run on ``volume``, or None when there was none or
+        the volume (or the weights) changed since."""
+        state, path = self._organ_maps.get(volume.GetID(), (None, None))
+        if path is None or not path.is_file() or state != self._organ_map_state(volume):
+            return None
+        return path
+
+    def forget_organ_maps(self) -> None:
+        """Delete the kept organ maps (the scene closes, the module goes)."""
+        import shutil
+
+        self._organ_maps.clear()
+        if self._organ_map_dir is not None:
+            shutil.rmtree(self._organ_map_dir, ignore_errors=True)
+            self._organ_map_dir = None
 
     def _chosen_organ(self, run: process.Run | None) -> Organ | None:
         """The organ a ``--label auto`` run reported on a PRIORSAM_LABEL line (None if it did not)."""
