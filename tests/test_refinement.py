@@ -125,3 +125,43 @@ def test_unknown_choices_are_refused():
         refine_to_labels(out, torch.zeros(1, 256, 64, 64), BoxInside(), None, RefineOptions(box_source="x"))
     with pytest.raises(ValueError, match="conflicts"):
         refine_to_labels(out, torch.zeros(1, 256, 64, 64), BoxInside(), None, RefineOptions(conflicts="x"))
+
+
+class Shrunk(BoxInside):
+    """A decoder that under-draws: the inside of its box shrunk by ``by`` pixels on every side."""
+
+    def __init__(self, by: int):
+        super().__init__()
+        self.by = by
+
+    def __call__(self, embedding, boxes):
+        return super().__call__(embedding, boxes + torch.tensor([1.0, 1.0, -1.0, -1.0]) * self.by)
+
+
+def test_without_a_localiser_the_heads_probabilities_correct_the_decoder_where_they_are_sure():
+    # Liver (5): the heads are sure over 100..160 (p 0.97) and sure it is not there elsewhere (p 0.07);
+    # a spleen (1) blob of 9 pixels is under the heads' 12-pixel minimum, so it never prompts the decoder.
+    out = heads_output(1, {5: (100, 100, 160, 160), 1: (10, 10, 12, 12)})
+    emb = torch.zeros(1, 256, 64, 64)
+    liver = torch.zeros(256, 256, dtype=torch.bool)
+    liver[100:161, 100:161] = True
+
+    # The decoder draws the whole 10 px-grown box: the veto takes back what the heads rule out.
+    spill = refine_to_labels(out, emb, BoxInside(), None, RefineOptions())[0, 5].bool()
+    assert spill.sum() == 81 ** 2
+    vetoed = refine_to_labels(out, emb, BoxInside(), None, RefineOptions(heads_veto=0.1))[0, 5].bool()
+    assert torch.equal(vetoed, liver)
+
+    # A decoder 30 px short on every side of its box: the fill gives back what the heads are sure of,
+    # and only for the organ the decoder drew (not the spleen blob, however sure the heads are of it).
+    short = refine_to_labels(out, emb, Shrunk(30), None, RefineOptions())
+    assert short[0, 5].sum() == 21 ** 2
+    filled = refine_to_labels(out, emb, Shrunk(30), None, RefineOptions(heads_fill=0.5))
+    assert torch.equal(filled[0, 5].bool(), liver) and filled[0, 1].sum() == 0
+
+    # Where a localiser guides the slices its own probabilities correct the masks in 3D; these options do nothing.
+    guide, prompts = guides(1, {5: [60.0, 60.0, 200.0, 200.0]}, {5: [90.0, 90.0, 170.0, 170.0]})
+    guided = [refine_to_labels(out, emb, BoxInside(), guide, RefineOptions(box_source="localiser",
+                                                                            localiser_box_margin=0.0, **extra),
+                               prompts) for extra in ({}, {"heads_veto": 0.1, "heads_fill": 0.5})]
+    assert torch.equal(guided[0], guided[1]) and guided[0][0, 5].sum() == 81 ** 2

@@ -50,6 +50,10 @@ class RefineOptions:
     localiser_box_margin: float = 3.0   # model pixels added around the box of the localiser's own mask
     conflicts: str = "binary"           # who wins a pixel two organs' masks claim: "binary" (the binary path's
                                         # own mask logit) or "semantic" (the heads' probability)
+    heads_veto: float = 0.0             # without a localiser: a binary-path pixel of an organ the heads give that
+                                        # organ under this becomes background (0: never)
+    heads_fill: float = 0.0             # without a localiser: a background pixel the heads give an organ drawn in
+                                        # that slice over this takes it (0: never)
 
 
 def boxes_from_masks(masks: torch.Tensor, margin: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,6 +143,7 @@ def refine_to_labels(out: dict, embedding: torch.Tensor, binary, guide: torch.Te
         raise ValueError(f"conflicts must be semantic or binary, not {o.conflicts!r}")
     fg = torch.zeros_like(probs)
     mask_logit = torch.full_like(probs, -float("inf"))
+    drawn = torch.zeros(probs.shape[:2], dtype=torch.bool, device=dev)   # (N, C): organ k prompted in slice n
     for k in range(1, c):
         masks = coarse == k
         keep = masks.flatten(1).sum(1) >= o.min_pixels
@@ -178,8 +183,31 @@ def refine_to_labels(out: dict, embedding: torch.Tensor, binary, guide: torch.Te
             if not valid.all():
                 cur[~valid] = False
         fg[idx, k] = cur.float()
+        drawn[idx, k] = True
     # Conflicts between organs: the binary path's logit (or the heads' probability) decides; no organ →
     # background.
     score = fg * (probs + 1e-6) if o.conflicts == "semantic" else fg * (torch.sigmoid(mask_logit) + 1e-6)
     score[:, 0] = (fg[:, 1:].amax(1) == 0).float()
-    return F.one_hot(score.argmax(1), c).permute(0, 3, 1, 2).float()
+    labels = score.argmax(1)
+    if guide is None and (o.heads_veto > 0 or o.heads_fill > 0):
+        labels = correct_with_heads(labels, probs, drawn, o.heads_veto, o.heads_fill)
+    return F.one_hot(labels, c).permute(0, 3, 1, 2).float()
+
+
+def correct_with_heads(labels: torch.Tensor, probs: torch.Tensor, drawn: torch.Tensor, veto: float,
+                       fill: float) -> torch.Tensor:
+    """The binary path's (N, H, W) labels corrected where the heads' (N, C, H, W) probabilities are sure:
+    an organ pixel they give that organ under ``veto`` becomes background, then a background pixel they give
+    an organ over ``fill`` takes it, among the organs ``drawn`` (N, C) in that slice (0 turns a step off).
+    Used where no localiser guides the slices (thin volumes), as the localiser's probabilities are in 3D."""
+    out = labels.clone()
+    if veto > 0:
+        own = probs.gather(1, labels[:, None])[:, 0]
+        out[(labels > 0) & (own < veto)] = 0
+    if fill > 0:
+        organ = (probs * drawn[:, :, None, None]).clone()
+        organ[:, 0] = 0
+        best, which = organ.max(1)
+        take = (out == 0) & (best > fill)
+        out[take] = which[take]
+    return out
