@@ -170,8 +170,12 @@ def test_segment_from_box_adds_one_named_organ(slicer_mod, sample_crop, random_c
     command = logic.run.command
     assert command[command.index("--organs") + 1] == str(kept)
     again = np.asarray(nib.load(str(tmp_path / "kept" / "input_box.nii.gz")).dataobj)
+    again_bytes = (tmp_path / "kept" / "input_box.nii.gz").read_bytes()
     np.testing.assert_array_equal(again, engine)
     volume.GetImageData().Modified()
     assert logic.organ_map_for(volume) is None
+    logic._keep_organ_map(volume, tmp_path / "kept" / "input_box.nii.gz")   # a new organ run replaces the map
+    newer = logic.organ_map_for(volume)
+    assert not kept.exists() and newer is not None and newer.read_bytes() == again_bytes
     logic.forget_organ_maps()
-    assert not kept.exists()
+    assert not newer.exists() and logic.organ_map_for(volume) is None

@@ -187,16 +187,23 @@ class SegmentationLogic:
                 tuple(round(m.GetElement(r, c), 6) for r in range(3) for c in range(4)), self.weights)
 
     def _keep_organ_map(self, volume, path: Path) -> None:
+        import os
         import shutil
+        import tempfile
 
-        if self._organ_map_dir is None:
-            self._organ_map_dir = process.make_work_dir("PriorSAM-organs-")
-        kept = self._organ_map_dir / f"organs_{len(self._organ_maps)}_{Path(path).name}"
-        shutil.copy2(path, kept)
-        old = self._organ_maps.get(volume.GetID())
-        self._organ_maps[volume.GetID()] = (self._organ_map_state(volume), kept)
+        old = self._organ_maps.pop(volume.GetID(), None)
         if old is not None:
             old[1].unlink(missing_ok=True)
+        try:
+            if self._organ_map_dir is None:
+                self._organ_map_dir = Path(tempfile.mkdtemp(prefix="PriorSAM-organs-"))
+            suffix = ".nii.gz" if str(path).endswith(".nii.gz") else Path(path).suffix  # the reader goes by it
+            handle, name = tempfile.mkstemp(suffix=suffix, dir=self._organ_map_dir)
+            os.close(handle)
+            shutil.copy2(path, name)
+        except OSError:
+            return      # not kept (no disk space): a later box segments the volume itself, as before
+        self._organ_maps[volume.GetID()] = (self._organ_map_state(volume), Path(name))
 
     def organ_map_for(self, volume) -> Path | None:
         """The organ label map of the last "Segment organs" run on ``volume``, or None when there was none or
