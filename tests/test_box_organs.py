@@ -136,6 +136,9 @@ def test_a_saved_organ_map_answers_the_box_without_segmenting_again(lps_volume, 
         out = tmp_path / f"spleen_{organs.name}"
         proc = run_segment_box(vol.source.path, box, str(out), "--label", "auto", "--organs", str(organs))
         assert proc.returncode == 0, proc.stderr
+        # only the map PriorSAM wrote says which image it was made for; the other is read with a warning
+        unsure = [ln for ln in proc.stderr.splitlines() if "does not say which image it was made for" in ln]
+        assert len(unsure) == (organs == ras), proc.stderr
         assert f"PRIORSAM_LABEL spleen {IDS['spleen']}" in proc.stdout.splitlines()
         report = dict(ln.split(":", 1) for ln in proc.stdout.splitlines() if ":" in ln)
         assert report["method"].strip() == "organs"
@@ -166,3 +169,24 @@ def test_an_organ_map_that_is_not_this_images_is_refused_with_one_line(lps_volum
     proc = run_segment_box(vol.source.path, box, str(tmp_path / "x.nii.gz"), "--label", "lesion", "--organs",
                            str(tmp_path / "short.nii.gz"))
     assert proc.returncode != 0 and "--organs is read by the organs method only" in proc.stderr
+
+
+def test_an_organ_map_made_for_another_image_on_the_same_grid_is_refused(lps_volume, tmp_path):
+    """Phases of one study often share a grid: the map of the arterial phase must not answer a box on the
+    portal-venous one. PriorSAM's label maps carry the fingerprint of the image they were made for."""
+    from priorsam.io import write_label_map
+
+    vol, engine = lps_volume
+    stored = np.asarray(nib.load(vol.source.path).dataobj)
+    other = tmp_path / "other_phase.nii.gz"
+    nib.save(nib.Nifti1Image(stored + 100.0, nib.load(vol.source.path).affine), str(other))
+    other_map = write_label_map(read_volume(str(other)), engine, tmp_path / "other_organs.nii.gz")
+    box = ",".join(str(int(v)) for v in stored_box(vol, (25, 7, 2), (34, 18, 9)))
+    out = tmp_path / "spleen.nii.gz"
+    proc = run_segment_box(vol.source.path, box, str(out), "--label", "spleen", "--organs", str(other_map))
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert proc.returncode != 0 and len(errors) == 1 and "made this label map for another image" in errors[0]
+    assert not out.exists()
+    # the same map given with the image it was made for answers
+    proc = run_segment_box(str(other), box, str(out), "--label", "spleen", "--organs", str(other_map))
+    assert proc.returncode == 0 and "does not say which image" not in proc.stderr, proc.stderr

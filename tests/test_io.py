@@ -73,6 +73,7 @@ def test_nifti_roundtrip(tmp_path, case, suffix):
     back = read_label_map(out)
     np.testing.assert_array_equal(back.array, label_of(vol.array))
     np.testing.assert_allclose(back.affine, vol.affine, atol=1e-5)
+    assert back.source.made_from == vol.fingerprint() and vol.source.made_from is None
     assert not [p.name for p in tmp_path.iterdir() if ".part" in p.name]
 
 
@@ -166,6 +167,7 @@ def test_nrrd_roundtrip_oblique(tmp_path):
     back = read_label_map(out)
     np.testing.assert_array_equal(back.array, label_of(vol.array))
     np.testing.assert_allclose(back.affine, vol.affine, atol=1e-5)
+    assert back.source.made_from == vol.fingerprint()     # which image the label map was made for
 
 
 def check_affine_against_tags(vol) -> None:

@@ -39,7 +39,7 @@ def source_meta(source: Source) -> dict:
             "affine": np.asarray(source.affine, dtype=np.float64),
             "to_canonical": np.asarray(source.to_canonical, dtype=np.float64),
             "header": bytes(source.header.binaryblock) if source.header is not None else b"",
-            "series_uid": source.series_uid or ""}
+            "series_uid": source.series_uid or "", "fingerprint": source.fingerprint or ""}
 
 
 def source_from_meta(meta: Mapping) -> Source:
@@ -55,7 +55,8 @@ def source_from_meta(meta: Mapping) -> Source:
                   shape=tuple(int(v) for v in to_numpy(meta["shape"]).reshape(-1)),
                   affine=to_numpy(meta["affine"]).astype(np.float64).reshape(4, 4),
                   to_canonical=to_numpy(meta["to_canonical"]).astype(np.float64).reshape(3, 2),
-                  header=header, series_uid=str(meta.get("series_uid") or "") or None)
+                  header=header, series_uid=str(meta.get("series_uid") or "") or None,
+                  fingerprint=str(meta.get("fingerprint") or "") or None)
 
 
 def as_metatensor(volume: Volume) -> MetaTensor:

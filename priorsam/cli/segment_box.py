@@ -102,15 +102,22 @@ BOX_METHODS = ("auto", "organs", "propagate")
 
 def organ_label_map(volume, path: str, organ_ids) -> np.ndarray:
     """The engine's label map of ``volume`` read from ``path`` (canonical RAS), refused with one line unless
-    it is on the image's grid and holds only background and our organ ids."""
+    it is on the image's grid, holds only background and our organ ids and, where PriorSAM wrote it, was
+    made for this image; a map that does not say which image it was made for is read with a warning."""
     from ..errors import InputError
     from ..io import read_label_map_on
+    from ..io.checks import show_warnings
+    from ..labels import labels
 
-    lab = read_label_map_on(volume, path)
+    lab, ours = read_label_map_on(volume, path)
     stray = sorted(set(np.unique(lab).tolist()) - {0, *organ_ids})
     if stray:
         raise InputError(f"{path}: label values {stray[:5]} are not PriorSAM's organ ids 1-{max(organ_ids)}: "
                          "give the label map `priorsam segment` wrote for this image")
+    if not ours:
+        names = ", ".join(f"{lab_.id} {lab_.name}" for lab_ in labels())
+        show_warnings([f"{path} does not say which image it was made for (another tool wrote it, or it was "
+                       f"edited): its values are read as PriorSAM's organ ids ({names})"])
     return lab.astype(np.uint8)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import InputError
 from .volume import Source, Volume, canonicalize, nifti_affine_ok
+from .writers import MADE_FOR, MADE_FOR_KEY
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -18,9 +19,11 @@ def read_label_map(path: str | Path) -> Volume:
     return read_volume(path, check=False)
 
 
-def read_label_map_on(volume: Volume, path: str | Path) -> np.ndarray:
-    """A label map of ``volume`` (NIfTI or NRRD, stored in any axis order) as a canonical-RAS integer array,
-    refused with one line unless it lies on the volume's own grid (the same voxels in the same places)."""
+def read_label_map_on(volume: Volume, path: str | Path) -> tuple[np.ndarray, bool]:
+    """A label map of ``volume`` (NIfTI or NRRD, stored in any axis order): (canonical-RAS integer array,
+    whether PriorSAM wrote it for this very image). Refused with one line unless it lies on the volume's own
+    grid (the same voxels in the same places), and when PriorSAM wrote it for another image (another phase
+    or scan on the same grid)."""
     lab = read_label_map(path)
     if lab.shape != volume.shape:
         raise InputError(f"{path}: label map of shape {lab.shape}, the image has {volume.shape}: "
@@ -36,7 +39,11 @@ def read_label_map_on(volume: Volume, path: str | Path) -> np.ndarray:
     values = lab.array
     if not np.isfinite(values).all() or (values != np.round(values)).any():
         raise InputError(f"{path}: a label map holds whole numbers; this one does not")
-    return values.astype(np.int64)
+    made_from = lab.source.made_from
+    if made_from is not None and made_from != volume.fingerprint():
+        raise InputError(f"{path}: PriorSAM made this label map for another image on the same grid (its voxels "
+                         "differ from this one's: another phase, series or scan): not a label map of this image")
+    return values.astype(np.int64), made_from is not None
 
 
 def read_volume(path: str | Path, series_uid: str | None = None, check: bool = True, force: bool = False,
@@ -96,7 +103,8 @@ def read_nifti(p: Path, check: bool = True, force: bool = False) -> Volume:
         data = data[..., 0]
     affine = img.affine.astype(np.float64)
     nifti_affine_ok(affine, str(p))
-    src = Source(str(p), "nifti", tuple(data.shape), affine, np.zeros((3, 2)), header=img.header.copy())
+    src = Source(str(p), "nifti", tuple(data.shape), affine, np.zeros((3, 2)), header=img.header.copy(),
+                 made_from=_made_from(bytes(img.header["descrip"]).split(b"\0")[0].decode("latin-1")))
     return canonicalize(data.astype(np.float32, copy=False), affine, src, check, force, warnings)
 
 
@@ -134,8 +142,17 @@ def read_itk_file(p: Path, fmt: str, check: bool = True, force: bool = False) ->
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{p}: {image.GetNumberOfComponentsPerPixel()}-component image; a 3D CT volume is required")
     arr, affine = itk_to_ras(image)
-    src = Source(str(p), fmt, tuple(arr.shape), affine, np.zeros((3, 2)))
+    meta = image.GetMetaDataDictionary()
+    made_from = str(meta[MADE_FOR_KEY]) if meta.HasKey(MADE_FOR_KEY) else None
+    src = Source(str(p), fmt, tuple(arr.shape), affine, np.zeros((3, 2)), made_from=made_from)
     return canonicalize(arr.astype(np.float32, copy=False), affine, src, check, force)
+
+
+def _made_from(description: str) -> str | None:
+    """The image fingerprint in a NIfTI description PriorSAM wrote (:func:`.writers.made_for`), else None."""
+    if not description.startswith(MADE_FOR):
+        return None
+    return description[len(MADE_FOR):].strip() or None
 
 
 def list_dicom_series(folder: Path) -> dict[str, list[str]]:

@@ -27,6 +27,8 @@ class Source:
     header: object | None = None      # nibabel header for NIfTI inputs
     series_uid: str | None = None     # DICOM series instance UID
     dicom_files: list[str] = field(default_factory=list)  # sorted source instances (DICOM SEG references them)
+    made_from: str | None = None      # a PriorSAM label map: the fingerprint of the image it was made for
+    fingerprint: str | None = None    # an image: identifies its voxels as read (see Volume.fingerprint)
 
 
 @dataclass
@@ -45,6 +47,15 @@ class Volume:
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.array.shape)
+
+    def fingerprint(self) -> str:
+        """16 hex digits that identify the image's voxels (shape and values) as read: written into the label
+        maps made for this volume, so that a label map given back with another image of the same grid (another
+        phase of the study) is recognised. Taken when the image is read, since a Volume may later carry labels
+        on the image's grid and source (the bundle's writer); computed from ``array`` for a Volume built in code."""
+        if self.source.fingerprint is None:
+            self.source.fingerprint = voxel_fingerprint(self.array)
+        return self.source.fingerprint
 
     @property
     def spacing(self) -> np.ndarray:
@@ -80,6 +91,15 @@ def display_spacing(volume: Volume) -> tuple[float, float]:
     return float(sy), float(sx)
 
 
+def voxel_fingerprint(array: np.ndarray) -> str:
+    """Shape and float32 values of a canonical array → 16 hex digits (BLAKE2b; 0.3 s for 512×512×150 on 2 CPU cores)."""
+    import hashlib
+
+    digest = hashlib.blake2b(str(array.shape).encode(), digest_size=8)
+    digest.update(np.ascontiguousarray(array, dtype=np.float32).data)
+    return digest.hexdigest()
+
+
 def canonicalize(array: np.ndarray, affine: np.ndarray, source: Source, check: bool = True,
                  force: bool = False, warnings: list[str] | None = None) -> Volume:
     """Reorder/flip axes (never resample) so the array is closest to RAS; oblique affines stay oblique.
@@ -102,7 +122,10 @@ def canonicalize(array: np.ndarray, affine: np.ndarray, source: Source, check: b
     canon = ornt_mod.apply_orientation(array, transform)
     canon_affine = affine @ ornt_mod.inv_ornt_aff(transform, array.shape)
     source.to_canonical = transform
-    return Volume(np.ascontiguousarray(canon, dtype=np.float32), canon_affine, source, warnings)
+    canon = np.ascontiguousarray(canon, dtype=np.float32)
+    if check:   # an image (label maps are not fingerprinted)
+        source.fingerprint = voxel_fingerprint(canon)
+    return Volume(canon, canon_affine, source, warnings)
 
 
 def to_source_grid(volume: Volume, canonical: np.ndarray) -> np.ndarray:

@@ -87,6 +87,14 @@ def write_label_map(volume: Volume, labels_ras: np.ndarray, path: str | Path) ->
     return p
 
 
+MADE_FOR = "PriorSAM label map of "   # NIfTI descrip: this, then the image's fingerprint (80 bytes at most)
+MADE_FOR_KEY = "PriorSAM_label_map_of"  # NRRD: the same as a key of its own
+
+
+def made_for(volume: Volume) -> str:
+    return MADE_FOR + volume.fingerprint()
+
+
 def _write_nifti(volume: Volume, stored: np.ndarray, tmp: Path) -> None:
     import nibabel as nib
 
@@ -97,7 +105,7 @@ def _write_nifti(volume: Volume, stored: np.ndarray, tmp: Path) -> None:
         img = nib.Nifti1Image(stored, None, header)
         img.set_data_dtype(np.uint8)
         img.header["scl_slope"], img.header["scl_inter"] = 1, 0
-        img.header["descrip"] = b"PriorSAM label map"
+        img.header["descrip"] = made_for(volume).encode()
         nib.save(img, str(tmp))
         return
     img = nib.Nifti1Image(stored, volume.source.affine, header)
@@ -110,7 +118,7 @@ def _write_nifti(volume: Volume, stored: np.ndarray, tmp: Path) -> None:
         img.set_qform(volume.source.affine, 1)
         img.set_sform(volume.source.affine, 1)
     img.header["scl_slope"], img.header["scl_inter"] = 1, 0
-    img.header["descrip"] = b"PriorSAM label map"
+    img.header["descrip"] = made_for(volume).encode()
     nib.save(img, str(tmp))
 
 
@@ -124,5 +132,6 @@ def _write_itk(volume: Volume, stored: np.ndarray, tmp: Path) -> None:
     image.SetSpacing(spacing.tolist())
     image.SetOrigin(lps[:3, 3].tolist())
     image.SetDirection(itk.matrix_from_array(lps[:3, :3] / spacing))
+    image.GetMetaDataDictionary()[MADE_FOR_KEY] = volume.fingerprint()
     # ITK picks the writer from the final suffix; the temp name ends in the real one.
     itk.imwrite(image, str(tmp), compression=True)
