@@ -164,6 +164,8 @@ def test_segment_from_box_adds_one_named_organ(slicer_mod, sample_crop, random_c
     assert organs.state == process.SUCCEEDED, organs.message
     kept = logic.organ_map_for(volume)
     assert kept is not None and kept.is_file()
+    assert logic.organ_map_for_box(volume, "liver") == kept == logic.organ_map_for_box(volume, "auto")
+    assert logic.organ_map_for_box(volume, "lesion") is None     # segmented slice by slice, no organ map
     finished.clear()
     logic.start_box(volume, roi, "liver", "cpu", on_finished=finished.append).wait(timeout=600)
     assert finished[0].state == process.SUCCEEDED, finished[0].message

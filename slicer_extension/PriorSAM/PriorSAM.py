@@ -153,7 +153,7 @@ class PriorSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         qt.QSettings().setValue(SETTINGS_PREFIX + "weights", path)
 
     # -- runs ------------------------------------------------------------------------------------
-    def _prepare(self):
+    def _prepare(self, kind="organs"):
         """Install dependencies (with consent) and tell the user what will run and how long."""
         try:
             self.logic.ensure_dependencies()
@@ -167,6 +167,11 @@ class PriorSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except RuntimeError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle="PriorSAM")
             return None
+        label = self.ui.boxLabelComboBox.currentData or "auto"
+        if kind == "box" and self.logic.organ_map_for_box(volume, label) is not None:
+            # no whole-volume run: the estimate (and its "this will take minutes" question) does not apply
+            self.ui.statusLabel.text = f"{note} The box is answered from this volume's last 'Segment organs' run."
+            return volume, device
         if device == "cpu" and est.seconds > 120:
             if not slicer.util.confirmOkCancelDisplay(f"{note}\n{est.text()}.\n\nContinue?", windowTitle="PriorSAM"):
                 return None
@@ -178,7 +183,7 @@ class PriorSAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.active == kind:
             self.logic.cancel()
             return None
-        return self._prepare()
+        return self._prepare(kind)
 
     def onSegmentButton(self):
         prepared = self._begin("organs")

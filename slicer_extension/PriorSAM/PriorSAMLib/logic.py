@@ -154,7 +154,7 @@ class SegmentationLogic:
         self._check_idle()
         dev, _ = self.resolved_device(device) if self.device_info is not None else (commands.engine_device(device), "")
         bounds = segmentation_io.roi_bounds_ras(self.slicer, roi, volume)
-        organs = self.organ_map_for(volume) if label == "auto" or self.organ_by_name(label) else None
+        organs = self.organ_map_for_box(volume, label)
         work = self._export(volume)
         job = commands.box_job(work, bounds, label, dev, self.python, organs=organs, weights=self.weights)
 
@@ -212,6 +212,11 @@ class SegmentationLogic:
         if path is None or not path.is_file() or state != self._organ_map_state(volume):
             return None
         return path
+
+    def organ_map_for_box(self, volume, label: str) -> Path | None:
+        """The kept organ map that will answer a box with ``label`` on ``volume`` (``auto`` or one of the eight
+        organs; any other label is segmented slice by slice), or None when the box segments the volume."""
+        return self.organ_map_for(volume) if label == "auto" or self.organ_by_name(label) else None
 
     def forget_organ_maps(self) -> None:
         """Delete the kept organ maps (the scene closes, the module goes)."""
