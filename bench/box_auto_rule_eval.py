@@ -1,4 +1,4 @@
-"""`--label auto`: "extent", "share" and "extent, then share", from the per-box records of
+"""`--label auto`: "extent", "share", "extent, then share" (and "best" where recorded), from the per-box records of
 bench/box_organs_loose_eval.py (nothing is run again: each box's answer under both rules came from one engine
 run per volume, and "extent, then share" takes "extent"'s answer where it answered with an organ, else
 "share"'s). Rule decided by these figures, written down first: bench/results/box_auto_rule_decision.md.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-RULES = ("extent", "share", "extent, then share")
+RULES = ("extent", "share", "extent, then share", "best")
 
 
 def auto_answer(row: dict, rule: str) -> tuple[float, str, str]:
@@ -28,7 +28,7 @@ def summary(rows: list[dict]) -> dict[str, dict]:
     """Per rule: mean of organ means of auto's Dice, boxes named right, boxes propagated, organ means."""
     out = {}
     organs = list(dict.fromkeys(r["organ"] for r in rows))
-    for rule in RULES:
+    for rule in [r for r in RULES if r == "extent, then share" or f"{r}_auto" in rows[0]]:
         answers = [(r["organ"], *auto_answer(r, rule)) for r in rows]
         by_organ = {o: float(np.mean([d for org, d, _, _ in answers if org == o])) for o in organs}
         out[rule] = {"mean": float(np.mean(list(by_organ.values()))),

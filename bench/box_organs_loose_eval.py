@@ -36,7 +36,8 @@ def grown(box: DisplayBox, vol, mm: float) -> DisplayBox:
                       max(0.0, box.c0 - mm / sx), min(W - 1.0, box.c1 + mm / sx))
 
 
-def score_case(vol, lab, support, seg: Segmenter, grow_mm: list[float]) -> tuple[list[dict], float]:
+def score_case(vol, lab, support, seg: Segmenter, grow_mm: list[float],
+               rules: tuple[str, ...] = ("extent", "share")) -> tuple[list[dict], float]:
     t = time.perf_counter()
     engine = seg.segment(vol, show_bar=False).labels
     engine_s = time.perf_counter() - t
@@ -56,7 +57,7 @@ def score_case(vol, lab, support, seg: Segmenter, grow_mm: list[float]) -> tuple
                 return propagated
 
             row = {"organ": L.name, "grow_mm": mm}
-            for rule in MATCH_RULES:
+            for rule in rules:
                 for key, organ in (("explicit", L.name), ("auto", None)):
                     found = organ_for_box(engine, box, organ, rule=rule)
                     col = f"{rule}_{key}"
@@ -72,17 +73,18 @@ def score_case(vol, lab, support, seg: Segmenter, grow_mm: list[float]) -> tuple
     return rows, engine_s
 
 
-def table(rows: list[dict]) -> list[str]:
-    out = ["| organ | cases | extent, explicit | share, explicit | share − extent | propagated (extent / share) "
-           "| auto named right (extent / share) |", "|---|---|---|---|---|---|---|"]
+def table(rows: list[dict], rules: tuple[str, ...] = ("extent", "share")) -> list[str]:
+    names = " / ".join(rules)
+    out = ["| organ | cases | extent, explicit | share, explicit | share − extent | propagated, explicit "
+           f"({names}) | auto named right ({names}) |", "|---|---|---|---|---|---|---|"]
     per, mm = per_organ(rows, ("extent_explicit", "share_explicit"))
     for o, rs, m in per:
-        fell = " / ".join(str(sum(r[f"{rule}_explicit_route"] == "propagate" for r in rs)) for rule in MATCH_RULES)
-        named = " / ".join(str(sum(r[f"{rule}_auto_name"] == o for r in rs)) for rule in MATCH_RULES)
+        fell = " / ".join(str(sum(r[f"{rule}_explicit_route"] == "propagate" for r in rs)) for rule in rules)
+        named = " / ".join(str(sum(r[f"{rule}_auto_name"] == o for r in rs)) for rule in rules)
         out.append(f"| {o} | {len(rs)} | {m['extent_explicit']:.3f} | {m['share_explicit']:.3f} | "
                    f"{m['share_explicit'] - m['extent_explicit']:+.3f} | {fell} | {named} |")
-    fell = " / ".join(str(sum(r[f"{rule}_explicit_route"] == "propagate" for r in rows)) for rule in MATCH_RULES)
-    named = " / ".join(str(sum(r[f"{rule}_auto_name"] == r["organ"] for r in rows)) for rule in MATCH_RULES)
+    fell = " / ".join(str(sum(r[f"{rule}_explicit_route"] == "propagate" for r in rows)) for rule in rules)
+    named = " / ".join(str(sum(r[f"{rule}_auto_name"] == r["organ"] for r in rows)) for rule in rules)
     out.append(f"| **mean of organ means** | {len(rows)} | **{mm['extent_explicit']:.3f}** | "
                f"**{mm['share_explicit']:.3f}** | **{mm['share_explicit'] - mm['extent_explicit']:+.3f}** | {fell} | "
                f"**{named}** |")
@@ -93,16 +95,20 @@ def main() -> None:
     ap = case_arguments("bench/results/box_organs_loose.md")
     ap.add_argument("--grow-mm", nargs="+", type=float, default=[0.0, 10.0])
     ap.add_argument("--skip-sample", action="store_true", help="leave the sample CT out (the heads trained on it)")
+    ap.add_argument("--rules", nargs="+", choices=MATCH_RULES, default=["extent", "share"],
+                    help="the rules compared (the tables need extent and share)")
     args = ap.parse_args()
     out = Path(args.out)
     seg = Segmenter(None, "cpu")
-    rows, _ = score_cases(args, lambda vol, lab, sup: score_case(vol, lab, sup, seg, args.grow_mm), "box-loose", out)
+    rules = tuple(args.rules)
+    rows, _ = score_cases(args, lambda vol, lab, sup: score_case(vol, lab, sup, seg, args.grow_mm, rules),
+                          "box-loose", out)
     lines = header("box_organs_loose_eval.py", "Which organ answers a box: the \"extent\" and \"share\" rules, "
                    "tight and loose boxes", rows, "Dice in 3D where the image is; per organ the mean over cases, "
                    "then the mean of the organ means. Rule: box_organs_loose_decision.md.")
     for mm in args.grow_mm:
         lines += [f"Box grown by {mm:g} mm on every side:" if mm else "Tight box (the organ's labelled extent):", ""]
-        lines += table([r for r in rows if r["grow_mm"] == mm]) + [""]
+        lines += table([r for r in rows if r["grow_mm"] == mm], rules) + [""]
     out.write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -88,6 +88,24 @@ def test_a_loose_box_around_a_named_organ_gets_it_but_auto_asks_for_a_fitting_ex
     assert organ_for_box(engine, loose, None, rule="share")[1].name == "spleen"
 
 
+def test_best_answers_the_organ_the_box_matches_and_nothing_where_that_organ_does_not_fit(lps_volume):
+    """"best": the organ with the highest Ochiai coefficient (inside / sqrt(organ x box)) answers if it fits by
+    extent or share. A loose box around the spleen gets the spleen (as "share" does); a box over less than half
+    of the liver that also holds the whole spleen is about the liver, which does not fit, so nothing answers —
+    where "share" would answer with the spleen."""
+    vol, engine = lps_volume
+    loose = box_to_display(vol, stored_box(vol, (22, 4, 0), (37, 21, 11)), "voxel")
+    assert organ_for_box(engine, loose, None, rule="best")[1].name == "spleen"
+    part = box_to_display(vol, stored_box(vol, (13, 5, 1), (33, 24, 10)), "voxel")  # 7 of the liver's 16 columns
+    assert organ_for_box(engine, part, None, rule="share")[1].name == "spleen"
+    assert organ_for_box(engine, part, None, rule="best") is None
+    assert organ_for_box(engine, part, None, rule="extent") is None
+    tight = box_to_display(vol, stored_box(vol, (4, 5, 1), (19, 24, 10)), "voxel")
+    mask, match = organ_for_box(engine, tight, None, rule="best")
+    assert match.name == "liver" and match.iou == 1.0
+    np.testing.assert_array_equal(mask, engine == IDS["liver"])
+
+
 def test_a_box_no_organ_fits_is_left_to_propagation(lps_volume):
     vol, engine = lps_volume
     lesion = box_to_display(vol, stored_box(vol, (8, 10, 4), (12, 14, 6)), "voxel")  # well inside the liver

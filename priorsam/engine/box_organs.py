@@ -7,8 +7,10 @@ engine drew the organ the user boxed, its mask inside the box is the answer, and
 propagates (a lesion, or an organ the engine missed or drew elsewhere). Which organ fits the box
 (``rule``): "extent" — the 3D bounding box of its mask overlaps the user's box with an IoU of at least
 ``min_iou``; "share" — at least ``min_share`` of its voxels lie inside the box (the default for a named
-organ; "extent" for ``auto``). Either way the fitting organ with the highest IoU answers. Measured on
-pseudo-patients: bench/results/box_organs.md and box_organs_loose.md.
+organ; "extent" for ``auto``). Either way the fitting organ with the highest IoU answers. "best" (a candidate
+for ``auto``, bench/results/box_auto_best_decision.md): the organ the box matches best — the highest Ochiai
+coefficient of its mask and the box, voxels inside / sqrt(organ's voxels x box's voxels) — answers if it fits
+by extent or by share. Measured on pseudo-patients: bench/results/box_organs.md and box_organs_loose.md.
 
 Works in display coordinates (:func:`priorsam.io.to_display`), where :class:`.boxes.DisplayBox` lives.
 Numpy only.
@@ -34,7 +36,7 @@ class OrganMatch:
     share: float   # of the organ's voxels that lie inside the box
 
 
-MATCH_RULES = ("extent", "share")
+MATCH_RULES = ("extent", "share", "best")
 
 
 def voxel_extent(box: DisplayBox) -> np.ndarray:
@@ -63,18 +65,24 @@ def match_organ(labels_display: np.ndarray, box: DisplayBox, candidates: dict[st
         raise ValueError(f"rule must be one of {', '.join(MATCH_RULES)}, not {rule!r}")
     user = voxel_extent(box)
     z0, r0, c0, z1, r1, c1 = user
-    best = None
+    box_voxels = float(np.prod(user[3:] - user[:3] + 1))
+    best, best_key, best_fits = None, -1.0, False
     for name, label_id in candidates.items():
         organ = labels_display == label_id
         total = int(organ.sum())
         if total == 0:
             continue
         iou = box_iou_3d(user, mask_extent(organ))
-        share = int(organ[z0:z1 + 1, r0:r1 + 1, c0:c1 + 1].sum()) / total
-        fits = iou >= min_iou if rule == "extent" else share >= min_share
-        if fits and (best is None or iou > best.iou):
-            best = OrganMatch(name, int(label_id), iou, share)
-    return best
+        inside = int(organ[z0:z1 + 1, r0:r1 + 1, c0:c1 + 1].sum())
+        share = inside / total
+        fits = {"extent": iou >= min_iou, "share": share >= min_share,
+                "best": iou >= min_iou or share >= min_share}[rule]
+        # "best" ranks every organ (one that does not fit may win, and then nothing answers); the others rank
+        # the fitting ones by IoU
+        key = inside / np.sqrt(total * box_voxels) if rule == "best" else iou
+        if (fits or rule == "best") and key > best_key:
+            best, best_key, best_fits = OrganMatch(name, int(label_id), iou, share), key, fits
+    return best if best_fits else None
 
 
 def organ_inside_box(labels_display: np.ndarray, box: DisplayBox, label_id: int) -> np.ndarray:
