@@ -57,7 +57,7 @@ def main() -> None:
     lines = ["# `--label auto`: which organ answers a box, by rule", "",
              "`python bench/box_auto_rule_eval.py` from the per-box records of bench/box_organs_loose_eval.py "
              "(auto's answer: Dice in 3D where the image is; per organ the mean over cases, then the mean of the "
-             "organ means). Rule: bench/results/box_auto_rule_decision.md.", ""]
+             "organ means). Rules: bench/results/box_auto_rule_decision.md, box_auto_best_decision.md.", ""]
     result = {}
     for path in args.records:
         rows = json.loads(Path(path).read_text())["rows"]

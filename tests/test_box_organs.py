@@ -74,16 +74,18 @@ def test_the_users_box_bounds_the_answer(lps_volume):
     np.testing.assert_array_equal(mask, expected)
 
 
-def test_a_loose_box_around_a_named_organ_gets_it_but_auto_asks_for_a_fitting_extent(lps_volume):
-    """A named organ answers when half its voxels are in the box ("share"); ``auto`` keeps the extent rule,
-    so a box 4 voxels larger on every side than the spleen (IoU 0.19) is left to propagation there."""
+def test_a_loose_box_gets_its_organ_by_default_but_not_by_extent(lps_volume):
+    """A box 4 voxels larger on every side than the spleen (IoU 0.19): a named organ answers when half its
+    voxels are in the box ("share"), ``auto`` with the organ the box matches best ("best"); "extent" (``auto``'s
+    rule until stop 33) leaves it to propagation."""
     vol, engine = lps_volume
     loose = box_to_display(vol, stored_box(vol, (22, 4, 0), (37, 21, 11)), "voxel")
-    mask, match = organ_for_box(engine, loose, "spleen")
-    assert match.name == "spleen" and match.share == 1.0
-    assert match.iou == pytest.approx((8 * 10 * 6) / (16 * 18 * 12))
-    np.testing.assert_array_equal(mask, engine == IDS["spleen"])
-    assert organ_for_box(engine, loose, None) is None
+    for organ in ("spleen", None):
+        mask, match = organ_for_box(engine, loose, organ)
+        assert match.name == "spleen" and match.share == 1.0
+        assert match.iou == pytest.approx((8 * 10 * 6) / (16 * 18 * 12))
+        np.testing.assert_array_equal(mask, engine == IDS["spleen"])
+    assert organ_for_box(engine, loose, None, rule="extent") is None
     assert organ_for_box(engine, loose, "spleen", rule="extent") is None
     assert organ_for_box(engine, loose, None, rule="share")[1].name == "spleen"
 
@@ -99,6 +101,7 @@ def test_best_answers_the_organ_the_box_matches_and_nothing_where_that_organ_doe
     part = box_to_display(vol, stored_box(vol, (13, 5, 1), (33, 24, 10)), "voxel")  # 7 of the liver's 16 columns
     assert organ_for_box(engine, part, None, rule="share")[1].name == "spleen"
     assert organ_for_box(engine, part, None, rule="best") is None
+    assert organ_for_box(engine, part, None) is None                          # auto's default
     assert organ_for_box(engine, part, None, rule="extent") is None
     tight = box_to_display(vol, stored_box(vol, (4, 5, 1), (19, 24, 10)), "voxel")
     mask, match = organ_for_box(engine, tight, None, rule="best")

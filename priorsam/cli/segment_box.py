@@ -29,7 +29,8 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
         force: segment an image that does not look like CT in Hounsfield units (with a warning).
         method: ``organs`` answers with the automatic engine's mask of the boxed organ, inside the box, when
             the engine drew one that fits the box (a named organ: half its voxels inside the box; ``auto``:
-            its 3D extent overlaps the box with IoU >= 0.5), and propagates otherwise;
+            the organ the box matches best, if half of it lies inside the box or its 3D extent overlaps the
+            box with IoU >= 0.5), and propagates otherwise;
             ``propagate`` always propagates LiteMedSAM from the box's middle slice; ``auto`` (default) is
             ``organs`` for one of the 8 organs or ``--label auto`` and ``propagate`` for any other label.
         organs: the organ label map ``priorsam segment`` wrote for this image (same grid, our label ids);

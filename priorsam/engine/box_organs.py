@@ -7,10 +7,11 @@ engine drew the organ the user boxed, its mask inside the box is the answer, and
 propagates (a lesion, or an organ the engine missed or drew elsewhere). Which organ fits the box
 (``rule``): "extent" — the 3D bounding box of its mask overlaps the user's box with an IoU of at least
 ``min_iou``; "share" — at least ``min_share`` of its voxels lie inside the box (the default for a named
-organ; "extent" for ``auto``). Either way the fitting organ with the highest IoU answers. "best" (a candidate
-for ``auto``, bench/results/box_auto_best_decision.md): the organ the box matches best — the highest Ochiai
-coefficient of its mask and the box, voxels inside / sqrt(organ's voxels x box's voxels) — answers if it fits
-by extent or by share. Measured on pseudo-patients: bench/results/box_organs.md and box_organs_loose.md.
+organ). Either way the fitting organ with the highest IoU answers. "best" (the default for ``auto``): the
+organ the box matches best — the highest Ochiai coefficient of its mask and the box, voxels inside /
+sqrt(organ's voxels x box's voxels) — answers if it fits by extent or by share, so a loose box gets its organ
+while a box over part of a large organ is not answered by a small organ lying inside it. Measured on
+pseudo-patients: bench/results/box_organs.md, box_organs_loose.md and box_auto_best.md.
 
 Works in display coordinates (:func:`priorsam.io.to_display`), where :class:`.boxes.DisplayBox` lives.
 Numpy only.
@@ -101,12 +102,13 @@ def organ_for_box(engine_labels: np.ndarray, box: DisplayBox, organ: str | None 
 
     ``organ``: one of the eight organ names (only that organ may answer), or None (``--label auto``: the
     organ that fits the box best). ``rule``: see the module docstring; by default "share" for a named organ
-    and "extent" for ``auto``, as measured (bench/results/box_organs_loose_decision.md)."""
+    and "best" for ``auto``, as measured (bench/results/box_organs_loose_decision.md,
+    box_auto_best_decision.md)."""
     ids = {lab.name: lab.id for lab in labels()}
     if organ is not None and organ not in ids:
         raise ValueError(f"{organ!r} is not one of the organs {', '.join(ids)}")
     lab_d = to_display(engine_labels)
-    rule = rule or ("extent" if organ is None else "share")
+    rule = rule or ("best" if organ is None else "share")
     match = match_organ(lab_d, box, ids if organ is None else {organ: ids[organ]}, min_iou, rule)
     if match is None:
         return None
