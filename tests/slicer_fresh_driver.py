@@ -54,7 +54,7 @@ def main(module_dir: str, wheel_dir: str, ct: str, box_json: str, out_json: str)
         report["organs"]["segments"] = [seg.GetSegmentation().GetNthSegment(i).GetName()
                                         for i in range(seg.GetSegmentation().GetNumberOfSegments())]
         report["organs"]["voxels"] = segmentation_io.segment_voxel_counts(slicer, scene, seg, volume)
-    # "Segment from box": a markups ROI, label left at auto (the semantic decoder names the organ)
+    # "Segment from box": a markups ROI, label left at auto (the organ that answers names it), after the organ run
     lo, hi = json.loads(Path(box_json).read_text())
     roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "box")
     roi.SetXYZ(*[(a + b) / 2 for a, b in zip(lo, hi)])

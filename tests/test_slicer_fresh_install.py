@@ -127,6 +127,7 @@ def test_first_use_install_then_both_buttons(simulated_slicer, capsys):
     assert box["state"] == "succeeded", box
     assert box["command"][1:4] == ["-m", "priorsam", "segment-box"] and "--progress" in box["command"]
     assert box["command"][box["command"].index("--label") + 1] == "auto"
+    assert "--organs" in box["command"]      # answered from the organ run just before, not a second one
     assert box["voxels"] > 0 and box["segment"]
     assert report["segmentation_nodes"] == 2
 
