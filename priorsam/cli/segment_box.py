@@ -25,7 +25,8 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
         device: auto, cuda or cpu.
         series: DICOM SeriesInstanceUID when the folder holds several series.
         progress: print machine-readable PRIORSAM_PROGRESS lines (for a parent process).
-        weights: PriorSAM checkpoint used by ``--label auto`` (default: the bundle's models/model.pt).
+        weights: PriorSAM checkpoint that segments the volume for the organs method and names a propagated
+            mask for ``--label auto`` (default: the bundle's models/model.pt).
         force: segment an image that does not look like CT in Hounsfield units (with a warning).
         method: ``organs`` answers with the automatic engine's mask of the boxed organ, inside the box, when
             the engine drew one that fits the box (a named organ: half its voxels inside the box; ``auto``:
@@ -64,7 +65,7 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
         from ..engine.segment import Segmenter
 
         if organs is not None:
-            engine = organ_label_map(volume, organs, ids.values())
+            engine = organ_label_map(volume, organs, ids)
         else:
             segmenter = Segmenter(weights, device)
             engine = segmenter.segment(volume, progress=reporter, show_bar=not progress).labels
@@ -101,25 +102,24 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
 BOX_METHODS = ("auto", "organs", "propagate")
 
 
-def organ_label_map(volume, path: str, organ_ids) -> np.ndarray:
+def organ_label_map(volume, path: str, organ_ids: dict[str, int]) -> np.ndarray:
     """The engine's label map of ``volume`` read from ``path`` (canonical RAS), refused with one line unless
-    it is on the image's grid, holds only background and our organ ids and, where PriorSAM wrote it, was
-    made for this image; a map that does not say which image it was made for is read with a warning."""
+    it is on the image's grid, holds only background and our organ ids (name → id) and, where PriorSAM wrote
+    it, was made for this image; a map that does not say which image it was made for is read with a warning."""
     from ..errors import InputError
     from ..io import read_label_map_on
     from ..io.checks import show_warnings
-    from ..labels import labels
 
-    lab, ours = read_label_map_on(volume, path)
-    stray = sorted(set(np.unique(lab).tolist()) - {0, *organ_ids})
+    engine, ours = read_label_map_on(volume, path)
+    stray = sorted(set(np.unique(engine).tolist()) - {0, *organ_ids.values()})
     if stray:
-        raise InputError(f"{path}: label values {stray[:5]} are not PriorSAM's organ ids 1-{max(organ_ids)}: "
-                         "give the label map `priorsam segment` wrote for this image")
+        raise InputError(f"{path}: label values {stray[:5]} are not PriorSAM's organ ids "
+                         f"1-{max(organ_ids.values())}: give the label map `priorsam segment` wrote for this image")
     if not ours:
-        names = ", ".join(f"{lab_.id} {lab_.name}" for lab_ in labels())
+        names = ", ".join(f"{i} {name}" for name, i in organ_ids.items())
         show_warnings([f"{path} does not say which image it was made for (another tool wrote it, or it was "
                        f"edited): its values are read as PriorSAM's organ ids ({names})"])
-    return lab.astype(np.uint8)
+    return engine.astype(np.uint8)
 
 
 def box_method(method: str, label: str, organ_ids: dict[str, int]) -> str:

@@ -205,7 +205,7 @@ def correct_with_heads(labels: torch.Tensor, probs: torch.Tensor, drawn: torch.T
         own = probs.gather(1, labels[:, None])[:, 0]
         out[(labels > 0) & (own < veto)] = 0
     if fill > 0:
-        organ = (probs * drawn[:, :, None, None]).clone()
+        organ = probs * drawn[:, :, None, None]
         organ[:, 0] = 0
         best, which = organ.max(1)
         take = (out == 0) & (best > fill)
