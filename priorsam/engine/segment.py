@@ -68,6 +68,9 @@ class SegmentOptions(RefineOptions):
                                         # averaged; None: 4 where its masks are the answer (a tight field: they
                                         # decide every voxel there, and 4 passes take ~6 s, 1 takes ~1.5 s, on
                                         # 2 CPU cores), 1 elsewhere
+    localiser_min_z_mm: float = 40.0    # under this much z (slices × slice spacing) the localiser is skipped and the
+                                        # heads answer alone, without presence gating (a few slices hold too
+                                        # little 3D context)
     thin_presence_gating: bool = False  # presence gating where 3D context is too thin for the localiser and the
                                         # heads answer alone (a few slices): off — on the nine training anatomies
                                         # kept out of the heads' training it dropped organs that were there and
@@ -259,7 +262,7 @@ class Segmenter:
 
         res = localise(volume.array, volume.spacing, loc_net, self.device, margin_mm=self.options.localiser_margin_mm,
                        pieces=self.options.localiser_pieces, context_mm=self.options.localiser_context_mm,
-                       shifts=self.options.localiser_shifts or shifts)
+                       shifts=self.options.localiser_shifts or shifts, min_z_mm=self.options.localiser_min_z_mm)
         if not res.usable:
             # Said where every entry point's user looks (a "warning:" line on stderr, which the Slicer
             # module shows too) and kept in result.localiser for reports.

@@ -8,7 +8,9 @@ saw) is rendered in every appearance setting: the contrast phases of :mod:`prior
 and a table, :data:`~priorsam.data.appearance.UNSEEN_SETTING` (an appearance never drawn in
 training), ``cta_crop``: the arterial phase reconstructed on a 150 mm field around the aorta, and two
 thin native slabs (3 slices through the liver's / the kidneys' largest cross-section: too little z for
-the localiser, so the per-slice heads work alone, as on the validation patient).
+the localiser, so the per-slice heads work alone, as on the validation patient). ``upper_<N>mm``: a
+partial scan of the upper abdomen, N mm of z (portal-venous, arms beside the trunk and a table) centred
+where most of the eight organs meet — the contrast CT of 20 slices of 2 mm that started the bank.
 Every run of RUNS.json (``{"name", "weights", "options", "what", "settings"?}``) segments each of
 them through the engine; Dice and HD95 (mm and voxels) per organ against the warped sample labels,
 scored where the pseudo-patient has an image (:meth:`~priorsam.data.pseudo_patients.PseudoPatient.supported`:
@@ -46,6 +48,14 @@ CTA_FOV_MM = 150.0   # cta_crop: a CT angiography reconstructed on a 150 mm fiel
 # validation patient (3 slices); centred on the largest cross-section of the liver / the kidneys.
 SLAB_SETTINGS = {"slab_liver": (5,), "slab_kidneys": (2, 3)}
 SLAB_SLICES = 3
+# upper_<N>mm: a partial upper-abdominal scan of N mm of z, rendered as portal-venous with arms and a table
+UPPER = "upper_"
+
+
+def upper_mm(setting: str) -> float | None:
+    """N of an ``upper_<N>mm`` setting, else None."""
+    rest = setting[len(UPPER):] if setting.startswith(UPPER) else ""
+    return float(rest[:-2]) if rest.endswith("mm") and rest[:-2].isdigit() and int(rest[:-2]) > 0 else None
 
 
 def parse_setting(setting: str) -> tuple[str, int]:
@@ -57,24 +67,29 @@ def parse_setting(setting: str) -> tuple[str, int]:
         rest = setting[len(base):]
         if setting.startswith(base) and (not rest or (rest[0] in "+-" and rest[1:].isdigit())):
             return base, int(rest or 0)
+    if upper_mm(setting) is not None:
+        return setting, 0
     if setting not in SETTINGS:
-        raise ValueError(f"unknown setting {setting!r}: use one of {', '.join(SETTINGS)} (a slab may add +N or -N)")
+        raise ValueError(f"unknown setting {setting!r}: use one of {', '.join(SETTINGS)} (a slab may add +N or "
+                         f"-N), or {UPPER}<N>mm")
     return setting, 0
 
 
 def render(pp: PseudoPatient, setting: str, names: dict[int, str]) -> np.ndarray:
     """The pseudo-patient's CT (X,Y,Z HU) in one appearance ``setting``; seeded per case and setting."""
     setting = parse_setting(setting)[0]     # a moved slab shows the same rendered CT
+    if upper_mm(setting) is not None:
+        setting = UPPER                     # every coverage shows the same rendered CT
     rng = np.random.default_rng(zlib.crc32(f"{pp.case_id}/{setting}".encode()))
     sp = float(pp.spacing[0])
     ct = pp.ct.astype(np.float32)
     if setting == "unseen":
         return app.apply_unseen(ct, pp.full, names, rng, sp)
-    phase = {"portal_venous_arms_table": "portal_venous", "cta_crop": "arterial",
+    phase = {"portal_venous_arms_table": "portal_venous", UPPER: "portal_venous", "cta_crop": "arterial",
              **{k: "native" for k in SLAB_SETTINGS}}.get(setting, setting)
     if phase != "native":
         ct, _ = app.apply_phase(ct, pp.full, names, phase, rng, sp)
-    if setting == "portal_venous_arms_table":
+    if setting in ("portal_venous_arms_table", UPPER):
         ct = app.add_arms_and_table(ct, sp, rng)
     return app.add_noise(ct, 10.0, rng)
 
@@ -84,9 +99,18 @@ def field_of_view(pp: PseudoPatient, setting: str) -> tuple[slice, slice, slice]
     :data:`CTA_FOV_MM` centred on the aorta (the real CTA of the issue that started the bank: organs cut
     by the field's edge, the rest of the trunk missing); for a slab setting (:data:`SLAB_SETTINGS`)
     :data:`SLAB_SLICES` slices centred where its organs' cross-section with an image is largest,
-    moved by the setting's shift (:func:`parse_setting`)."""
+    moved by the setting's shift (:func:`parse_setting`); for ``upper_<N>mm`` N mm of z centred on the slice
+    where the most of the eight organs have an image (then the largest area of them)."""
     whole = slice(None)
     setting, shift = parse_setting(setting)
+    mm = upper_mm(setting)
+    if mm is not None:
+        n = max(1, int(round(mm / float(pp.spacing[2]))))
+        organs = (pp.ours > 0) & pp.supported()
+        present = np.stack([((pp.ours == k) & organs).any((0, 1)) for k in np.unique(pp.ours[organs])]).sum(0)
+        centre = int(np.lexsort((organs.sum((0, 1)), present))[-1])
+        z0 = int(np.clip(centre - n // 2, 0, max(0, pp.ours.shape[2] - n)))
+        return whole, whole, slice(z0, z0 + n)
     if setting in SLAB_SETTINGS:
         area = (np.isin(pp.ours, SLAB_SETTINGS[setting]) & pp.supported()).sum((0, 1))
         z0 = int(np.clip(int(np.argmax(area)) - SLAB_SLICES // 2 + shift, 0, max(0, pp.ours.shape[2] - SLAB_SLICES)))
@@ -221,7 +245,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", nargs="*", default=None, help="held-out case ids (default: the first run's "
                                                                "localiser holdout)")
     ap.add_argument("--settings", nargs="*", default=SETTINGS, type=_setting,
-                    help="appearance settings; a slab may be moved along z, e.g. slab_liver+1 slab_liver-1")
+                    help="appearance settings; a slab may be moved along z, e.g. slab_liver+1 slab_liver-1; "
+                         "upper_42mm: 42 mm of the upper abdomen")
     ap.add_argument("--out", required=True, help="output prefix: writes OUT.json and OUT.md")
     a = ap.parse_args(argv)
     runs = json.loads(Path(a.runs).read_text())
