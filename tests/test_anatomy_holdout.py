@@ -73,13 +73,36 @@ def test_thin_slab_is_centred_on_the_organs_largest_cross_section_where_there_is
     assert np.array_equal(render(pp, "slab_liver+2", {}), ct)
 
 
+def test_partial_upper_scan_is_centred_where_most_organs_meet_and_keeps_the_coverage_asked():
+    pp = fake_patient(shape=(120, 100, 30))
+    pp.ours[:] = 0
+    pp.ours[20:60, 30:80, 2:20] = 5           # liver, largest at slice 4 (area alone would centre there)
+    pp.ours[10:70, 20:90, 4] = 5
+    pp.ours[70:76, 40:46, 0:30] = 7           # aorta everywhere
+    pp.ours[80:90, 30:40, 12:15] = 2          # kidney, slices 12-14
+    pp.ours[85:95, 50:60, 14:16] = 1          # spleen, slices 14-15: four organs only at slice 14
+    assert field_of_view(pp, "upper_15mm") == (slice(None), slice(None), slice(12, 17))
+    assert field_of_view(pp, "upper_18mm")[2] == slice(11, 17)        # 6 slices: one more below
+    assert field_of_view(pp, "upper_90mm")[2] == slice(0, 30)         # kept inside the volume
+    assert field_of_view(pp, "upper_200mm")[2] == slice(0, 67)        # more than there is: all of it
+    # every coverage shows one rendering, portal-venous with arms beside the trunk and a table
+    pp.ct[:] = -1000
+    pp.ct[25:95, 20:80] = 40                  # the trunk
+    ct = render(pp, "upper_15mm", {})
+    assert np.array_equal(render(pp, "upper_42mm", {}), ct)
+    outside = np.ones(ct.shape, bool)
+    outside[25:95, 20:80] = False
+    assert (ct[outside] > -500).mean() > 0.05  # limbs and table beside the trunk
+
+
 def test_an_unknown_setting_is_refused_in_one_line():
     import pytest
 
     from priorsam.evaluation.anatomy_holdout import main, parse_setting
 
     assert parse_setting("slab_kidneys-2") == ("slab_kidneys", -2) and parse_setting("native") == ("native", 0)
-    for bad in ("slab_liver+x", "portal_venous+1", "venous"):
+    assert parse_setting("upper_42mm") == ("upper_42mm", 0)
+    for bad in ("slab_liver+x", "portal_venous+1", "venous", "upper_mm", "upper_0mm", "upper_42", "upper_4.5mm"):
         with pytest.raises(ValueError, match="unknown setting"):
             parse_setting(bad)
     with pytest.raises(SystemExit) as e:

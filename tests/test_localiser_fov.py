@@ -75,7 +75,7 @@ def test_a_real_ct_cropped_to_150_mm_around_the_aorta_finds_what_the_field_holds
     crop = (slice(cx - half, cx + half), slice(cy - half, cy + half))
     vol, gt = np.ascontiguousarray(ct.array[crop], dtype=np.float32), ours[crop]
     res = localise(vol, ct.spacing, shipped_localiser)
-    assert res.usable and res.present[7], res.volume_ml
+    assert res.usable and res.n_slices == 3 and res.coarse_labels.shape[2] == 1, res.volume_ml
     lab = res.labels_on(vol.shape)
     aorta = lab == 7
     assert 2 * (aorta & (gt == 7)).sum() / (aorta.sum() + (gt == 7).sum()) > 0.7
@@ -87,6 +87,9 @@ def test_thin_slab_falls_back_on_the_per_slice_model(shipped_localiser):
     vol, spacing = cta_crop()
     res = localise(vol[:, :, :3], spacing, shipped_localiser)
     assert not res.usable and "per-slice model" in res.reason
+    # the engine's localiser_min_z_mm sets how much z is enough
+    res = localise(vol[:, :, :3], spacing, shipped_localiser, min_z_mm=3 * spacing[2])
+    assert res.usable and res.n_slices == 3 and res.coarse_labels.shape[2] == 1
 
 
 def test_where_the_heads_answer_alone_presence_gating_is_off_unless_asked(tmp_path, monkeypatch):

@@ -68,7 +68,7 @@ class SegmentOptions(RefineOptions):
                                         # averaged; None: 4 where its masks are the answer (a tight field: they
                                         # decide every voxel there, and 4 passes take ~6 s, 1 takes ~1.5 s, on
                                         # 2 CPU cores), 1 elsewhere
-    localiser_min_z_mm: float = 40.0    # under this much z (slices × slice spacing) the localiser is skipped and the
+    localiser_min_z_mm: float = 6.0     # under this much z (slices × slice spacing) the localiser is skipped and the
                                         # heads answer alone, without presence gating (a few slices hold too
                                         # little 3D context)
     thin_presence_gating: bool = False  # presence gating where 3D context is too thin for the localiser and the
