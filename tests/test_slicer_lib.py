@@ -215,7 +215,7 @@ CHILD = textwrap.dedent("""
         print(f"PRIORSAM_PROGRESS {i} 3", flush=True)
         time.sleep(0.05 if mode == "ok" else 0.5)
     if mode == "warn":
-        print("warning: 3D context too thin (3 mm of z < 40 mm)", file=sys.stderr, flush=True)
+        print("warning: 3D context too thin (3 mm of z < 6 mm)", file=sys.stderr, flush=True)
     if mode == "fail":
         print("error: image unreadable", file=sys.stderr, flush=True)
         sys.exit(1)
@@ -245,7 +245,7 @@ def test_runner_failure_message(tmp_path):
 def test_runner_collects_warnings_for_the_user(tmp_path):
     run = _child(tmp_path, "warn")
     assert run.wait(timeout=30) == process.SUCCEEDED
-    assert run.warning_messages() == ["3D context too thin (3 mm of z < 40 mm)"]
+    assert run.warning_messages() == ["3D context too thin (3 mm of z < 6 mm)"]
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="process groups are POSIX here")

@@ -182,7 +182,7 @@ def keep_components(labels: np.ndarray, probs: np.ndarray, spacing_mm: float, pi
 
 @torch.inference_mode()
 def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch.device = "cpu",
-             margin_mm: float = 10.0, z_margin_mm: float = 6.0, min_z_mm: float = 40.0,
+             margin_mm: float = 10.0, z_margin_mm: float = 6.0, min_z_mm: float = 6.0,
              min_ml: float = 1.0, pieces: bool = True, piece_mass: float = 0.25,
              piece_gap_mm: float = 40.0, context_mm: float = 30.0, shifts: int = 1) -> LocaliserResult:
     """Locate the organs in a (X,Y,Z) HU volume with voxel ``spacing`` (mm); per organ the components of
