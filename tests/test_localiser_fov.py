@@ -338,3 +338,37 @@ def test_rotation_and_scaling_settings_that_would_mirror_or_tumble_are_refused()
                 {"p_spatial": 1.5}, {"spatial_rotate_deg": (0.0, 0.0, 180.0)}, {"spatial_rotate_deg": (10.0,)}):
         with pytest.raises(ValueError, match="spatial"):
             check_spatial(LocaliserTrainConfig(bank="-", out_dir="-", **bad))
+
+
+def test_partial_scans_get_four_shifted_localiser_passes(tmp_path, monkeypatch):
+    """Under PARTIAL_Z_MM of z (a few centimetres of the upper abdomen) the localiser's probabilities are
+    averaged over 4 shifted grids, as on tight fields; a longer scan gets one pass; the option decides
+    when set."""
+    import nibabel as nib
+
+    import priorsam.engine.localise as localise_module
+    from priorsam.engine.segment import PARTIAL_Z_MM, SegmentOptions, Segmenter
+    from priorsam.io import read_volume
+
+    class Reached(Exception):
+        pass
+
+    seen = []
+
+    def spy(*args, shifts=1, **kwargs):
+        seen.append(shifts)
+        raise Reached   # the number of passes is all this test asks about
+
+    monkeypatch.setattr(localise_module, "localise", spy)
+    rng = np.random.default_rng(0)
+    for options in (SegmentOptions(), SegmentOptions(localiser_shifts=2)):
+        seg = Segmenter(None, "cpu", options)
+        for nz in (14, 20):                    # 42 mm and 60 mm of z on a 300 mm field (not tight)
+            assert (nz * 3.0 < PARTIAL_Z_MM) == (nz == 14)
+            path = tmp_path / f"v{nz}.nii.gz"
+            ct = rng.normal(40, 20, (100, 100, nz)).astype(np.float32)
+            ct[:15], ct[-15:] = -1000.0, -1000.0   # air beside the body, as CT has
+            nib.save(nib.Nifti1Image(ct, np.diag([-3.0, -3.0, 3.0, 1.0])), path)
+            with pytest.raises(Reached):
+                seg.segment(read_volume(path), show_bar=False)
+    assert seen == [4, 1, 2, 2]

@@ -26,6 +26,11 @@ from .progress import ProgressFn
 from .slices import run_over_slices
 from .zstride import strided_labels
 
+# A scan covering less z than this (a partial scan: a few centimetres of the upper abdomen) gets the
+# localiser's probabilities averaged over 4 shifted grids: there its masks decide more of the answer,
+# and a pass over so small a volume is cheap.
+PARTIAL_Z_MM = 60.0
+
 
 @dataclass
 class SegmentOptions(RefineOptions):
@@ -67,7 +72,8 @@ class SegmentOptions(RefineOptions):
     localiser_shifts: int | None = None  # passes of the localiser over its grid shifted by 0–6 voxels, probabilities
                                         # averaged; None: 4 where its masks are the answer (a tight field: they
                                         # decide every voxel there, and 4 passes take ~6 s, 1 takes ~1.5 s, on
-                                        # 2 CPU cores), 1 elsewhere
+                                        # 2 CPU cores) and on partial scans under PARTIAL_Z_MM of z (+0.012 on
+                                        # the dev anatomies, bench/results/partial_z_shifts_decision.md), 1 elsewhere
     localiser_min_z_mm: float = 6.0     # under this much z (slices × slice spacing) the localiser is skipped and the
                                         # heads answer alone, without presence gating (a few slices hold too
                                         # little 3D context)
@@ -188,7 +194,8 @@ class Segmenter:
         o = self.options
         fov_mm = np.array(volume.shape[:2]) * np.asarray(volume.spacing[:2], float)
         tight = float(fov_mm.min()) < o.tight_fov_mm and cuts_trunk(volume.array)
-        loc = self.localise(volume, shifts=4 if tight else 1)
+        partial = volume.shape[2] * float(volume.spacing[2]) < PARTIAL_Z_MM
+        loc = self.localise(volume, shifts=4 if tight or partial else 1)
         if loc is not None and loc.usable and tight:
             return self._localiser_answer(volume, loc, fov_mm, t0)
         framed = FramedVolume.from_volume(volume, self.framing())

@@ -7,8 +7,9 @@ saw) is rendered in every appearance setting: the contrast phases of :mod:`prior
 (native, arterial/CT angiography, portal-venous, delayed), portal-venous with arms beside the trunk
 and a table, :data:`~priorsam.data.appearance.UNSEEN_SETTING` (an appearance never drawn in
 training), ``cta_crop``: the arterial phase reconstructed on a 150 mm field around the aorta, and two
-thin native slabs (3 slices through the liver's / the kidneys' largest cross-section: too little z for
-the localiser, so the per-slice heads work alone, as on the validation patient). ``upper_<N>mm``: a
+thin native slabs (3 slices, 9 mm, through the liver's / the kidneys' largest cross-section; up to bundle
+0.7.0 too little z for the localiser, so the per-slice heads worked alone there, as they still do on the
+validation patient's 3 mm). ``upper_<N>mm``: a
 partial scan of the upper abdomen, N mm of z (portal-venous, arms beside the trunk and a table) centred
 where most of the eight organs meet — the contrast CT of 20 slices of 2 mm that started the bank.
 Every run of RUNS.json (``{"name", "weights", "options", "what", "settings"?}``) segments each of
@@ -44,8 +45,8 @@ from .runs import run_weights
 SETTINGS = ["native", "arterial", "portal_venous", "delayed", "portal_venous_arms_table", "unseen", "cta_crop",
             "slab_liver", "slab_kidneys"]
 CTA_FOV_MM = 150.0   # cta_crop: a CT angiography reconstructed on a 150 mm field around the aorta
-# Thin slabs (native): too little z for the localiser, so the per-slice heads work alone, as on the
-# validation patient (3 slices); centred on the largest cross-section of the liver / the kidneys.
+# Thin slabs (native, 3 slices; the heads answered alone there up to bundle 0.7.0, which needed 40 mm of z
+# for the localiser); centred on the largest cross-section of the liver / the kidneys.
 SLAB_SETTINGS = {"slab_liver": (5,), "slab_kidneys": (2, 3)}
 SLAB_SLICES = 3
 # upper_<N>mm: a partial upper-abdominal scan of N mm of z, rendered as portal-venous with arms and a table
@@ -157,7 +158,7 @@ def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], 
             support = np.ascontiguousarray(pp.supported()[crop])
             memo: dict = {}
             for run in runs:
-                # A slab is too thin for the localiser: a localiser-only run has nothing to score there.
+                # Localiser-only runs score whole volumes and the crop unless their settings name a slab.
                 default = [s for s in settings
                            if not (run.get("localiser_only") and parse_setting(s)[0] in SLAB_SETTINGS)]
                 if setting not in run.get("settings", default):
