@@ -23,6 +23,15 @@ from ..data.appearance import pad_edge
 from ..data.framed_volume import labels_from_fine_scores, resample_labels, resample_to_grid, upsample_scores
 from ..labels import organ_ids
 
+# Under this much z a volume gives the localiser no 3D context. Partial upper-abdominal scans of 9–90 mm
+# were segmented better with it than by the per-slice heads alone (bench/results/partial_z_decision.md).
+MIN_Z_MM = 6.0
+
+
+def z_extent_mm(shape, spacing) -> float:
+    """How much z a volume of ``shape`` (X, Y, Z) and voxel ``spacing`` (mm) covers: slices × slice spacing."""
+    return shape[2] * float(spacing[2])
+
 
 @dataclass
 class LocaliserResult:
@@ -182,7 +191,7 @@ def keep_components(labels: np.ndarray, probs: np.ndarray, spacing_mm: float, pi
 
 @torch.inference_mode()
 def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch.device = "cpu",
-             margin_mm: float = 10.0, z_margin_mm: float = 6.0, min_z_mm: float = 6.0,
+             margin_mm: float = 10.0, z_margin_mm: float = 6.0, min_z_mm: float = MIN_Z_MM,
              min_ml: float = 1.0, pieces: bool = True, piece_mass: float = 0.25,
              piece_gap_mm: float = 40.0, context_mm: float = 30.0, shifts: int = 1) -> LocaliserResult:
     """Locate the organs in a (X,Y,Z) HU volume with voxel ``spacing`` (mm); per organ the components of
@@ -191,7 +200,7 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
     import time
 
     t0 = time.time()
-    z_mm = hu.shape[2] * float(spacing[2])
+    z_mm = z_extent_mm(hu.shape, spacing)
     if z_mm < min_z_mm:
         return LocaliserResult(False, f"3D context too thin ({z_mm:.0f} mm of z < {min_z_mm:.0f} mm): "
                                       f"the per-slice model runs without the localiser")

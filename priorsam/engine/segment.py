@@ -22,6 +22,7 @@ from ..io import Volume, from_display
 from ..models.refinement import RefineOptions
 from .consistency import agree_with_localiser, clean_labels, fuse_with_localiser, smooth_organ_boxes
 from .device import resolve_device
+from .localise import MIN_Z_MM, z_extent_mm
 from .progress import ProgressFn
 from .slices import run_over_slices
 from .zstride import strided_labels
@@ -74,8 +75,8 @@ class SegmentOptions(RefineOptions):
                                         # decide every voxel there, and 4 passes take ~6 s, 1 takes ~1.5 s, on
                                         # 2 CPU cores) and on partial scans under PARTIAL_Z_MM of z (+0.012 on
                                         # the dev anatomies, bench/results/partial_z_shifts_decision.md), 1 elsewhere
-    localiser_min_z_mm: float = 6.0     # under this much z (slices × slice spacing) the localiser is skipped and the
-                                        # heads answer alone, without presence gating (a few slices hold too
+    localiser_min_z_mm: float = MIN_Z_MM  # under this much z (slices × slice spacing) the localiser is skipped and
+                                        # the heads answer alone, without presence gating (a few slices hold too
                                         # little 3D context)
     thin_presence_gating: bool = False  # presence gating where 3D context is too thin for the localiser and the
                                         # heads answer alone (a few slices): off — on the nine training anatomies
@@ -194,7 +195,7 @@ class Segmenter:
         o = self.options
         fov_mm = np.array(volume.shape[:2]) * np.asarray(volume.spacing[:2], float)
         tight = float(fov_mm.min()) < o.tight_fov_mm and cuts_trunk(volume.array)
-        partial = volume.shape[2] * float(volume.spacing[2]) < PARTIAL_Z_MM
+        partial = z_extent_mm(volume.shape, volume.spacing) < PARTIAL_Z_MM
         loc = self.localise(volume, shifts=4 if tight or partial else 1)
         if loc is not None and loc.usable and tight:
             return self._localiser_answer(volume, loc, fov_mm, t0)
