@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
+from box_prompt_eval import per_organ
 
 RULES = ("extent", "share", "extent, then share", "best")
 
@@ -27,14 +27,13 @@ def auto_answer(row: dict, rule: str) -> tuple[float, str, str]:
 def summary(rows: list[dict]) -> dict[str, dict]:
     """Per rule: mean of organ means of auto's Dice, boxes named right, boxes propagated, organ means."""
     out = {}
-    organs = list(dict.fromkeys(r["organ"] for r in rows))
     for rule in [r for r in RULES if r == "extent, then share" or f"{r}_auto" in rows[0]]:
-        answers = [(r["organ"], *auto_answer(r, rule)) for r in rows]
-        by_organ = {o: float(np.mean([d for org, d, _, _ in answers if org == o])) for o in organs}
-        out[rule] = {"mean": float(np.mean(list(by_organ.values()))),
-                     "named": sum(name == org for org, _, _, name in answers),
-                     "propagated": sum(route == "propagate" for _, _, route, _ in answers),
-                     "organs": by_organ, "boxes": len(rows)}
+        answers = [dict(zip(("organ", "dice", "route", "name"), (r["organ"], *auto_answer(r, rule)))) for r in rows]
+        per, means = per_organ(answers, ("dice",))
+        out[rule] = {"mean": means["dice"],
+                     "named": sum(a["name"] == a["organ"] for a in answers),
+                     "propagated": sum(a["route"] == "propagate" for a in answers),
+                     "organs": {o: m["dice"] for o, _, m in per}, "boxes": len(rows)}
     return out
 
 
