@@ -55,6 +55,20 @@ def typical_volume_ml() -> dict[str, tuple[float, float]]:
     return {k: tuple(v) for k, v in _table()["typical_volume_ml"].items()}
 
 
+def sides_contradicted(x_of: dict[str, float]) -> str:
+    """What in organs' left–right positions contradicts normal anatomy, or "" when nothing does.
+
+    ``x_of``: organ name → its centroid's x in a frame where a larger x lies further to the patient's right
+    (RAS+). Checked: the liver against the spleen, the right kidney against the left; an organ missing from
+    ``x_of`` checks nothing. Situs inversus fails it too: callers say what they do then.
+    """
+    if "liver" in x_of and "spleen" in x_of and x_of["liver"] <= x_of["spleen"]:
+        return "the liver lies on the patient's left of the spleen"
+    if "kidney_right" in x_of and "kidney_left" in x_of and x_of["kidney_right"] <= x_of["kidney_left"]:
+        return "the right kidney lies on the patient's left"
+    return ""
+
+
 def mapping(name: str) -> dict[int, int]:
     """A raw-id → our-id mapping stored in the table, e.g. ``totalsegmentator`` or ``synapse_raw``."""
     return {int(k): int(v) for k, v in _table()[f"{name}_to_ours"].items()}

@@ -372,3 +372,47 @@ def test_partial_scans_get_four_shifted_localiser_passes(tmp_path, monkeypatch):
             with pytest.raises(Reached):
                 seg.segment(read_volume(path), show_bar=False)
     assert seen == [4, 1, 2, 2]
+
+
+def test_organs_on_the_wrong_sides_are_named():
+    """The left–right order that both the bank loader and the localiser's guard check."""
+    from priorsam.engine.localise import contradicted_sides
+    from priorsam.labels import sides_contradicted
+
+    assert sides_contradicted({"liver": 80.0, "spleen": 20.0, "kidney_right": 70.0, "kidney_left": 30.0}) == ""
+    assert "liver" in sides_contradicted({"liver": 20.0, "spleen": 80.0})
+    assert "right kidney" in sides_contradicted({"liver": 80.0, "spleen": 20.0, "kidney_right": 30.0,
+                                                 "kidney_left": 70.0})
+    assert sides_contradicted({"liver": 20.0}) == ""           # one organ of a pair proves nothing
+    lab = np.zeros((40, 10, 4), np.uint8)
+    lab[25:38, :, :2], lab[2:8, :, :2] = 5, 1                   # liver on the right (larger x), spleen on the left
+    assert contradicted_sides(lab) == ""
+    assert "liver" in contradicted_sides(lab[::-1])
+
+
+def test_a_localiser_answer_with_organs_on_the_wrong_sides_is_not_used(shipped_localiser, monkeypatch):
+    """On a real patient's three 1 mm slices the localiser once called the lateral liver "spleen", on the
+    patient's right of its liver (bench/results/localiser_one_slice_decision.md). Such an answer is refused
+    with a reason, and it is not mistaken for a volume too thin for the localiser (which changes how the
+    heads answer). Here the shipped localiser reads the sample CT and its liver and spleen are swapped."""
+    import priorsam.engine.localise as localise_module
+    from priorsam.data.pseudo_patients import load_sample
+
+    ct, _, _, _ = load_sample()
+    hu = ct.array.astype(np.float32)
+    res = localise_module.localise(hu, ct.spacing, shipped_localiser)
+    assert res.usable and not res.too_thin and res.present[1] and res.present[5]
+    real = localise_module.keep_components
+
+    def swapped(*args, **kwargs):
+        lab = real(*args, **kwargs)
+        out = lab.copy()
+        out[lab == 1], out[lab == 5] = 5, 1
+        return out
+
+    monkeypatch.setattr(localise_module, "keep_components", swapped)
+    res = localise_module.localise(hu, ct.spacing, shipped_localiser)
+    assert not res.usable and not res.too_thin
+    assert "contradict anatomy" in res.reason and "per-slice model" in res.reason and "\n" not in res.reason
+    thin = localise_module.localise(hu[:, :, :1], ct.spacing, shipped_localiser)
+    assert not thin.usable and thin.too_thin

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..labels import label_names, mapping, remap
+from ..labels import label_names, labels, mapping, remap, sides_contradicted
 
 ANATOMY_ENV = "PRIORSAM_ANATOMY_DIR"
 
@@ -118,17 +118,16 @@ def check_orientation(ours: np.ndarray, affine: np.ndarray, what: str) -> None:
     World coordinates are RAS+: a larger x lies further to the patient's right, where the liver
     and the right kidney belong.
     """
-    cents = {}
-    for k in (1, 2, 3, 5):
-        idx = np.argwhere(ours == k)
+    x_of = {}
+    for lab in labels():
+        idx = np.argwhere(ours == lab.id)
         if len(idx):
-            cents[k] = (affine[:3, :3] @ idx.mean(0) + affine[:3, 3])
-    if 5 not in cents or 1 not in cents:
+            x_of[lab.name] = float((affine[:3, :3] @ idx.mean(0) + affine[:3, 3])[0])
+    if "liver" not in x_of or "spleen" not in x_of:
         raise InputError(f"{what}: cannot check left/right (liver or spleen missing)")
-    if cents[5][0] <= cents[1][0]:
-        raise InputError(f"{what}: mirrored left/right (the liver lies on the patient's left of the spleen)")
-    if 2 in cents and 3 in cents and cents[2][0] <= cents[3][0]:
-        raise InputError(f"{what}: mirrored kidneys (the right kidney lies on the patient's left)")
+    wrong = sides_contradicted(x_of)
+    if wrong:
+        raise InputError(f"{what}: mirrored {'kidneys' if 'kidney' in wrong else 'left/right'} ({wrong})")
 
 
 def load_anatomy(case: AnatomyCase) -> Anatomy:

@@ -21,7 +21,8 @@ from scipy import ndimage
 
 from ..data.appearance import pad_edge
 from ..data.framed_volume import labels_from_fine_scores, resample_labels, resample_to_grid, upsample_scores
-from ..labels import organ_ids
+from ..labels import labels as label_table
+from ..labels import organ_ids, sides_contradicted
 
 # Under this much z a volume gives the localiser no 3D context. Partial upper-abdominal scans of 9–90 mm
 # were segmented better with it than by the per-slice heads alone (bench/results/partial_z_decision.md).
@@ -39,6 +40,7 @@ class LocaliserResult:
 
     usable: bool
     reason: str = ""
+    too_thin: bool = False                    # unusable because the volume covers under min_z_mm of z
     present: dict[int, bool] = field(default_factory=dict)
     volume_ml: dict[int, float] = field(default_factory=dict)
     boxes: dict[int, tuple[float, float, float, float, float, float]] = field(default_factory=dict)  # x0,y0,z0,x1,y1,z1
@@ -190,6 +192,18 @@ def keep_components(labels: np.ndarray, probs: np.ndarray, spacing_mm: float, pi
 
 
 @torch.inference_mode()
+def contradicted_sides(labels: np.ndarray) -> str:
+    """What in a (x, y, z) map of organ ids on a canonical RAS grid (a larger x index lies further to the
+    patient's right) contradicts left and right as anatomy has them (:func:`~priorsam.labels.sides_contradicted`),
+    or ""."""
+    x_of = {}
+    for lab in label_table():
+        idx = np.nonzero((labels == lab.id).any((1, 2)))[0]
+        if len(idx):
+            x_of[lab.name] = float(np.average(idx, weights=(labels[idx] == lab.id).sum((1, 2))))
+    return sides_contradicted(x_of)
+
+
 def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch.device = "cpu",
              margin_mm: float = 10.0, z_margin_mm: float = 6.0, min_z_mm: float = MIN_Z_MM,
              min_ml: float = 1.0, pieces: bool = True, piece_mass: float = 0.25,
@@ -203,10 +217,18 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
     z_mm = z_extent_mm(hu.shape, spacing)
     if z_mm < min_z_mm:
         return LocaliserResult(False, f"3D context too thin ({z_mm:.0f} mm of z < {min_z_mm:.0f} mm): "
-                                      f"the per-slice model runs without the localiser")
+                                      f"the per-slice model runs without the localiser", too_thin=True)
     probs = probabilities(resample_to_grid(hu, spacing, localiser.spacing_mm), localiser, device, shifts)
     labels = keep_components(probs.argmax(0), probs, localiser.spacing_mm, pieces, piece_mass, piece_gap_mm,
                              context_mm)
+    wrong = contradicted_sides(labels)
+    if wrong:
+        # Seen on a real non-contrast patient's three 1 mm slices: the localiser called the lateral liver
+        # "spleen" (bench/results/localiser_one_slice_decision.md). Boxes from such an answer would prompt
+        # the wrong organ everywhere, so the per-slice model answers without them.
+        return LocaliserResult(False, f"the 3D localiser's organs contradict anatomy ({wrong}), so it cannot "
+                                      f"read this image; the per-slice model runs without it",
+                               n_slices=int(hu.shape[2]))
     voxel_ml = localiser.spacing_mm ** 3 / 1000.0
     res = LocaliserResult(True, seconds=0.0, n_slices=int(hu.shape[2]))
     clean = np.zeros_like(labels)

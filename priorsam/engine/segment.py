@@ -193,17 +193,14 @@ class Segmenter:
     def segment(self, volume: Volume, progress: ProgressFn | None = None, show_bar: bool = True) -> SegmentationResult:
         t0 = time.time()
         o = self.options
-        fov_mm = np.array(volume.shape[:2]) * np.asarray(volume.spacing[:2], float)
-        tight = float(fov_mm.min()) < o.tight_fov_mm and cuts_trunk(volume.array)
-        partial = z_extent_mm(volume.shape, volume.spacing) < PARTIAL_Z_MM
-        loc = self.localise(volume, shifts=4 if tight or partial else 1)
+        loc, tight, fov_mm = self.locate(volume)
         if loc is not None and loc.usable and tight:
             return self._localiser_answer(volume, loc, fov_mm, t0)
         framed = FramedVolume.from_volume(volume, self.framing())
         slices = framed.slices
         row_mm, col_mm = framed.row_mm, framed.col_mm
         refine = self.refine_options()
-        if loc is not None and not loc.usable and not o.thin_presence_gating:
+        if loc is not None and loc.too_thin and not o.thin_presence_gating:
             refine.presence_gating = False
         guide_for = _slice_guide(loc, volume.shape, framed, self.model.num_classes) if loc and loc.usable else None
 
@@ -259,6 +256,15 @@ class Segmenter:
         info = {**loc.summary(), "slices_skipped": int(volume.shape[2]), "answer": "localiser (tight field of view)"}
         return SegmentationResult(labels, time.time() - t0, str(self.device), asdict(self.options),
                                   self.model_info(), 0, info)
+
+    def locate(self, volume: Volume):
+        """The localiser's result as :meth:`segment` uses it (None without a localiser), whether the field of
+        view is tight (under ``tight_fov_mm`` and cutting the trunk) and the in-plane field in mm: four
+        shifted passes on a tight field or a partial scan (under :data:`PARTIAL_Z_MM` of z), one elsewhere."""
+        fov_mm = np.array(volume.shape[:2]) * np.asarray(volume.spacing[:2], float)
+        tight = float(fov_mm.min()) < self.options.tight_fov_mm and cuts_trunk(volume.array)
+        partial = z_extent_mm(volume.shape, volume.spacing) < PARTIAL_Z_MM
+        return self.localise(volume, shifts=4 if tight or partial else 1), tight, fov_mm
 
     def localise(self, volume: Volume, shifts: int = 1):
         """The localiser's result for ``volume`` (None without a localiser); says so when 3D context is too thin.
