@@ -140,3 +140,16 @@ def test_a_run_can_name_weights_as_committed_at_an_earlier_revision(tmp_path, mo
                       ("git:model.pt", "git:REV:PATH")):
         with pytest.raises(ValueError, match=said):
             run_file(bad, repo)
+
+
+def test_a_localiser_only_row_where_the_localiser_gives_nothing_scores_nothing():
+    """Too thin for the localiser (or refused by its anatomy guard): the row says why and scores an empty
+    answer instead of failing the whole evaluation."""
+    from priorsam.engine.segment import Segmenter
+    from priorsam.evaluation.anatomy_holdout import _localiser_only
+
+    pp = fake_patient(shape=(120, 100, 1))
+    vol = as_volume(np.full(pp.ours.shape, 40.0, np.float32), pp)
+    row = _localiser_only(Segmenter(None, "cpu"), vol, pp.ours, pp.supported(), "p")
+    assert not row["localiser"]["usable"] and "too thin" in row["localiser"]["reason"]
+    assert row["organs"]["aorta"]["dice"] == 0.0 and row["organs"]["aorta"]["missed"]   # the one organ in it

@@ -200,6 +200,9 @@ def _localiser_only(seg: Segmenter, vol: Volume, gt: np.ndarray, support: np.nda
 
     loc_net = seg.model.localiser
     res = seg.localise(vol)   # the engine's own call: the run's options (pieces) apply
+    if not res.usable:
+        # Too thin, or refused by the anatomy guard: the localiser alone gives nothing here, scored as such.
+        return {**_scores(np.zeros_like(gt), gt, support, vol.spacing, cid), "localiser": res.summary()}
     coarse = res.coarse_labels
     return {**_scores(coarse, resample_labels(gt, coarse.shape), resample_labels(support, coarse.shape),
                       (loc_net.spacing_mm,) * 3, cid), "localiser": res.summary()}
