@@ -41,6 +41,8 @@ class SegmentOptions(RefineOptions):
     spacing_mm: float | None = None     # None: the spacing the weights were trained at
     context: int | None = None          # None: as trained (0 = 2D, 1 = 2.5D)
     framing: str | None = None          # None: as trained ("fixed" trunk-centred spacing, or "upstream")
+    window_level: float | None = None   # CT window of the encoder's input (HU); None: as trained (L40 / W400,
+    window_width: float | None = None   # the window LiteMedSAM's box decoder was trained on)
     batch_size: int = 4
     box_smoothing: bool = True          # cut each organ to the running median of its per-slice boxes (3D)
     largest_component: bool = True
@@ -185,7 +187,8 @@ class Segmenter:
     def framing(self) -> Framing:
         """How slices are framed for these weights (from the options, which default to the spec's)."""
         o = self.options
-        return Framing(framing=o.framing, spacing_mm=float(o.spacing_mm), context=int(o.context))
+        window = {k: float(v) for k, v in (("level", o.window_level), ("width", o.window_width)) if v is not None}
+        return Framing(framing=o.framing, spacing_mm=float(o.spacing_mm), context=int(o.context), **window)
 
     def refine_options(self) -> RefineOptions:
         return RefineOptions(**{f.name: getattr(self.options, f.name) for f in fields(RefineOptions)})
