@@ -191,7 +191,6 @@ def keep_components(labels: np.ndarray, probs: np.ndarray, spacing_mm: float, pi
     return out
 
 
-@torch.inference_mode()
 def contradicted_sides(labels: np.ndarray) -> str:
     """What in a (x, y, z) map of organ ids on a canonical RAS grid (a larger x index lies further to the
     patient's right) contradicts left and right as anatomy has them (:func:`~priorsam.labels.sides_contradicted`),
@@ -204,6 +203,7 @@ def contradicted_sides(labels: np.ndarray) -> str:
     return sides_contradicted(x_of)
 
 
+@torch.inference_mode()
 def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch.device = "cpu",
              margin_mm: float = 10.0, z_margin_mm: float = 6.0, min_z_mm: float = MIN_Z_MM,
              min_ml: float = 1.0, pieces: bool = True, piece_mass: float = 0.25,
