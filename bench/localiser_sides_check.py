@@ -18,25 +18,17 @@ from pathlib import Path
 
 
 def check(bank: str, cases: list[str], settings: list[str], options: dict, log=print) -> list[dict]:
-    from priorsam.data.pseudo_patients import list_bank, load
-    from priorsam.data.samples import totalsegmentator_class_names
     from priorsam.engine.segment import SegmentOptions, Segmenter
-    from priorsam.evaluation.anatomy_holdout import as_volume, field_of_view, render
+    from priorsam.evaluation.anatomy_holdout import rendered
 
-    names = totalsegmentator_class_names()
-    recs = {r["case_id"]: r for r in list_bank(bank, kept_only=False)}
     seg = Segmenter(None, "cpu", SegmentOptions(**options))
     rows = []
-    for cid in cases:
-        pp = load(recs[cid]["folder"])
-        for setting in settings:
-            crop = field_of_view(pp, setting)
-            vol = as_volume(render(pp, setting, names), pp, crop)
-            t0 = time.time()
-            loc, tight, _ = seg.locate(vol)
-            rows.append({"case": cid, "setting": setting, "slices": int(vol.shape[2]), "tight": bool(tight),
-                         "usable": bool(loc.usable), "reason": loc.reason, "seconds": round(time.time() - t0, 1)})
-            log(f"[sides] {cid} {setting}: {'usable' if loc.usable else loc.reason}")
+    for cid, setting, _, _, vol in rendered(bank, cases, settings):
+        t0 = time.time()
+        loc, tight, _ = seg.locate(vol)
+        rows.append({"case": cid, "setting": setting, "slices": int(vol.shape[2]), "tight": bool(tight),
+                     "usable": bool(loc.usable), "reason": loc.reason, "seconds": round(time.time() - t0, 1)})
+        log(f"[sides] {cid} {setting}: {'usable' if loc.usable else loc.reason}")
     return rows
 
 

@@ -140,44 +140,49 @@ def as_volume(ct: np.ndarray, pp: PseudoPatient, crop: tuple[slice, ...] = (slic
     return Volume(ct, affine, src)
 
 
-def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], log=print,
-            partial: Path | None = None) -> list[dict]:
-    """Every run on every held-out case and setting; ``partial``: rows so far are saved there after each case."""
+def rendered(bank: str, cases: list[str], settings: list[str]):
+    """Every case and setting as the tables see it: yields (case id, setting, pseudo-patient, crop, Volume)."""
     from ..data.samples import totalsegmentator_class_names
 
     names = totalsegmentator_class_names()
     recs = {r["case_id"]: r for r in list_bank(bank, kept_only=False)}
-    segs = {r["name"]: Segmenter(run_weights(r), "cpu", SegmentOptions(**r.get("options", {}))) for r in runs}
-    rows = []
     for cid in cases:
         pp = load(recs[cid]["folder"])
         for setting in settings:
             crop = field_of_view(pp, setting)
-            vol = as_volume(render(pp, setting, names), pp, crop)
-            gt = np.ascontiguousarray(pp.ours[crop])
-            support = np.ascontiguousarray(pp.supported()[crop])
-            memo: dict = {}
-            for run in runs:
-                # Localiser-only runs score whole volumes and the crop unless their settings name a slab.
-                default = [s for s in settings
-                           if not (run.get("localiser_only") and parse_setting(s)[0] in SLAB_SETTINGS)]
-                if setting not in run.get("settings", default):
-                    continue
-                seg = segs[run["name"]]
-                t0 = time.time()
-                if run.get("localiser_only"):
-                    row = _localiser_only(seg, vol, gt, support, cid)
-                else:
-                    seg.feature_memo = memo   # runs share encoder features of identical slices
-                    res = seg.segment(vol, show_bar=False)
-                    row = {"slices_run": res.slices_run, "slices": int(vol.shape[2]), "localiser": res.localiser,
-                           **_scores(res.labels, gt, support, pp.spacing, cid)}
-                row.update(run=run["name"], case=cid, setting=setting, seconds=round(time.time() - t0, 1))
-                rows.append(row)
-                mean = np.nanmean([v["dice"] for v in row["organs"].values()])
-                log(f"[holdout] {run['name']} {cid} {setting}: mean Dice {mean:.3f}, "
-                    f"{row.get('slices_run', '-')}/{vol.shape[2]} slices, {row['seconds']} s")
-        if partial is not None:
+            yield cid, setting, pp, crop, as_volume(render(pp, setting, names), pp, crop)
+
+
+def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], log=print,
+            partial: Path | None = None) -> list[dict]:
+    """Every run on every held-out case and setting; ``partial``: rows so far are saved there after each case."""
+    segs = {r["name"]: Segmenter(run_weights(r), "cpu", SegmentOptions(**r.get("options", {}))) for r in runs}
+    rows = []
+    for cid, setting, pp, crop, vol in rendered(bank, cases, settings):
+        gt = np.ascontiguousarray(pp.ours[crop])
+        support = np.ascontiguousarray(pp.supported()[crop])
+        memo: dict = {}
+        for run in runs:
+            # Localiser-only runs score whole volumes and the crop unless their settings name a slab.
+            default = [s for s in settings
+                       if not (run.get("localiser_only") and parse_setting(s)[0] in SLAB_SETTINGS)]
+            if setting not in run.get("settings", default):
+                continue
+            seg = segs[run["name"]]
+            t0 = time.time()
+            if run.get("localiser_only"):
+                row = _localiser_only(seg, vol, gt, support, cid)
+            else:
+                seg.feature_memo = memo   # runs share encoder features of identical slices
+                res = seg.segment(vol, show_bar=False)
+                row = {"slices_run": res.slices_run, "slices": int(vol.shape[2]), "localiser": res.localiser,
+                       **_scores(res.labels, gt, support, pp.spacing, cid)}
+            row.update(run=run["name"], case=cid, setting=setting, seconds=round(time.time() - t0, 1))
+            rows.append(row)
+            mean = np.nanmean([v["dice"] for v in row["organs"].values()])
+            log(f"[holdout] {run['name']} {cid} {setting}: mean Dice {mean:.3f}, "
+                f"{row.get('slices_run', '-')}/{vol.shape[2]} slices, {row['seconds']} s")
+        if partial is not None and setting == settings[-1]:
             partial.write_text(json.dumps(rows))
     return rows
 
