@@ -55,6 +55,18 @@ def typical_volume_ml() -> dict[str, tuple[float, float]]:
     return {k: tuple(v) for k, v in _table()["typical_volume_ml"].items()}
 
 
+def organ_x(ours: np.ndarray, affine: np.ndarray | None = None) -> dict[str, float]:
+    """Organ name → the world x (RAS+) of its centroid, for the organs present in a label map of our ids;
+    without ``affine``, the x index (on a canonical RAS grid it orders left and right the same way)."""
+    out = {}
+    for lab in labels():
+        idx = np.argwhere(ours == lab.id)
+        if len(idx):
+            centre = idx.mean(0)
+            out[lab.name] = float(centre[0] if affine is None else (affine[:3, :3] @ centre + affine[:3, 3])[0])
+    return out
+
+
 def sides_contradicted(x_of: dict[str, float]) -> str:
     """What in organs' left–right positions contradicts normal anatomy, or "" when nothing does.
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..labels import label_names, labels, mapping, remap, sides_contradicted
+from ..labels import label_names, mapping, organ_x, remap, sides_contradicted
 
 ANATOMY_ENV = "PRIORSAM_ANATOMY_DIR"
 
@@ -118,11 +118,7 @@ def check_orientation(ours: np.ndarray, affine: np.ndarray, what: str) -> None:
     World coordinates are RAS+: a larger x lies further to the patient's right, where the liver
     and the right kidney belong.
     """
-    x_of = {}
-    for lab in labels():
-        idx = np.argwhere(ours == lab.id)
-        if len(idx):
-            x_of[lab.name] = float((affine[:3, :3] @ idx.mean(0) + affine[:3, 3])[0])
+    x_of = organ_x(ours, affine)
     if "liver" not in x_of or "spleen" not in x_of:
         raise InputError(f"{what}: cannot check left/right (liver or spleen missing)")
     wrong = sides_contradicted(x_of)

@@ -21,8 +21,7 @@ from scipy import ndimage
 
 from ..data.appearance import pad_edge
 from ..data.framed_volume import labels_from_fine_scores, resample_labels, resample_to_grid, upsample_scores
-from ..labels import labels as label_table
-from ..labels import organ_ids, sides_contradicted
+from ..labels import organ_ids, organ_x, sides_contradicted
 
 # Under this much z a volume gives the localiser no 3D context. Partial upper-abdominal scans of 9–90 mm
 # were segmented better with it than by the per-slice heads alone (bench/results/partial_z_decision.md).
@@ -195,12 +194,7 @@ def contradicted_sides(labels: np.ndarray) -> str:
     """What in a (x, y, z) map of organ ids on a canonical RAS grid (a larger x index lies further to the
     patient's right) contradicts left and right as anatomy has them (:func:`~priorsam.labels.sides_contradicted`),
     or ""."""
-    x_of = {}
-    for lab in label_table():
-        idx = np.nonzero((labels == lab.id).any((1, 2)))[0]
-        if len(idx):
-            x_of[lab.name] = float(np.average(idx, weights=(labels[idx] == lab.id).sum((1, 2))))
-    return sides_contradicted(x_of)
+    return sides_contradicted(organ_x(labels))
 
 
 @torch.inference_mode()
