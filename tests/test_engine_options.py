@@ -102,3 +102,15 @@ def test_generalisation_measures_only_what_a_stored_row_lacks(monkeypatch, tmp_p
     assert rows[0]["code"] == rows[1]["code"] == source_digest()
     again = g.measure(runs, tmp_path / "v", previous={r["key"]: r for r in rows}, log=lambda *a: None)
     assert len(calls) == 4 and again == rows           # current rows are reused as they are
+
+
+def test_the_encoder_window_is_the_trained_one_unless_the_options_set_it():
+    """``window_level`` / ``window_width`` (tried at stop 35, not adopted) change the encoder's input window;
+    unset, the framing keeps the window the weights were trained with."""
+    from priorsam.data.preprocess import WINDOW_LEVEL, WINDOW_WIDTH
+    from priorsam.engine.segment import SegmentOptions, Segmenter
+
+    default = Segmenter(None, "cpu").framing()
+    assert (default.level, default.width) == (WINDOW_LEVEL, WINDOW_WIDTH)
+    narrow = Segmenter(None, "cpu", SegmentOptions(window_level=50, window_width=250)).framing()
+    assert (narrow.level, narrow.width) == (50.0, 250.0) and narrow.key() != default.key()
