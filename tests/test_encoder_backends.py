@@ -66,7 +66,7 @@ def test_openvino_box_decoder_matches_the_pytorch_binary_path(tmp_path, monkeypa
     import priorsam.models.openvino_binary_path as ovb
     from priorsam.models.binary_path import BinaryPromptPath
 
-    monkeypatch.setattr(ovb, "cache_dir", lambda *p: tmp_path)
+    monkeypatch.setenv("PRIORSAM_CACHE", str(tmp_path))
     torch.manual_seed(0)
     path = BinaryPromptPath(pretrained=False).eval()
     emb = torch.randn(3, 256, 64, 64) * 0.3
@@ -78,9 +78,9 @@ def test_openvino_box_decoder_matches_the_pytorch_binary_path(tmp_path, monkeypa
     assert got.shape == ref.shape == (3, 1, 256, 256) and iou.shape == ref_iou.shape
     assert (got - ref).abs().max() < 1e-3
     assert fast(emb[:0], boxes[:0])[0].shape == (0, 1, 256, 256)
-    assert len(list(tmp_path.glob("box_decoder_*.xml"))) == 1
+    assert len(list((tmp_path / "openvino").glob("box_decoder_*.xml"))) == 1
     ovb.OpenVinoBinaryPath(path, threads=2, precision="f32")   # second build: the cached IR
-    assert len(list(tmp_path.glob("box_decoder_*.xml"))) == 1
+    assert len(list((tmp_path / "openvino").glob("box_decoder_*.xml"))) == 1
     other = BinaryPromptPath(pretrained=False)
     assert ovb.weights_digest(other) != ovb.weights_digest(path)
 

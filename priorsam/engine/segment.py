@@ -136,13 +136,14 @@ class Segmenter:
                  model=None, encoder=None):
         """``encoder``: a callable images (B,3,256,256) → EncoderFeatures to use instead of the one
         ``options.encoder_backend`` picks (e.g. a counting or memoising wrapper in benchmarks)."""
-        from ..models.encoder_backend import cpu_binary_path, cpu_encoder
+        from ..models.encoder_backend import cpu_binary_path, cpu_encoder, localiser_runtime
         from .weights import load_priorsam
 
         self.device = resolve_device(device)
-        self.model = model if model is not None else load_priorsam(weights, str(self.device))
-        cfg = getattr(self.model, "config", {}) or {}
         self.options = options or SegmentOptions()
+        self.model = model if model is not None else load_priorsam(
+            weights, str(self.device), localiser_runtime(self.options.encoder_backend, self.device))
+        cfg = getattr(self.model, "config", {}) or {}
         self.feature_memo: dict | None = None   # (runtime, image hash) → encoder features, shared by evaluation runs
         # None: the model's own PyTorch encoder.
         spec = getattr(self.model, "spec", None)

@@ -17,9 +17,10 @@ def default_weights_path() -> Path:
 
 
 @lru_cache(maxsize=2)
-def load_priorsam(path: str | None = None, device: str = "cpu"):
-    """The trained model (heads, localiser if any) in eval mode on ``device``, cached per path and device.
-    The checkpoint format and the one model constructor live in :mod:`priorsam.models.spec`."""
+def load_priorsam(path: str | None = None, device: str = "cpu", localiser_runtime: str = "torch"):
+    """The trained model (heads, localiser if any, run by ``localiser_runtime``) in eval mode on ``device``,
+    cached per path, device and runtime. The checkpoint format and the one model constructor live in
+    :mod:`priorsam.models.spec`."""
     from ..models.spec import load_model
 
-    return load_model(Path(path) if path else default_weights_path(), device)
+    return load_model(Path(path) if path else default_weights_path(), device, localiser_runtime=localiser_runtime)

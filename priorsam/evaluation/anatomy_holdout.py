@@ -12,8 +12,8 @@ thin native slabs (3 slices, 9 mm, through the liver's / the kidneys' largest cr
 validation patient's 3 mm). ``upper_<N>mm``: a
 partial scan of the upper abdomen, N mm of z (portal-venous, arms beside the trunk and a table) centred
 where most of the eight organs meet — the contrast CT of 20 slices of 2 mm that started the bank.
-Every run of RUNS.json (``{"name", "weights", "options", "what", "settings"?}``) segments each of
-them through the engine; Dice and HD95 (mm and voxels) per organ against the warped sample labels,
+Every run of RUNS.json (``{"name", "weights", "options", "what", "settings"?, "localiser_runtime"?}``)
+segments each of them through the engine; Dice and HD95 (mm and voxels) per organ against the warped sample labels,
 scored where the pseudo-patient has an image (:meth:`~priorsam.data.pseudo_patients.PseudoPatient.supported`:
 beyond the sample CT's field of view its labels go on over the registration's fill, which no model
 can segment; training ignores the same voxels). Each row also keeps the Dice over all voxels
@@ -156,7 +156,7 @@ def rendered(bank: str, cases: list[str], settings: list[str]):
 def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], log=print,
             partial: Path | None = None) -> list[dict]:
     """Every run on every held-out case and setting; ``partial``: rows so far are saved there after each case."""
-    segs = {r["name"]: Segmenter(run_weights(r), "cpu", SegmentOptions(**r.get("options", {}))) for r in runs}
+    segs = {r["name"]: _segmenter(r) for r in runs}
     rows = []
     for cid, setting, pp, crop, vol in rendered(bank, cases, settings):
         gt = np.ascontiguousarray(pp.ours[crop])
@@ -198,6 +198,18 @@ def _scores(pred: np.ndarray, gt: np.ndarray, support: np.ndarray, spacing, cid:
         n = int(p.sum()) + int(g.sum())
         every[lab.name] = 2.0 * float((p & g).sum()) / n if g.any() else float("nan")
     return {"organs": case["organs"], "dice_all_voxels": every}
+
+
+def _segmenter(run: dict) -> Segmenter:
+    """The run's engine; ``"localiser_runtime"`` (``torch`` or ``openvino``) overrides where its localiser runs,
+    the encoder's runtime staying the options' (to compare the two localiser runtimes alone)."""
+    options = SegmentOptions(**run.get("options", {}))
+    if run.get("localiser_runtime") is None:
+        return Segmenter(run_weights(run), "cpu", options)
+    from ..engine.weights import load_priorsam
+
+    return Segmenter(model=load_priorsam(str(run_weights(run)), "cpu", run["localiser_runtime"]), device="cpu",
+                     options=options)
 
 
 def _localiser_only(seg: Segmenter, vol: Volume, gt: np.ndarray, support: np.ndarray, cid: str) -> dict:

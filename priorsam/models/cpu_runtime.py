@@ -1,13 +1,17 @@
-"""What the CPU runtimes of the frozen pretrained parts share (the ONNX Runtime and OpenVINO encoders,
-the OpenVINO box decoder): their thread count, OpenVINO compilation with the user cache, and running a
-batch as one OpenVINO infer request per item.
+"""What the CPU runtimes share (the ONNX Runtime and OpenVINO encoders, the OpenVINO box decoder and 3D
+localiser): their thread count, converted graphs cached under a digest of their weights, OpenVINO
+compilation with the user cache, and running a batch as one OpenVINO infer request per item.
 
 Why one request per item: on a CPU with few cores, two half-width requests in flight (OpenVINO's
 throughput mode) keep the cores busier than one request using both (docs/benchmarks.md).
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -18,6 +22,45 @@ from ..assets import cache_dir
 def cpu_threads(threads: int | None = None) -> int:
     """``threads``, or torch's thread count at most the core count."""
     return threads or max(1, min(os.cpu_count() or 1, torch.get_num_threads()))
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's tensors (names, shapes and values): the key of a converted graph in
+    the user cache, so the cache never serves a graph of other weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def ir_path(stem: str) -> Path:
+    """Where the IR of ``stem`` (a part's name and weights digest) lives for the installed OpenVINO."""
+    import openvino as ov
+
+    return cache_dir("openvino") / f"{stem}_ov{ov.__version__.split('-')[0]}.xml"
+
+
+def save_ir(model, xml: Path) -> Path:
+    """Save a converted OpenVINO model as ``xml`` (+ .bin) atomically, in fp32."""
+    import openvino as ov
+
+    tmp = Path(tempfile.mkdtemp(prefix=xml.stem + "_", dir=xml.parent))
+    try:
+        ov.save_model(model, str(tmp / "m.xml"), compress_to_fp16=False)
+        # The .bin first: a present .xml means a complete pair.
+        os.replace(tmp / "m.bin", xml.with_suffix(".bin"))
+        os.replace(tmp / "m.xml", xml)
+    finally:
+        for f in tmp.glob("*"):
+            f.unlink()
+        tmp.rmdir()
+    return xml
+
+
+def cached_ir(xml: Path) -> bool:
+    return xml.is_file() and xml.with_suffix(".bin").is_file()
 
 
 class OpenVinoCompiled:

@@ -5,7 +5,8 @@ of the refinement): one choice shared by every engine.
 and PyTorch on a GPU. All of them return the same :class:`~.image_encoder.EncoderFeatures`.
 The exported runtimes hold LiteMedSAM's encoder only: weights built on another encoder (the spec's
 ``encoder``) always run it in PyTorch. OpenVINO also runs the box-prompt path
-(:mod:`.openvino_binary_path`); with ONNX Runtime or PyTorch it runs in PyTorch.
+(:mod:`.openvino_binary_path`) and the 3D localiser (:mod:`.openvino_localiser`); with ONNX Runtime or
+PyTorch they run in PyTorch.
 """
 from __future__ import annotations
 
@@ -54,6 +55,12 @@ def cpu_encoder(backend: str, device: torch.device, threads: int | None = None,
 
         return OnnxLiteEncoder(threads=threads)
     return None
+
+
+def localiser_runtime(backend: str, device: torch.device) -> str:
+    """``"openvino"`` where ``backend`` resolves to OpenVINO (on a CPU), else ``"torch"``: the 3D localiser
+    runs where the encoder runs (:mod:`.openvino_localiser`), whatever encoder the heads were built on."""
+    return "openvino" if resolve_backend(backend, device) == "openvino" else "torch"
 
 
 def cpu_binary_path(backend: str, device: torch.device, path, threads: int | None = None,

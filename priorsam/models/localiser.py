@@ -13,8 +13,12 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from monai.networks.nets import SegResNet
 from torch import nn
+
+
+def window_channels(hu: torch.Tensor, windows: Sequence[Sequence[float]]) -> torch.Tensor:
+    """(B, X, Y, Z) HU → (B, len(windows), X, Y, Z): each (level, width) window mapped to [0, 1]."""
+    return torch.stack([((hu - (lv - wd / 2)) / wd).clamp(0, 1) for lv, wd in windows], 1)
 
 
 class OrganLocaliser(nn.Module):
@@ -29,6 +33,10 @@ class OrganLocaliser(nn.Module):
     def __init__(self, num_classes: int = 9, spacing_mm: float = 4.0, init_filters: int = 16,
                  windows: Sequence[Sequence[float]] = ((40.0, 400.0), (0.0, 2000.0)),
                  min_shape: Sequence[int] = (48, 48, 48)) -> None:
+        # Imported here, not at the top: the OpenVINO runtime of a trained localiser
+        # (openvino_localiser) uses this module's window_channels without paying MONAI's import.
+        from monai.networks.nets import SegResNet
+
         super().__init__()
         self.num_classes = int(num_classes)
         self.spacing_mm = float(spacing_mm)
@@ -39,8 +47,7 @@ class OrganLocaliser(nn.Module):
 
     def prepare(self, hu: torch.Tensor) -> torch.Tensor:
         """(B, X, Y, Z) HU → (B, len(windows), X, Y, Z) network input."""
-        chans = [((hu - (lv - wd / 2)) / wd).clamp(0, 1) for lv, wd in self.windows]
-        return torch.stack(chans, 1)
+        return window_channels(hu, self.windows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, len(windows), X, Y, Z) prepared input → (B, C, X, Y, Z) logits."""

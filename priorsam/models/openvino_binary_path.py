@@ -9,9 +9,6 @@ model holds; the converted IR is kept in the user cache under a hash of those we
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -19,9 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..assets import cache_dir
 from .binary_path import BinaryPromptPath
-from .cpu_runtime import OpenVinoCompiled
+from .cpu_runtime import OpenVinoCompiled, cached_ir, ir_path, save_ir, state_digest
 
 
 class _OnePair(nn.Module):
@@ -40,22 +36,16 @@ class _OnePair(nn.Module):
 
 
 def weights_digest(path: BinaryPromptPath) -> str:
-    """sha256 over the path's tensors (names, shapes and values), the key of its cached IR."""
-    h = hashlib.sha256()
-    for name, t in sorted(path.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    """sha256 over the path's tensors, the key of its cached IR."""
+    return state_digest(path.state_dict())
 
 
 def export_ir(path: BinaryPromptPath) -> Path:
     """Convert ``path`` to OpenVINO IR in the user cache (atomic; reused when present)."""
     import openvino as ov
 
-    ver = ov.__version__.split("-")[0]
-    xml = cache_dir("openvino") / f"box_decoder_{weights_digest(path)[:16]}_ov{ver}.xml"
-    if xml.is_file() and xml.with_suffix(".bin").is_file():
+    xml = ir_path(f"box_decoder_{weights_digest(path)[:16]}")
+    if cached_ir(xml):
         return xml
     graph = _OnePair(path).eval()
     # The tracer warns about the decoder's batch-size check and a square root; both are constants for
@@ -64,17 +54,7 @@ def export_ir(path: BinaryPromptPath) -> Path:
         warnings.simplefilter("ignore")
         model = ov.convert_model(graph, example_input=(torch.zeros(1, 256, 64, 64),
                                                        torch.tensor([[64.0, 64.0, 192.0, 192.0]])))
-    tmp = Path(tempfile.mkdtemp(prefix="box_decoder_", dir=xml.parent))
-    try:
-        ov.save_model(model, str(tmp / "m.xml"), compress_to_fp16=False)
-        # The .bin first: a present .xml means a complete pair.
-        os.replace(tmp / "m.bin", xml.with_suffix(".bin"))
-        os.replace(tmp / "m.xml", xml)
-    finally:
-        for f in tmp.glob("*"):
-            f.unlink()
-        tmp.rmdir()
-    return xml
+    return save_ir(model, xml)
 
 
 class OpenVinoBinaryPath:

@@ -184,11 +184,11 @@ def build_localiser(spec: LocaliserSpec):
 
 
 def build_model(spec: ModelSpec, *, encoder: str | None = "spec", device: str = "cpu", binary_path: bool = True,
-                pretrained: bool = True, prior_bank=None):
+                pretrained: bool = True, prior_bank=None, localiser: bool = True):
     """The PriorSAM described by ``spec`` (random heads; load a state with :func:`load_model`).
 
     ``encoder``: ``"spec"`` builds the spec's encoder, None a heads-only model for cached features.
-    The localiser, when the spec has one, is attached as ``model.localiser``.
+    The localiser, when the spec has one and ``localiser`` is true, is attached as ``model.localiser``.
     """
     from ..priors.bank import load_prior_bank
     from .priorsam import PriorSAM
@@ -201,28 +201,45 @@ def build_model(spec: ModelSpec, *, encoder: str | None = "spec", device: str = 
     enc = spec.encoder if encoder == "spec" else encoder
     model = PriorSAM(encoder=enc, prior_bank=bank, device=device, binary_path=binary_path, pretrained=pretrained,
                      **spec.heads)
-    model.localiser = build_localiser(spec.localiser) if spec.localiser is not None else None
+    model.localiser = build_localiser(spec.localiser) if spec.localiser is not None and localiser else None
     model.spec = spec
     return model
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu", encoder: str | None = "spec", binary_path: bool = True):
-    """Build from a checkpoint's spec and load its weights (eval mode, on ``device``)."""
+def load_model(path: str | os.PathLike, device: str = "cpu", encoder: str | None = "spec", binary_path: bool = True,
+               localiser_runtime: str = "torch"):
+    """Build from a checkpoint's spec and load its weights (eval mode, on ``device``).
+
+    ``localiser_runtime``: ``"torch"`` (the localiser is a child module, loaded and moved with the heads)
+    or ``"openvino"`` (CPU only: compiled by :mod:`.openvino_localiser`, for inference; MONAI is not
+    imported once its graph is in the user cache)."""
     from ..assets import LITEMEDSAM_SHA256
 
+    if localiser_runtime not in ("torch", "openvino"):
+        raise ValueError(f"localiser_runtime must be torch or openvino, not {localiser_runtime!r}")
+    if localiser_runtime == "openvino" and torch.device(device).type != "cpu":
+        raise ValueError(f"the OpenVINO localiser runs on the CPU, not on {device}")
     state, spec = read_checkpoint(path)
     if spec.encoder == "lite":
         check_encoder(spec, LITEMEDSAM_SHA256)
-    model = build_model(spec, encoder=encoder, device=device, binary_path=binary_path)
-    has_loc = any(k.startswith(LOCALISER_PREFIX) for k in state)
-    if model.localiser is not None and not has_loc:
+    compiled = localiser_runtime == "openvino" and spec.localiser is not None
+    model = build_model(spec, encoder=encoder, device=device, binary_path=binary_path, localiser=not compiled)
+    loc_state = {k[len(LOCALISER_PREFIX):]: v for k, v in state.items() if k.startswith(LOCALISER_PREFIX)}
+    if spec.localiser is not None and not loc_state:
         raise AssetError(f"{path}: the spec names a localiser but the checkpoint holds no localiser weights")
-    # The localiser is a child module, so its weights are checked and loaded with the heads'.
+    if compiled:
+        state = {k: v for k, v in state.items() if not k.startswith(LOCALISER_PREFIX)}
+    # A PyTorch localiser is a child module, so its weights are checked and loaded with the heads'.
     model.load_trainable_state_dict(state, None)
     model.weights_path = str(path)
     model.config = {"spacing_mm": spec.spacing_mm, "context": spec.context, "framing": spec.framing,
                     "prior_version": spec.prior_version, "model": spec.heads}
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if compiled:
+        from .openvino_localiser import OpenVinoLocaliser
+
+        model.localiser = OpenVinoLocaliser(loc_state, spec.localiser, build_localiser)
+    return model
 
 
 def compose_checkpoint(heads_path: str | os.PathLike, localiser_path: str | os.PathLike | None,
