@@ -205,3 +205,26 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def python() -> str:
     return sys.executable
+
+
+def bank_check_main(doc: str, check: Callable[..., list], table: Callable[[list, list], str], argv=None) -> int:
+    """The command line of a check over pseudo-patient volumes: ``--bank --cases --settings [--options JSON]
+    --out OUT``; runs ``check(bank, cases, settings, options)`` and writes ``OUT.json`` (rows) and ``OUT.md``
+    (``table(rows, settings)``)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bank", required=True)
+    ap.add_argument("--cases", nargs="+", required=True)
+    ap.add_argument("--settings", nargs="+", required=True)
+    ap.add_argument("--options", default="{}", help="engine options as JSON (SegmentOptions fields)")
+    ap.add_argument("--out", required=True, help="output prefix: writes OUT.json and OUT.md")
+    a = ap.parse_args(argv)
+    options = json.loads(a.options)
+    rows = check(a.bank, a.cases, a.settings, options)
+    out = Path(a.out)
+    out.with_suffix(".json").write_text(json.dumps({"bank": a.bank, "options": options, "rows": rows}, indent=1))
+    out.with_suffix(".md").write_text(f"Engine options {json.dumps(options)}; bank {a.bank}.\n\n"
+                                      + table(rows, a.settings))
+    print(table(rows, a.settings))
+    return 0

@@ -11,12 +11,14 @@ that differ, seconds).
 """
 from __future__ import annotations
 
-import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bank_check_main  # noqa: E402
 
 
 def compare(bank: str, cases: list[str], settings: list[str], options: dict, log=print) -> list[dict]:
@@ -66,21 +68,7 @@ def table(rows: list[dict], settings: list[str]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bank", required=True)
-    ap.add_argument("--cases", nargs="+", required=True)
-    ap.add_argument("--settings", nargs="+", required=True)
-    ap.add_argument("--options", default="{}", help="engine options as JSON (SegmentOptions fields)")
-    ap.add_argument("--out", required=True, help="output prefix: writes OUT.json and OUT.md")
-    a = ap.parse_args(argv)
-    options = json.loads(a.options)
-    rows = compare(a.bank, a.cases, a.settings, options)
-    out = Path(a.out)
-    out.with_suffix(".json").write_text(json.dumps({"bank": a.bank, "options": options, "rows": rows}, indent=1))
-    out.with_suffix(".md").write_text(f"Engine options {json.dumps(options)}; bank {a.bank}.\n\n"
-                                      + table(rows, a.settings))
-    print(table(rows, a.settings))
-    return 0
+    return bank_check_main(__doc__, compare, table, argv)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,9 @@ def test_the_engine_asks_for_it_where_the_encoder_runs_in_openvino(monkeypatch):
     for backend in ("auto", "openvino", "onnx", "torch"):
         Segmenter(device="cpu", options=SegmentOptions(encoder_backend=backend), encoder=lambda images: None)
     assert asked == ["openvino", "openvino", "torch", "torch"]
+    from priorsam.models.encoder_backend import localiser_runtime
+
+    assert localiser_runtime("auto", torch.device("cuda")) == "torch"      # a GPU keeps the PyTorch localiser
 
 
 def test_a_fresh_process_with_the_graph_cached_loads_the_engine_without_importing_monai(cache, checkpoint):
