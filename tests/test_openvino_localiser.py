@@ -101,6 +101,19 @@ def test_load_model_attaches_it_and_the_engine_step_gives_the_same_answer(cache,
         load_model(checkpoint, encoder=None, binary_path=False, localiser_runtime="onnx")
 
 
+def test_a_localiser_that_does_not_fit_its_spec_is_a_clear_error(cache, checkpoint, tmp_path):
+    from dataclasses import replace
+
+    from priorsam.errors import AssetError
+    from priorsam.models.spec import read_checkpoint
+
+    state, spec = read_checkpoint(checkpoint)
+    wider = write_checkpoint(tmp_path / "w.pt", state,
+                             replace(spec, localiser=replace(spec.localiser, init_filters=16)))
+    with pytest.raises(AssetError, match="localiser weights do not fit"):
+        load_model(wider, encoder=None, binary_path=False, localiser_runtime="openvino")
+
+
 def test_the_engine_asks_for_it_where_the_encoder_runs_in_openvino(monkeypatch):
     from types import SimpleNamespace
 

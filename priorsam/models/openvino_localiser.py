@@ -1,8 +1,9 @@
 """The trained 3D organ localiser compiled by OpenVINO: its CPU runtime in the engine.
 
-Why: the PyTorch localiser is a MONAI SegResNet, and importing MONAI costs the engine 5–12 s per process
-on a 2-core CPU (MONAI imports all its subpackages), which a command-line run or a Slicer click pays
-every time for a network that itself runs in about 3 s. The graph is converted once from the
+Why: the PyTorch localiser is a MONAI SegResNet, and importing MONAI (all its subpackages) took about 5 s
+of every process on a 2-core CPU, which a command-line run or a Slicer click pays each time for a network
+that itself runs in 1–3 s; without it a fresh process loaded the engine in 6.7 s instead of 10.3 s
+(docs/benchmarks.md). The graph is converted once from the
 checkpoint's own localiser weights (that first conversion imports MONAI) and kept in the user cache
 under a digest of those weights; later processes compile the cached IR and never import MONAI.
 
@@ -19,6 +20,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
+from ..errors import AssetError
 from .cpu_runtime import OpenVinoCompiled, cached_ir, ir_path, save_ir, state_digest
 from .localiser import window_channels
 
@@ -33,7 +35,11 @@ def localiser_ir(state: Mapping[str, torch.Tensor], spec, build: Callable) -> Pa
     if cached_ir(xml):
         return xml
     net = build(spec)
-    net.load_state_dict(dict(state))
+    try:
+        net.load_state_dict(dict(state))
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise AssetError(f"the checkpoint's localiser weights do not fit its spec ({first})") from None
     net.eval()
     example = torch.zeros((1, len(spec.windows), *spec.min_shape))
     # Any grid size (multiples of 8): volumes differ in extent, so the spatial axes stay dynamic.
@@ -55,8 +61,6 @@ class OpenVinoLocaliser:
             only when the converted graph is not cached yet.
         threads: CPU threads (default: torch's thread count, at most the core count).
     """
-
-    runtime_name = "openvino"
 
     def __init__(self, state: Mapping[str, torch.Tensor], spec, build: Callable, threads: int | None = None):
         self.num_classes = int(spec.num_classes)
