@@ -1,15 +1,15 @@
 """The trained 3D organ localiser compiled by OpenVINO: its CPU runtime in the engine.
 
 Why: the PyTorch localiser is a MONAI SegResNet, and importing MONAI (all its subpackages) took about 5 s
-of every process on a 2-core CPU, which a command-line run or a Slicer click pays each time for a network
-that itself runs in 1–3 s; without it a fresh process loaded the engine in 6.7 s instead of 10.3 s
-(docs/benchmarks.md). The graph is converted once from the
-checkpoint's own localiser weights (that first conversion imports MONAI) and kept in the user cache
-under a digest of those weights; later processes compile the cached IR and never import MONAI.
+of every process on a 2-core CPU, which each command-line run pays (and each click of the Slicer module's
+``cli`` backend) for a network that itself runs in 1–3 s; without it a fresh process loaded the engine in
+6.7 s instead of 10.3 s (docs/benchmarks.md). The graph is converted once from the checkpoint's own
+localiser weights (that first conversion imports MONAI) and kept in the user cache under a digest of those
+weights; later processes compile the cached IR and never import MONAI.
 
 It runs in fp32 on every CPU (OpenVINO would pick bf16 by itself on CPUs that have it): the localiser
-decides which slices the encoder skips and which organs are present, so it must give PyTorch's answer
-(tests/test_openvino_localiser.py compares them).
+decides which slices the encoder skips and which organs are present, so it must give PyTorch's answer to
+within rounding (tests/test_openvino_localiser.py compares them; docs/benchmarks.md on the held-out bank).
 """
 from __future__ import annotations
 
