@@ -161,6 +161,7 @@ def segment(input, output: str | os.PathLike | None = None, *, weights: str | os
     from .engine.segment import Segmenter, SegmentOptions
 
     check_outputs(output, statistics, preview)
+    chosen = SegmentOptions(**options)   # checks every value: a bad option fails before a large image is read
     volume = as_volume(input, series)
     if output is not None and _output_kind(output) == "dicom_seg" and volume.source.format != "dicom":
         raise InputError(f"{output}: a DICOM SEG output needs a DICOM series as input "
@@ -168,8 +169,7 @@ def segment(input, output: str | os.PathLike | None = None, *, weights: str | os
     if segmenter is None:
         if model is not None:
             device = str(next(model.parameters()).device)
-        segmenter = Segmenter(None if weights is None else str(weights), device, SegmentOptions(**options),
-                              model=model)
+        segmenter = Segmenter(None if weights is None else str(weights), device, chosen, model=model)
     elif options or model is not None or weights is not None:
         raise ValueError("give either a segmenter or weights/model/options, not both")
     result = segmenter.segment(volume, progress, show_bar=show_bar)

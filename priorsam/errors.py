@@ -9,6 +9,11 @@ class InputError(PriorSAMError):
     """The image, label map, box or path given is unusable."""
 
 
+class OptionError(InputError, ValueError):
+    """An engine option with a value it cannot take (a z-stride of 0, an unknown encoder runtime). Also a
+    ValueError, which is what Python callers passing a bad argument expect."""
+
+
 class AssetError(PriorSAMError):
     """A pretrained asset (weights, text encoder, priors) is missing or altered."""
 

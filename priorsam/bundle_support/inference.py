@@ -90,8 +90,10 @@ class SegmentOrgansInferer:
 
     def __init__(self, options: Mapping[str, Any] | None = None, progress: bool = True, show_bar: bool = False):
         from ..engine.option_values import parse_options
+        from ..engine.segment import SegmentOptions
 
         self.options = parse_options(dict(options or {}))  # unknown names, wrong types: an error at config time
+        SegmentOptions(**self.options)                     # and values out of range too
         self.progress = bool(progress)
         self.show_bar = bool(show_bar)
         self.last_results: list = []

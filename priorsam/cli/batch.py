@@ -1,7 +1,10 @@
 """``priorsam batch``: the adapter over :func:`priorsam.batch.runner.run_batch`."""
 from __future__ import annotations
 
+from .flags import typed_flags
 
+
+@typed_flags
 def batch_cli(input: str, output: str, format: str = "nifti", device: str = "auto", weights: str | None = None,
               quiet: bool = False, force: bool = False, wait: float = 0.0, option=None):
     """Segment every CT in a folder or CSV case list; resumable; runs under torchrun for several GPUs.

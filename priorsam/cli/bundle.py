@@ -1,10 +1,13 @@
 """``priorsam bundle``: export the MONAI bundle shipped with the package, or say where it is."""
 from __future__ import annotations
 
+from .flags import typed_flags
+
 
 class BundleCLI:
     """The MONAI bundle shipped with priorsam."""
 
+    @typed_flags
     def export(self, dir: str):
         """Write a complete MONAI bundle folder to DIR (new or empty).
 

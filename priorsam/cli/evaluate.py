@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .flags import typed_flags
 
+
+@typed_flags
 def evaluate_cli(pred: str, ref: str, labels=None, out: str = "evaluation"):
     """Dice and HD95 (mm) of every predicted label map against its reference, per case and on average.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import AssetError
+from .flags import typed_flags
 
 
 class PriorsCLI:
@@ -17,6 +18,7 @@ class PriorsCLI:
 
         return Path(self._root) if self._root else prior_text_root()
 
+    @typed_flags
     def generate(self, model: str, version: str, classes_from: str | None = None, template: str | None = None,
                  n: int = 10, max_new_tokens: int = 1024) -> str:
         """Write prior_text/VERSION with the local causal LM at MODEL (greedy, offline); refuses an existing VERSION."""
@@ -25,6 +27,7 @@ class PriorsCLI:
         return str(generate_version(model, str(version), root=self._rootpath(), classes_from=classes_from,
                                     template=template, n=int(n), max_new_tokens=int(max_new_tokens)))
 
+    @typed_flags
     def embed(self, version: str = "v1", encoder: str | None = None, force: bool = False) -> str:
         """Embed every description of VERSION with the frozen sentence encoder (default: packaged MiniLM).
 
@@ -70,6 +73,7 @@ class PriorsCLI:
         print(f"{version}: {len(flat)} descriptions → {tuple(emb.shape)} embeddings, sha256 {digest[:12]}…")
         return str(folder / EMBEDDINGS)
 
+    @typed_flags
     def check(self, version: str | None = None) -> str:
         """Validate VERSION (default: every version): schema, hashes, content checks, embeddings."""
         from ..priors.bank import list_versions, load_prior_bank, version_folder

@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..labels import organ_ids
+from .flags import typed_flags
 
 
+@typed_flags
 def segment_cli(image: str, out: str, device: str = "auto", series: str | None = None, weights: str | None = None,
                 progress: bool = False, z_stride: int | None = None, encoder: str = "auto",
                 statistics: str | None = None, preview: str | None = None, force: bool = False,
@@ -38,9 +40,12 @@ def segment_cli(image: str, out: str, device: str = "auto", series: str | None =
     from ..io import read_volume
     from ..io.checks import show_warnings
 
-    options = {"z_stride": z_stride, "encoder_backend": encoder, "tight_fov_mm": float(tight_fov_mm),
+    from ..engine.segment import SegmentOptions
+
+    options = {"z_stride": z_stride, "encoder_backend": encoder, "tight_fov_mm": tight_fov_mm,
                **parse_options(option)}
     check_outputs(out, statistics, preview)  # before reading: a bad output path fails first, and fast
+    SegmentOptions(**options)                # then a bad option value, before the image is read
     image = read_volume(image, series_uid=series, force=force)
     show_warnings(image.warnings)
     if str(out).lower().endswith(".dcm") and image.source.format == "dicom":

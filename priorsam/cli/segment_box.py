@@ -8,7 +8,10 @@ import time
 
 import numpy as np
 
+from .flags import typed_flags
 
+
+@typed_flags
 def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label: str = "organ",
                     device: str = "auto", series: str | None = None, margin_mm: float = 5.0,
                     progress: bool = False, weights: str | None = None, force: bool = False,

@@ -13,16 +13,19 @@ _FALSE = {"false", "no", "off", "0"}
 _KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text", type(None): "none"}
 
 
+def hint_types(hint) -> tuple[type, ...]:
+    """``int | None`` → (int, NoneType); ``float`` → (float,)."""
+    return tuple(typing.get_args(hint)) or (hint,)
+
+
 def _field_types(options_cls) -> dict[str, tuple[type, ...]]:
     hints = typing.get_type_hints(options_cls)
-    out = {}
-    for f in fields(options_cls):
-        hint = hints[f.name]
-        out[f.name] = tuple(typing.get_args(hint)) or (hint,)
-    return out
+    return {f.name: hint_types(hints[f.name]) for f in fields(options_cls)}
 
 
-def _read_value(name: str, raw, types: tuple[type, ...]):
+def read_value(what: str, raw, types: tuple[type, ...]):
+    """``raw`` (text, or what fire parsed it into) read as the first of ``types`` it fits; ``what`` names it
+    in the :class:`InputError` when it fits none."""
     # fire hands over numbers, booleans and None already parsed; their text reads back the same
     text = str(raw).strip()
     if text.lower() in ("none", "null") and type(None) in types:
@@ -40,7 +43,7 @@ def _read_value(name: str, raw, types: tuple[type, ...]):
                 continue
     if str in types:
         return text
-    raise InputError(f"option {name}: {raw!r} is not {' or '.join(_KINDS.get(t, t.__name__) for t in types)}")
+    raise InputError(f"{what}: {raw!r} is not {' or '.join(_KINDS.get(t, t.__name__) for t in types)}")
 
 
 def parse_options(values, options_cls=None) -> dict:
@@ -68,5 +71,5 @@ def parse_options(values, options_cls=None) -> dict:
     for key, raw in items:
         if key not in types:
             raise InputError(f"unknown option {key!r}; the options are: {', '.join(sorted(types))}")
-        out[key] = _read_value(key, raw, types[key])
+        out[key] = read_value(f"option {key}", raw, types[key])
     return out

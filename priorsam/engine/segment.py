@@ -18,8 +18,11 @@ import numpy as np
 import torch
 
 from ..data.framed_volume import FramedVolume, Framing
+from ..errors import OptionError
 from ..io import Volume, from_display
+from ..models.encoder_backend import BACKENDS
 from ..models.refinement import RefineOptions
+from ..option_checks import at_least, fractions, one_of, positive
 from .consistency import agree_with_localiser, clean_labels, fuse_with_localiser, smooth_organ_boxes
 from .device import resolve_device
 from .localise import MIN_Z_MM, z_extent_mm
@@ -88,6 +91,22 @@ class SegmentOptions(RefineOptions):
                                         # trunk (a CTA reconstructed around the aorta) takes the localiser's
                                         # 3D organ masks as the answer: there the per-slice path draws organs
                                         # cut by the field's edge poorly (docs/generalisation.md); 0: never
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self, ("spacing_mm", "window_width"), optional=True)
+        at_least(self, 0, ("context",), optional=True)
+        one_of(self, "framing", ("fixed", "upstream"), optional=True)
+        one_of(self, "encoder_backend", BACKENDS)
+        one_of(self, "localiser_interpolation", ("linear", "nearest"))
+        at_least(self, 1, ("batch_size",))
+        at_least(self, 1, ("z_stride",), optional=True)
+        positive(self, ("z_step_mm",))
+        fractions(self, ("z_agree_dice", "localiser_agreement", "localiser_veto", "localiser_fill"))
+        at_least(self, 0, ("localiser_margin_mm", "localiser_context_mm", "localiser_min_z_mm", "tight_fov_mm"))
+        # The passes shift the grid by i·8/shifts voxels (engine.localise.probabilities): over 8 they repeat.
+        if self.localiser_shifts is not None and not 1 <= self.localiser_shifts <= 8:
+            raise OptionError(f"option localiser_shifts: {self.localiser_shifts!r} must be 1 to 8 (or none: automatic)")
 
 
 @dataclass

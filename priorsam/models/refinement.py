@@ -26,6 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..option_checks import at_least, fractions, one_of
+
 
 @dataclass
 class RefineOptions:
@@ -54,6 +56,13 @@ class RefineOptions:
                                         # organ under this becomes background (0: never)
     heads_fill: float = 0.0             # without a localiser: a background pixel the heads give an organ drawn in
                                         # that slice over this takes it (0: never)
+
+    def __post_init__(self) -> None:
+        fractions(self, ("presence_threshold", "agree_iou", "heads_veto", "heads_fill"))
+        at_least(self, 0, ("refine_iterations", "min_pixels", "box_margin", "localiser_box_margin"))
+        at_least(self, 0, ("mask_round",), optional=True)
+        one_of(self, "box_source", ("localiser", "semantic", "agree"))
+        one_of(self, "conflicts", ("binary", "semantic"))
 
 
 def boxes_from_masks(masks: torch.Tensor, margin: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
