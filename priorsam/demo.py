@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.samples import sample_ct
+from .errors import one_line_errors
 from .io import read_label_map, read_volume, to_display
 from .labels import labels
 from .preview import montage
@@ -37,6 +38,7 @@ def volume_table(lab: np.ndarray, voxel_ml: float, reference: np.ndarray | None 
     return "\n".join(rows)
 
 
+@one_line_errors
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="out/demo")

@@ -1,4 +1,8 @@
 """Errors that reach users as one clear line and a non-zero exit."""
+from __future__ import annotations
+
+import functools
+import sys
 
 
 class PriorSAMError(Exception):
@@ -20,3 +24,18 @@ class AssetError(PriorSAMError):
 
 class Cancelled(PriorSAMError):
     """The caller's progress callback asked to stop."""
+
+
+def one_line_errors(main):
+    """A ``python -m`` entry point's ``main`` that reports a :class:`PriorSAMError` as one ``error: …`` line
+    on stderr and returns 1, as the ``priorsam`` command does, instead of a traceback."""
+
+    @functools.wraps(main)
+    def run(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except PriorSAMError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+
+    return run

@@ -89,8 +89,8 @@ def test_training_overrides_are_read_and_unknown_ones_named():
     (["segment", "in.nii.gz", "out.nii.gz", "--z_stride", "abc"], "--z_stride: 'abc' is not a whole number"),
     (["segment", "in.nii.gz", "out.nii.gz", "--z_stride", "0"], "option z_stride: 0 must be ≥ 1"),
     (["segment", "in.nii.gz", "out.nii.gz", "--encoder", "xyz"], "option encoder_backend: 'xyz' is not one of"),
-    (["train", "cache", "run", "--stepz", "3"], "unknown training setting(s) stepz"),
-    (["train", "cache", "run", "--config", "nope.json"], "training config nope.json: No such file"),
+    (["train", "cache", "run", "--stepz", "3"], "priorsam train: unknown setting(s) stepz"),
+    (["train", "cache", "run", "--config", "nope.json"], "training config nope.json: no such file"),
 ])
 def test_cli_refuses_bad_flags_in_one_line(tmp_path, args, said):
     # in.nii.gz does not exist: flags and options are checked before the image is read
@@ -101,3 +101,28 @@ def test_cli_refuses_bad_flags_in_one_line(tmp_path, args, said):
     errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and said in errors[0], done.stderr
     assert not (tmp_path / "out.nii.gz").exists()
+
+
+@pytest.mark.parametrize("module, args, files, said", [
+    ("priorsam.training.localiser", ["--bank", "bank", "--out_dir", "run", "--config", "c.json"],
+     {"c.json": '{"stepz": 3}'}, "localiser config c.json: unknown setting(s) stepz"),
+    ("priorsam.training.localiser", ["--bank", "bank", "--out_dir", "run", "--config", "c.json"],
+     {"c.json": '{"steps": 3,'}, "localiser config c.json is not valid JSON"),
+    ("priorsam.evaluation.anatomy_holdout", ["--bank", "bank", "--runs", "runs.json", "--out", "o"],
+     {}, "runs file runs.json: no such file"),
+    ("priorsam.evaluation.anatomy_holdout", ["--bank", "bank", "--runs", "runs.json", "--out", "o"],
+     {"runs.json": '{"name": "x"}'}, "must hold a JSON list of runs"),
+    ("priorsam.evaluation.generalisation", ["--runs", "runs.json", "--out", "g.md"], {}, "runs file runs.json: no such file"),
+    ("priorsam.training.build_cache", ["--cache", "cache", "--datalist", "d.json"],
+     {"d.json": '[{"case_id": "a", "imagez": "x"}]'}, "datalist d.json: unknown setting(s) imagez"),
+])
+def test_module_entry_points_refuse_bad_files_in_one_line(tmp_path, module, args, files, said):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and said in errors[0], done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)   # nothing written

@@ -1,12 +1,10 @@
 """`priorsam train`: build the feature cache if needed, then train the heads from it."""
 from __future__ import annotations
 
-import dataclasses
-import json
 import typing
 
+from ..config_files import check_setting_names, read_settings
 from ..engine.option_values import hint_types, read_value
-from ..errors import InputError
 from ..training.trainer import TrainConfig, train
 from .flags import typed_flags
 
@@ -22,16 +20,14 @@ def train_cli(cache: str, out_dir: str, config: str | None = None, build_views: 
         build_views: if > 0, first encode the clean view plus this many augmented views of the sample CT.
         overrides: any TrainConfig field, e.g. --steps 2000 --lr 5e-4.
     """
-    fields = read_config(config) if config else {}
-    fields.update(training_settings(overrides))
-    settable = {f.name for f in dataclasses.fields(TrainConfig)} - {"cache", "out_dir"}
-    unknown = sorted(set(fields) - settable)
-    if unknown:
-        raise InputError(f"unknown training setting(s) {', '.join(unknown)}; the settings are: {', '.join(sorted(settable))}")
+    fields = read_settings(config, TrainConfig, "training config", fixed=("cache", "out_dir")) if config else {}
+    overrides = training_settings(overrides)
+    check_setting_names(overrides, TrainConfig, "priorsam train", fixed=("cache", "out_dir"))
+    fields.update(overrides)
     if build_views:
-        from ..training.build_cache import main as build
+        from ..training.build_cache import build_from_args
 
-        build(["--cache", cache, "--views", str(build_views)])
+        build_from_args(["--cache", cache, "--views", str(build_views)])
     path = train(TrainConfig(cache=cache, out_dir=out_dir, **fields))
     return {"weights": str(path)}
 
@@ -47,16 +43,3 @@ def training_settings(overrides: dict) -> dict:
         out[name] = read_value(f"--{name}", value, types) if plain and value is not None else value
     return out
 
-
-def read_config(path: str) -> dict:
-    """The JSON object of TrainConfig fields in ``path``; one-line errors for a missing or malformed file."""
-    try:
-        with open(path) as fh:
-            fields = json.load(fh)
-    except OSError as exc:
-        raise InputError(f"training config {path}: {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise InputError(f"training config {path} is not valid JSON: {exc}") from exc
-    if not isinstance(fields, dict):
-        raise InputError(f"training config {path} must hold a JSON object of settings")
-    return fields

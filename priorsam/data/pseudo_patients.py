@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import one_line_errors
 from ..labels import mapping, organ_ids, remap
 from .anatomy import AnatomyCase, discover, load_anatomy
 from .preprocess import window
@@ -247,6 +248,7 @@ def qa_table(cache: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
+@one_line_errors
 def main(argv=None) -> int:
     import argparse
 

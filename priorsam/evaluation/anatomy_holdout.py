@@ -35,9 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config_files import read_json
 from ..data import appearance as app
 from ..data.pseudo_patients import PseudoPatient, list_bank, load
 from ..engine.segment import SegmentOptions, Segmenter
+from ..errors import InputError, one_line_errors
 from ..io.volume import Source, Volume
 from .metrics import evaluate_case, summarise
 from .runs import run_weights
@@ -259,6 +261,7 @@ def _setting(text: str) -> str:
     return text
 
 
+@one_line_errors
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bank", required=True)
@@ -270,7 +273,9 @@ def main(argv=None) -> int:
                          "upper_42mm: 42 mm of the upper abdomen")
     ap.add_argument("--out", required=True, help="output prefix: writes OUT.json and OUT.md")
     a = ap.parse_args(argv)
-    runs = json.loads(Path(a.runs).read_text())
+    runs = read_json(a.runs, "runs file")
+    if not isinstance(runs, list) or not all(isinstance(r, dict) and "name" in r for r in runs):
+        raise InputError(f"runs file {a.runs} must hold a JSON list of runs, each with a name")
     cases = a.cases
     if not cases:
         from ..models.spec import read_checkpoint

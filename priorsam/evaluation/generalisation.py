@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config_files import read_json
 from ..data.samples import sample_ct
 from ..engine.segment import SegmentOptions, Segmenter
+from ..errors import InputError, one_line_errors
 from ..io import read_label_map, read_volume
 from ..labels import labels as label_table
 from .metrics import evaluate_case, organ_metrics, summarise
@@ -148,6 +150,7 @@ def render(results: list[dict], command: str, notes: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+@one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", required=True)
@@ -157,7 +160,11 @@ def main(argv=None) -> None:
     ap.add_argument("--notes", default=None, help="markdown file appended to the report")
     ap.add_argument("--fresh", action="store_true", help="re-measure runs already stored in OUT.json")
     args = ap.parse_args(argv)
-    runs = json.loads(Path(args.runs).read_text())
+    runs = read_json(args.runs, "runs file")
+    if not isinstance(runs, list):
+        raise InputError(f"runs file {args.runs} must hold a JSON list of runs")
+    if args.notes and not Path(args.notes).is_file():
+        raise InputError(f"notes file {args.notes}: no such file")
     out = Path(args.out)
     stored = out.with_suffix(".json")
     previous = {r["key"]: r for r in json.loads(stored.read_text())} if stored.is_file() and not args.fresh else {}
@@ -175,4 +182,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

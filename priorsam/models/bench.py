@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from ..errors import one_line_errors
 from .image_encoder import EncoderFeatures
 from .losses import PriorSAMLoss
 from .priorsam import PriorSAM
@@ -52,6 +53,7 @@ def run(batch: int = 8, classes: int = 9, repeats: int = 6, threads: int | None 
             "state_dict_bytes": buf.tell()}
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=8)
@@ -65,4 +67,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

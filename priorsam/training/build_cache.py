@@ -6,11 +6,13 @@ With no --datalist the sample CT (example_ct) is the one training case.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 
 import torch
 
+from ..config_files import check_setting_names, read_json
 from ..data.samples import sample_ct
+from ..errors import InputError, one_line_errors
 from ..models.image_encoder import build_image_encoder
 from .cache import FeatureCache, build_cache
 from .views import Case, ViewSpec
@@ -35,7 +37,22 @@ def view_specs(views: int, spacing: float, context: int, seed: int = 1234, frami
     return specs
 
 
-def main(argv=None) -> None:
+def read_cases(path: str) -> list[Case]:
+    """The cases of a datalist JSON file (a list of Case fields), with one-line errors for a bad file."""
+    items = read_json(path, "datalist")
+    if not isinstance(items, list) or not all(isinstance(c, dict) for c in items):
+        raise InputError(f"datalist {path} must hold a JSON list of cases")
+    required = [f.name for f in dataclasses.fields(Case)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    for i, c in enumerate(items):
+        check_setting_names(c, Case, f"datalist {path}")
+        missing = [name for name in required if name not in c]
+        if missing:
+            raise InputError(f"datalist {path}: case {i + 1} lacks {', '.join(missing)}")
+    return [Case(**c) for c in items]
+
+
+def build_from_args(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--cache", required=True)
     ap.add_argument("--views", type=int, default=16)
@@ -51,7 +68,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cases = [Case(**c) for c in json.load(open(args.datalist))] if args.datalist else default_cases()
+    cases = read_cases(args.datalist) if args.datalist else default_cases()
     if args.backend == "onnx":
         from ..models.onnx_encoder import OnnxLiteEncoder
 
@@ -64,5 +81,9 @@ def main(argv=None) -> None:
     print(f"added {n} entries")
 
 
+# Errors as one line for `python -m`; `priorsam train --build_views` calls build_from_args and reports them itself.
+main = one_line_errors(build_from_args)
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

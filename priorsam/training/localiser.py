@@ -24,9 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config_files import read_settings
 from ..data import appearance as app
 from ..data.framed_volume import resample_labels, resample_to_grid
 from ..data.pseudo_patients import image_support
+from ..errors import one_line_errors
 from ..labels import labels, organ_ids
 from ..models.localiser import OrganLocaliser
 
@@ -443,6 +445,7 @@ def plot_curve(log_csv: str | os.PathLike | list, png: str | os.PathLike) -> Pat
     return save_figure(fig, png, dpi=100)
 
 
+@one_line_errors
 def main(argv=None) -> int:
     import argparse
 
@@ -452,7 +455,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default=None, help="JSON with LocaliserTrainConfig fields")
     ap.add_argument("--steps", type=int, default=None)
     a = ap.parse_args(argv)
-    kw = json.loads(Path(a.config).read_text()) if a.config else {}
+    kw = read_settings(a.config, LocaliserTrainConfig, "localiser config", fixed=("bank", "out_dir")) if a.config else {}
     kw.update(bank=a.bank, out_dir=a.out_dir)
     if a.steps:
         kw["steps"] = a.steps

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..data import appearance as app
 from ..data.pseudo_patients import list_bank, load
+from ..errors import one_line_errors
 from ..io import atomic_path
 
 
@@ -72,6 +73,7 @@ def write_cases(bank: str, out: str, exclude: set[str], arms: bool = False, log=
     return datalist
 
 
+@one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bank", required=True, help="the pseudo-patient cache (python -m priorsam.data.pseudo_patients)")
@@ -94,4 +96,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

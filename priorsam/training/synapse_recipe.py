@@ -18,6 +18,7 @@ import torch
 
 from ..data.synapse import prepare
 from ..engine.segment import Segmenter
+from ..errors import one_line_errors
 from ..evaluation.metrics import evaluate_case, write_report
 from ..io import read_label_map, read_volume
 from .build_cache import ENCODER_ID, view_specs
@@ -60,6 +61,7 @@ def run(synapse_root: str, work: str, views: int = 8, steps: int | None = None, 
     return work_dir / "eval" / "report.md"
 
 
+@one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--synapse_root", required=True)
@@ -74,4 +76,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
