@@ -137,6 +137,15 @@ def test_evaluate_cli_errors_are_one_line(tmp_path, capsys):
     assert "different grids" in capsys.readouterr().err
     assert _cli(["evaluate", "--pred", str(tmp_path / "p"), "--ref", str(tmp_path / "r"), "--labels", "lung"]) == 1
     assert "unknown organ" in capsys.readouterr().err
+    # a CT given as the reference: its HU would wrap around in uint8 and score as labels
+    ct = np.full((4, 4, 3), -1000, np.int16)
+    ct[1:3, 1:3, :] = 40
+    save_nifti(tmp_path / "r" / "a.nii.gz", ct)
+    assert _cli(["evaluate", "--pred", str(tmp_path / "p"), "--ref", str(tmp_path / "r")]) == 1
+    assert "holds -1000 to 40, not organ ids 0–8" in capsys.readouterr().err
+    save_nifti(tmp_path / "r" / "a.nii.gz", np.full((4, 4, 3), 9, np.uint8))   # another dataset's ids
+    assert _cli(["evaluate", "--pred", str(tmp_path / "p"), "--ref", str(tmp_path / "r")]) == 1
+    assert "holds 9 to 9, not organ ids" in capsys.readouterr().err
 
 
 def test_bundle_export_is_complete_and_verifies(tmp_path, capsys):

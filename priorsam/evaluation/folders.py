@@ -53,6 +53,20 @@ def organ_names(labels) -> list[str]:
     return [lab.name for lab in sorted(set(chosen), key=lambda lab: lab.id)]
 
 
+def organ_ids_of(values: np.ndarray, path: Path) -> np.ndarray:
+    """A label map's voxels as priorsam's organ ids (uint8), refused in one line when it holds anything else:
+    a CT given by mistake (its HU would wrap around in uint8 and score as labels) or another dataset's ids."""
+    from ..labels import organ_ids
+
+    top = max(organ_ids())
+    finite = np.isfinite(values).all()
+    if not finite or (values != np.round(values)).any() or values.min() < 0 or values.max() > top:
+        span = f"{np.nanmin(values):g} to {np.nanmax(values):g}" if finite else "non-finite values"
+        raise InputError(f"{path}: holds {span}, not organ ids 0–{top} (0 background, 1 spleen … {top} pancreas): "
+                         "not a label map in priorsam's ids")
+    return values.astype(np.uint8)
+
+
 def evaluate_folders(pred: str | Path, ref: str | Path, labels=None) -> tuple[list[dict], list[str]]:
     """(per-case metric dicts, organ names) for every reference case."""
     from ..io import read_label_map
@@ -72,7 +86,7 @@ def evaluate_folders(pred: str | Path, ref: str | Path, labels=None) -> tuple[li
         if p.shape != r.shape or not np.allclose(p.affine, r.affine, atol=1e-3):
             raise InputError(f"case {case}: prediction and reference are on different grids "
                              f"({p.shape} vs {r.shape})")
-        result = evaluate_case(p.array.astype(np.uint8), r.array.astype(np.uint8),
+        result = evaluate_case(organ_ids_of(p.array, preds[case]), organ_ids_of(r.array, refs[case]),
                                [float(s) for s in r.spacing], case)
         result["organs"] = {n: result["organs"][n] for n in names}
         cases.append(result)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -50,10 +51,14 @@ def organ_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) ->
     yp, yg = _as_metric_input(p), _as_metric_input(g)
     dice = DiceMetric(include_background=True, reduction="none")
     out["dice"] = float(dice(yp, yg)[0, 0])
-    hd = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
-    out["hd95_mm"] = float(hd(yp, yg, spacing=[float(s) for s in spacing])[0, 0])
-    hd_vox = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
-    out["hd95_vox"] = float(hd_vox(yp, yg)[0, 0])
+    # MONAI 1.6's own Hausdorff code passes an argument it has deprecated, and every report printed the
+    # deprecation once; nothing for our users to change.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy")
+        hd = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
+        out["hd95_mm"] = float(hd(yp, yg, spacing=[float(s) for s in spacing])[0, 0])
+        hd_vox = HausdorffDistanceMetric(include_background=True, percentile=95, reduction="none")
+        out["hd95_vox"] = float(hd_vox(yp, yg)[0, 0])
     return out
 
 
