@@ -52,9 +52,10 @@ def _output_kind(output: str | os.PathLike) -> str:
     return "dicom_seg" if str(output).lower().endswith(".dcm") else "label_map"
 
 
-def check_outputs(output=None, statistics=None, preview=None) -> None:
-    """Reject unusable output paths before any model work (creates nothing)."""
-    from .io import check_writable
+def check_outputs(output=None, statistics=None, preview=None, inputs=()) -> None:
+    """Reject unusable output paths before any model work (creates nothing), and any that is one of the
+    ``inputs`` files."""
+    from .io import check_not_inputs, check_writable
     from .io.writers import LABEL_MAP_SUFFIXES
 
     if output is not None:
@@ -67,6 +68,7 @@ def check_outputs(output=None, statistics=None, preview=None) -> None:
         check_writable(preview, suffixes=None)
         if not str(preview).lower().endswith(".png"):
             raise InputError(f"{preview}: the preview is written as .png")
+    check_not_inputs((output, statistics, preview), inputs)
 
 
 def as_volume(input, series: str | None = None) -> Volume:
@@ -160,7 +162,7 @@ def segment(input, output: str | os.PathLike | None = None, *, weights: str | os
     """
     from .engine.segment import Segmenter, SegmentOptions
 
-    check_outputs(output, statistics, preview)
+    check_outputs(output, statistics, preview, inputs=(input,) if isinstance(input, (str, os.PathLike)) else ())
     chosen = SegmentOptions(**options)   # checks every value: a bad option fails before a large image is read
     volume = as_volume(input, series)
     if output is not None and _output_kind(output) == "dicom_seg" and volume.source.format != "dicom":

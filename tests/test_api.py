@@ -96,6 +96,22 @@ def test_segment_rejects_unknown_input_types():
         priorsam.segment(3)
 
 
+def test_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, capsys):
+    import priorsam
+    from priorsam.errors import InputError
+
+    ct = save_nifti(tmp_path / "ct.nii.gz", synthetic_ct_array())
+    before = ct.read_bytes()
+    (tmp_path / "link.nii.gz").symlink_to(ct.name)
+    for out in (ct, tmp_path / "link.nii.gz", tmp_path / "sub" / ".." / "ct.nii.gz"):
+        with pytest.raises(InputError, match="is the input ct.nii.gz itself"):
+            priorsam.segment(ct, out)
+    assert _cli(["segment", str(ct), str(tmp_path / "link.nii.gz")]) == 1
+    assert _cli(["segment-box", str(ct), "2,2,1,20,20,3", str(ct)]) == 1
+    assert capsys.readouterr().err.count("writing the result there would destroy it") == 2
+    assert ct.read_bytes() == before and not (tmp_path / "sub").exists()
+
+
 def test_evaluate_cli_per_case_and_mean(tmp_path, capsys):
     """Two cases with known overlaps: Dice and HD95 (mm) from MONAI, per case and as the mean."""
     from priorsam.evaluation import evaluate_case

@@ -155,6 +155,20 @@ def test_discover_folder_nifti_dicom_series_and_exclusions(tmp_path):
     assert {Path(by_id["p1_ct"].path).name, Path(by_id["p1_ct_2"].path).name} == {"ct.nii.gz", "p1_ct.nii"}
 
 
+def test_output_folder_that_is_the_input_folder_does_not_feed_results_back(tmp_path):
+    # A second run into the input folder found the first run's <case>_seg.nii.gz as a case: refused as not CT,
+    # the batch failed (with --force it would have segmented a label map).
+    from priorsam.batch.discover import discover_cases
+
+    save_nifti(tmp_path / "a.nii.gz", synthetic_ct_array((8, 8, 2)))
+    save_nifti(tmp_path / "a_seg.nii.gz", np.zeros((8, 8, 2), np.uint8))
+    (tmp_path / "a_seg.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    assert [c.case_id for c in discover_cases(tmp_path, tmp_path)] == ["a"]
+    # written elsewhere, a file of that name is an input like any other
+    (tmp_path / "a_seg.dcm").unlink()
+    assert [c.case_id for c in discover_cases(tmp_path, tmp_path / "results")] == ["a", "a_seg"]
+
+
 def test_case_list_csv(tmp_path):
     from priorsam.batch.discover import discover_cases, resolve_input_files
     from priorsam.errors import InputError

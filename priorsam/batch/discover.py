@@ -21,6 +21,7 @@ from ..io.readers import is_dicom_file
 log = logging.getLogger("priorsam.batch")
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+LABEL_MAP_OUTPUT, SEG_OUTPUT = "_seg.nii.gz", "_seg.dcm"   # <case><suffix>: what a batch writes per case
 # Series of these modalities are derived objects (maybe our own outputs), not CT to segment.
 NON_IMAGE_MODALITIES = {"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "KO", "REG", "DOC"}
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -99,14 +100,17 @@ def _series_uid_of(p: Path) -> str | None:
 
 
 def _walk(root: Path, exclude: Path | None):
-    """Files under ``root`` in sorted order, skipping hidden entries (our temp files) and ``exclude``."""
+    """Files under ``root`` in sorted order, skipping hidden entries (our temp files) and ``exclude``; where
+    ``exclude`` is ``root`` itself (the output folder is the input folder), the label maps and DICOM SEGs a
+    batch writes there, which are results, not new cases."""
     exclude_r = exclude.resolve() if exclude is not None else None
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
                              and (exclude_r is None or (here / d).resolve() != exclude_r))
+        ours = exclude_r is not None and here.resolve() == exclude_r
         for name in sorted(filenames):
-            if not name.startswith("."):
+            if not name.startswith(".") and not (ours and name.endswith((LABEL_MAP_OUTPUT, SEG_OUTPUT))):
                 yield here / name
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from ..assets import sha256_file
 from ..errors import AssetError, InputError, PriorSAMError
 from . import report
-from .discover import Case, discover_cases, hash_input, partition, resolve_input_files
+from .discover import LABEL_MAP_OUTPUT, SEG_OUTPUT, Case, discover_cases, hash_input, partition, resolve_input_files
 from .lock import FolderLock
 
 log = logging.getLogger("priorsam.batch")
@@ -78,7 +78,7 @@ def remove_stale_temp_files(output: Path) -> list[Path]:
 
 
 def case_paths(output: Path, case_id: str) -> dict[str, Path]:
-    return {"label_map": output / f"{case_id}_seg.nii.gz", "dicom_seg": output / f"{case_id}_seg.dcm",
+    return {"label_map": output / f"{case_id}{LABEL_MAP_OUTPUT}", "dicom_seg": output / f"{case_id}{SEG_OUTPUT}",
             "json": output / f"{case_id}.json"}
 
 

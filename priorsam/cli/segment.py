@@ -44,7 +44,7 @@ def segment_cli(image: str, out: str, device: str = "auto", series: str | None =
 
     options = {"z_stride": z_stride, "encoder_backend": encoder, "tight_fov_mm": tight_fov_mm,
                **parse_options(option)}
-    check_outputs(out, statistics, preview)  # before reading: a bad output path fails first, and fast
+    check_outputs(out, statistics, preview, inputs=(image,))  # before reading: a bad output path fails first, and fast
     SegmentOptions(**options)                # then a bad option value, before the image is read
     image = read_volume(image, series_uid=series, force=force)
     show_warnings(image.warnings)

@@ -42,11 +42,12 @@ def segment_box_cli(image: str, box: str, out: str, space: str = "voxel", label:
     """
     from ..engine.boxes import box_to_display, parse_box
     from ..errors import InputError
-    from ..io import check_writable, read_volume, write_label_map
+    from ..io import check_not_inputs, check_writable, read_volume, write_label_map
     from ..io.checks import show_warnings
     from ..labels import labels
 
     check_writable(out)
+    check_not_inputs((out,), (image, organs))
     parsed = parse_box(box)
     ids = {lab.name: lab.id for lab in labels()}
     label = str(label)

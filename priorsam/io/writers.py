@@ -40,6 +40,18 @@ def check_writable(path: str | Path, suffixes: tuple[str, ...] | None = LABEL_MA
     return p
 
 
+def check_not_inputs(outputs, inputs) -> None:
+    """Refuse an output path that is one of the command's input files (the same file by any path, link or
+    name): writing the result there would destroy the input."""
+    ins = [Path(i) for i in inputs if i is not None and Path(i).is_file()]
+    for out in (Path(o) for o in outputs if o is not None):
+        for inp in ins:
+            same = os.path.samefile(out, inp) if out.exists() else out.resolve() == inp.resolve()
+            if same:
+                raise InputError(f"{out}: is the input {inp.name} itself; writing the result there would destroy "
+                                 "it (choose another output path)")
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temp path beside ``path``; rename it over ``path`` only if the block succeeds."""
