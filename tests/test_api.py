@@ -112,6 +112,16 @@ def test_output_that_is_the_input_is_refused_and_the_input_kept(tmp_path, capsys
     assert ct.read_bytes() == before and not (tmp_path / "sub").exists()
 
 
+def test_a_series_uid_for_an_image_file_is_refused_not_ignored(tmp_path):
+    import priorsam
+    from priorsam.errors import InputError
+
+    ct = save_nifti(tmp_path / "ct.nii.gz", synthetic_ct_array())
+    with pytest.raises(InputError, match="picks one series of a DICOM folder; this input is a single image file"):
+        priorsam.segment(ct, tmp_path / "out.nii.gz", series="1.2.3")
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
 def test_evaluate_cli_per_case_and_mean(tmp_path, capsys):
     """Two cases with known overlaps: Dice and HD95 (mm) from MONAI, per case and as the mean."""
     from priorsam.evaluation import evaluate_case

@@ -60,6 +60,9 @@ def read_volume(path: str | Path, series_uid: str | None = None, check: bool = T
     if p.is_dir():
         return read_dicom_series(p, series_uid, force=force, files=files)
     name = p.name.lower()
+    if series_uid is not None and name.endswith((".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")):
+        # said rather than ignored: whoever gave a series expected a DICOM folder, maybe another input
+        raise InputError(f"{p}: a series UID (--series) picks one series of a DICOM folder; this input is a single image file")
     if name.endswith((".nii", ".nii.gz")):
         return read_nifti(p, check, force)
     if name.endswith((".nrrd", ".nhdr", ".mha", ".mhd")):
