@@ -8,41 +8,37 @@ from typing import Iterable
 from .errors import OptionError
 
 
-def _value(obj, name: str):
-    return getattr(obj, name)
-
-
 def fractions(obj, names: Iterable[str]) -> None:
     """Each named value lies in [0, 1] (a probability, a Dice, an IoU)."""
     for name in names:
-        v = _value(obj, name)
+        v = getattr(obj, name)
         if not 0.0 <= v <= 1.0:
             raise OptionError(f"option {name}: {v!r} must lie between 0 and 1")
 
 
-def at_least(obj, low: float, names: Iterable[str], optional: bool = False) -> None:
-    """Each named value is ≥ ``low`` (None allowed where ``optional``: the automatic choice)."""
+def at_least(obj, low: float, names: Iterable[str], none: str | None = None) -> None:
+    """Each named value is ≥ ``low``; ``none``: what None means where it is allowed (e.g. "automatic")."""
     for name in names:
-        v = _value(obj, name)
-        if v is None and optional:
+        v = getattr(obj, name)
+        if v is None and none:
             continue
         if v is None or not v >= low:
-            raise OptionError(f"option {name}: {v!r} must be ≥ {low:g}" + (" (or none: automatic)" if optional else ""))
+            raise OptionError(f"option {name}: {v!r} must be ≥ {low:g}" + (f" (or none: {none})" if none else ""))
 
 
-def positive(obj, names: Iterable[str], optional: bool = False) -> None:
-    """Each named value is > 0 (None allowed where ``optional``: as the weights were trained)."""
+def positive(obj, names: Iterable[str], none: str | None = None) -> None:
+    """Each named value is > 0; ``none``: what None means where it is allowed (e.g. "as trained")."""
     for name in names:
-        v = _value(obj, name)
-        if v is None and optional:
+        v = getattr(obj, name)
+        if v is None and none:
             continue
         if v is None or not v > 0:
-            raise OptionError(f"option {name}: {v!r} must be above 0" + (" (or none: as trained)" if optional else ""))
+            raise OptionError(f"option {name}: {v!r} must be above 0" + (f" (or none: {none})" if none else ""))
 
 
-def one_of(obj, name: str, choices: Iterable[str], optional: bool = False) -> None:
-    """The named value is one of ``choices`` (None allowed where ``optional``)."""
-    v, choices = _value(obj, name), tuple(choices)
-    if (v is None and optional) or v in choices:
+def one_of(obj, name: str, choices: Iterable[str], none: str | None = None) -> None:
+    """The named value is one of ``choices``; ``none``: what None means where it is allowed."""
+    v, choices = getattr(obj, name), tuple(choices)
+    if (v is None and none) or v in choices:
         return
-    raise OptionError(f"option {name}: {v!r} is not one of {', '.join(choices)}")
+    raise OptionError(f"option {name}: {v!r} is not one of {', '.join(choices)}" + (f" (or none: {none})" if none else ""))

@@ -94,13 +94,13 @@ class SegmentOptions(RefineOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        positive(self, ("spacing_mm", "window_width"), optional=True)
-        at_least(self, 0, ("context",), optional=True)
-        one_of(self, "framing", ("fixed", "upstream"), optional=True)
+        positive(self, ("spacing_mm", "window_width"), none="as trained")
+        at_least(self, 0, ("context",), none="as trained")
+        one_of(self, "framing", ("fixed", "upstream"), none="as trained")
         one_of(self, "encoder_backend", BACKENDS)
         one_of(self, "localiser_interpolation", ("linear", "nearest"))
         at_least(self, 1, ("batch_size",))
-        at_least(self, 1, ("z_stride",), optional=True)
+        at_least(self, 1, ("z_stride",), none="automatic")
         positive(self, ("z_step_mm",))
         fractions(self, ("z_agree_dice", "localiser_agreement", "localiser_veto", "localiser_fill"))
         at_least(self, 0, ("localiser_margin_mm", "localiser_context_mm", "localiser_min_z_mm", "tight_fov_mm"))

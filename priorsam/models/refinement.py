@@ -60,7 +60,7 @@ class RefineOptions:
     def __post_init__(self) -> None:
         fractions(self, ("presence_threshold", "agree_iou", "heads_veto", "heads_fill"))
         at_least(self, 0, ("refine_iterations", "min_pixels", "box_margin", "localiser_box_margin"))
-        at_least(self, 0, ("mask_round",), optional=True)
+        at_least(self, 0, ("mask_round",), none="the last round")
         one_of(self, "box_source", ("localiser", "semantic", "agree"))
         one_of(self, "conflicts", ("binary", "semantic"))
 
