@@ -27,8 +27,9 @@ class Cancelled(PriorSAMError):
 
 
 def one_line_errors(main):
-    """A ``python -m`` entry point's ``main`` that reports a :class:`PriorSAMError` as one ``error: …`` line
-    on stderr and returns 1, as the ``priorsam`` command does, instead of a traceback."""
+    """An entry point's ``main`` (the ``priorsam`` command's, each ``python -m`` tool's) that reports a
+    :class:`PriorSAMError` as one ``error: …`` line on stderr and returns 1, and an interrupt as
+    ``error: interrupted`` and 130, instead of a traceback."""
 
     @functools.wraps(main)
     def run(*args, **kwargs):
@@ -37,5 +38,8 @@ def one_line_errors(main):
         except PriorSAMError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
 
     return run

@@ -16,11 +16,10 @@ from pathlib import Path
 
 from ..assets import sha256_file
 from ..errors import InputError
-from ..io.readers import is_dicom_file
+from ..io.readers import IMAGE_FILE_SUFFIXES, is_dicom_file
 
 log = logging.getLogger("priorsam.batch")
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 LABEL_MAP_OUTPUT, SEG_OUTPUT = "_seg.nii.gz", "_seg.dcm"   # <case><suffix>: what a batch writes per case
 # Series of these modalities are derived objects (maybe our own outputs), not CT to segment.
 NON_IMAGE_MODALITIES = {"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "PR", "KO", "REG", "DOC"}
@@ -45,7 +44,7 @@ class Case:
 
 def _strip_image_suffix(name: str) -> str:
     low = name.lower()
-    for suffix in IMAGE_SUFFIXES:
+    for suffix in IMAGE_FILE_SUFFIXES:
         if low.endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -65,7 +64,7 @@ def scan_dicom(folder: Path, exclude: Path | None = None) -> dict[str, dict]:
 
     series: dict[str, dict] = {}
     for p in _walk(folder, exclude):
-        if p.name.lower().endswith(IMAGE_SUFFIXES) or not is_dicom_file(p):
+        if p.name.lower().endswith(IMAGE_FILE_SUFFIXES) or not is_dicom_file(p):
             continue
         try:
             ds = pydicom.dcmread(p, stop_before_pixels=True,
@@ -130,7 +129,7 @@ def discover_folder(root: Path, exclude: Path | None = None) -> list[Case]:
     """Image files and DICOM series anywhere under ``root`` (``exclude``: the output folder)."""
     cases = []
     for p in _walk(root, exclude):
-        if p.name.lower().endswith(IMAGE_SUFFIXES):
+        if p.name.lower().endswith(IMAGE_FILE_SUFFIXES):
             cases.append(Case(safe_id(_strip_image_suffix(str(p.relative_to(root)))), str(p)))
     series = scan_dicom(root, exclude)
     by_folder: dict[str, list[str]] = {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from ..errors import PriorSAMError
+from ..errors import one_line_errors
 
 # group name -> "module:attribute"; kept lazy so `priorsam --help` does not import torch.
 _GROUPS = {
@@ -31,8 +31,6 @@ def _load(spec: str):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import fire
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("--version", "-V", "version"):
         from ..version import __version__
@@ -43,14 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: priorsam {" + ",".join(_GROUPS) + "} [args]\n  priorsam GROUP --help for details\n"
               "  priorsam --version")
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    try:
-        fire.Fire(_load(_GROUPS[argv[0]]), command=argv[1:], name=f"priorsam {argv[0]}")
-    except PriorSAMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    return _fire(argv)
+
+
+@one_line_errors
+def _fire(argv: list[str]) -> int:
+    import fire
+
+    fire.Fire(_load(_GROUPS[argv[0]]), command=argv[1:], name=f"priorsam {argv[0]}")
     return 0
 
 

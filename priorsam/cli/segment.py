@@ -37,15 +37,15 @@ def segment_cli(image: str, out: str, device: str = "auto", series: str | None =
     from ..api import check_outputs, segment
     from ..engine.option_values import parse_options
     from ..engine.progress import StdoutProgress
+    from ..engine.segment import SegmentOptions
     from ..io import read_volume
     from ..io.checks import show_warnings
 
-    from ..engine.segment import SegmentOptions
-
     options = {"z_stride": z_stride, "encoder_backend": encoder, "tight_fov_mm": tight_fov_mm,
                **parse_options(option)}
-    check_outputs(out, statistics, preview, inputs=(image,))  # before reading: a bad output path fails first, and fast
-    SegmentOptions(**options)                # then a bad option value, before the image is read
+    # Before reading: a bad output path fails first, and fast, then a bad option value.
+    check_outputs(out, statistics, preview, inputs=(image,))
+    SegmentOptions(**options)
     image = read_volume(image, series_uid=series, force=force)
     show_warnings(image.warnings)
     if str(out).lower().endswith(".dcm") and image.source.format == "dicom":

@@ -61,7 +61,7 @@ def organ_ids_of(values: np.ndarray, path: Path) -> np.ndarray:
     top = max(organ_ids())
     finite = np.isfinite(values).all()
     if not finite or (values != np.round(values)).any() or values.min() < 0 or values.max() > top:
-        span = f"{np.nanmin(values):g} to {np.nanmax(values):g}" if finite else "non-finite values"
+        span = f"{values.min():g} to {values.max():g}" if finite else "non-finite values"
         raise InputError(f"{path}: holds {span}, not organ ids 0–{top} (0 background, 1 spleen … {top} pancreas): "
                          "not a label map in priorsam's ids")
     return values.astype(np.uint8)

@@ -12,6 +12,9 @@ from .volume import Source, Volume, canonicalize, nifti_affine_ok
 from .writers import MADE_FOR, MADE_FOR_KEY
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_FILE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES   # the longer of .nii.gz / .nii first, for stripping
 
 
 def read_label_map(path: str | Path) -> Volume:
@@ -60,12 +63,12 @@ def read_volume(path: str | Path, series_uid: str | None = None, check: bool = T
     if p.is_dir():
         return read_dicom_series(p, series_uid, force=force, files=files)
     name = p.name.lower()
-    if series_uid is not None and name.endswith((".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")):
+    if series_uid is not None and name.endswith(IMAGE_FILE_SUFFIXES):
         # said rather than ignored: whoever gave a series expected a DICOM folder, maybe another input
         raise InputError(f"{p}: a series UID (--series) picks one series of a DICOM folder; this input is a single image file")
-    if name.endswith((".nii", ".nii.gz")):
+    if name.endswith(NIFTI_SUFFIXES):
         return read_nifti(p, check, force)
-    if name.endswith((".nrrd", ".nhdr", ".mha", ".mhd")):
+    if name.endswith(ITK_SUFFIXES):
         return read_itk_file(p, "nrrd", check, force)
     if is_dicom_file(p):
         return read_dicom_series(p.parent, series_uid, force=force, files=files)
