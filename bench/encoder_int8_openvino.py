@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -39,10 +38,12 @@ def main(argv=None) -> int:
     import nncf
     import openvino as ov
 
+    from common import machine_info
     from inputs import model_images
     from priorsam.models.cpu_runtime import OpenVinoCompiled
     from priorsam.models.onnx_encoder import export_onnx
 
+    machine = {**machine_info(args.threads), "nncf": nncf.__version__}   # the load average before the runs
     fp32_path = str(export_onnx())
     calib = model_images(48, first=40)          # across the abdomen, none of the timed slices
     test = model_images(16).numpy()             # centred on the labelled organs
@@ -75,12 +76,7 @@ def main(argv=None) -> int:
                      **{name: cosines(ref, outs, k) for k, name in enumerate(("embedding", "skip0", "skip1"))}})
         xml.unlink()
         xml.with_suffix(".bin").unlink()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), [])
-    result = {"machine": f"{cpu}, {args.threads} threads; avx512f={'avx512f' in flags}, "
-                         f"avx512_vnni={'avx512_vnni' in flags}, avx_vnni={'avx_vnni' in flags}; "
-                         f"{platform.python_version()}, openvino {ov.__version__}, nncf {nncf.__version__}",
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
+    result = {"machine": machine, "rows": rows}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
     return 0
