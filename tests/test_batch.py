@@ -169,6 +169,20 @@ def test_output_folder_that_is_the_input_folder_does_not_feed_results_back(tmp_p
     assert [c.case_id for c in discover_cases(tmp_path, tmp_path / "results")] == ["a", "a_seg"]
 
 
+def test_label_maps_priorsam_wrote_are_never_cases(tmp_path):
+    # Results of an earlier run kept under the input folder (another output folder, renamed files) are known by
+    # the header PriorSAM writes, whatever their name.
+    from priorsam.batch.discover import discover_cases
+    from priorsam.io import read_volume, write_label_map
+
+    save_nifti(tmp_path / "a.nii.gz", synthetic_ct_array((8, 8, 2)))
+    vol = read_volume(tmp_path / "a.nii.gz")
+    (tmp_path / "old_run").mkdir()
+    write_label_map(vol, np.zeros(vol.shape, np.uint8), tmp_path / "old_run" / "a_labels.nii.gz")
+    write_label_map(vol, np.zeros(vol.shape, np.uint8), tmp_path / "old_run" / "a_labels.nrrd")
+    assert [c.case_id for c in discover_cases(tmp_path, tmp_path / "new_run")] == ["a"]
+
+
 def test_case_list_csv(tmp_path):
     from priorsam.batch.discover import discover_cases, resolve_input_files
     from priorsam.errors import InputError

@@ -96,6 +96,27 @@ def test_image_datalist_files_and_dicom_folders(tmp_path):
         image_datalist(tmp_path / "missing")
 
 
+def test_image_datalist_leaves_out_label_maps_priorsam_wrote(tmp_path):
+    # With --output_dir equal to --dataset_dir, a second run read the first one's ct_seg.nii.gz as an image,
+    # refused it and exited 1.
+    from priorsam.bundle_support import image_datalist
+    from priorsam.errors import InputError
+    from priorsam.io import read_volume, write_label_map
+
+    save_nifti(tmp_path / "ct.nii.gz", synthetic_ct_array((8, 8, 2)))
+    vol = read_volume(tmp_path / "ct.nii.gz")
+    write_label_map(vol, np.zeros(vol.shape, np.uint8), tmp_path / "ct_seg.nii.gz")
+    save_nifti(tmp_path / "ct_seg_manual.nii.gz", np.zeros((8, 8, 2), np.uint8))   # not ours: an input like any other
+    (tmp_path / "scan.nhdr").write_text("NRRD0004\n")                            # a detached NRRD header counts too
+    assert [Path(i["image"]).name for i in image_datalist(tmp_path)] == ["ct.nii.gz", "ct_seg_manual.nii.gz",
+                                                                         "scan.nhdr"]
+    only_ours = tmp_path / "results"
+    only_ours.mkdir()
+    write_label_map(vol, np.zeros(vol.shape, np.uint8), only_ours / "ct_seg.nii.gz")
+    with pytest.raises(InputError, match="only label maps PriorSAM wrote"):
+        image_datalist(only_ours)
+
+
 def test_labelled_datalist_folder_and_json(tmp_path):
     from priorsam.bundle_support import labelled_datalist
     from priorsam.errors import InputError

@@ -14,6 +14,7 @@ from priorsam.io import from_display, read_label_map, read_volume, to_display, w
 from priorsam.io.volume import display_spacing, to_source_grid
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import save_nifti, synthetic_ct_array  # noqa: E402
 from synthetic_dicom import expected_ras_affine, phantom, rotation, write_series  # noqa: E402
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -242,3 +243,35 @@ def test_sample_dicom_jpeg2000_decodes_like_pydicom(sample):
     check_affine_against_tags(vol)
     positions = [float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]) for f in files]
     assert np.all(np.diff(positions) > 0) or np.all(np.diff(positions) < 0), "slices must be sorted by position"
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_a_label_map_priorsam_wrote_is_known_by_its_header_and_never_segmented(tmp_path, suffix):
+    # A second run into the folder that holds the CT found the first run's result as an image; the "not CT"
+    # check refused it only after reading it all, in words that did not say what it was, and --force
+    # would have segmented it.
+    import itk
+
+    from priorsam.errors import InputError
+    from priorsam.io.readers import label_map_made_by_priorsam
+
+    src = tmp_path / "ct.nii.gz"
+    save_nifti(src, synthetic_ct_array((16, 16, 4)))
+    vol = read_volume(src)
+    out = write_label_map(vol, (vol.array > 0).astype(np.uint8), tmp_path / f"ct_seg{suffix}")
+    assert label_map_made_by_priorsam(out)
+    assert not label_map_made_by_priorsam(src)
+    other = tmp_path / f"manual{suffix}"           # a label map someone else wrote is an ordinary file
+    if suffix == ".nrrd":
+        itk.imwrite(itk.image_from_array(np.zeros((4, 16, 16), np.uint8)), str(other))
+    else:
+        nib.save(nib.Nifti1Image(np.zeros((16, 16, 4), np.uint8), np.eye(4)), str(other))
+    assert not label_map_made_by_priorsam(other)
+    broken = tmp_path / f"broken{suffix}"
+    broken.write_bytes(b"\x1f\x8b not really")
+    assert not label_map_made_by_priorsam(broken)
+    for force in (False, True):
+        with pytest.raises(InputError, match="a label map PriorSAM wrote") as err:
+            read_volume(out, force=force)
+        assert "\n" not in str(err.value)
+    assert read_label_map(out).source.made_from == vol.fingerprint()   # as a label map it reads as before

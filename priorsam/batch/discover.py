@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..assets import sha256_file
 from ..errors import InputError
-from ..io.readers import IMAGE_FILE_SUFFIXES, is_dicom_file
+from ..io.readers import IMAGE_FILE_SUFFIXES, is_dicom_file, label_map_made_by_priorsam
 
 log = logging.getLogger("priorsam.batch")
 
@@ -126,10 +126,14 @@ def _unique(cases: list[Case]) -> list[Case]:
 
 
 def discover_folder(root: Path, exclude: Path | None = None) -> list[Case]:
-    """Image files and DICOM series anywhere under ``root`` (``exclude``: the output folder)."""
+    """Image files and DICOM series anywhere under ``root`` (``exclude``: the output folder). Label maps
+    PriorSAM wrote (results of earlier runs, wherever they were put) are results, not cases: logged and left out."""
     cases = []
     for p in _walk(root, exclude):
         if p.name.lower().endswith(IMAGE_FILE_SUFFIXES):
+            if label_map_made_by_priorsam(p):
+                log.info("left out %s: a label map PriorSAM wrote", p)
+                continue
             cases.append(Case(safe_id(_strip_image_suffix(str(p.relative_to(root)))), str(p)))
     series = scan_dicom(root, exclude)
     by_folder: dict[str, list[str]] = {}

@@ -7,13 +7,16 @@ from any working directory because it is part of the installed package.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from ..errors import InputError
+from ..io.readers import IMAGE_FILE_SUFFIXES, label_map_made_by_priorsam
+
+log = logging.getLogger("priorsam.bundle")
 
 BUNDLE_NAME = "priorsam_abdominal_ct"
-_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 
 
 def _is_our_bundle(folder: Path) -> bool:
@@ -51,7 +54,7 @@ def packaged_bundle() -> Path:
 
 
 def _is_image_file(p: Path) -> bool:
-    return p.is_file() and p.name.lower().endswith(_IMAGE_SUFFIXES)
+    return p.is_file() and p.name.lower().endswith(IMAGE_FILE_SUFFIXES)
 
 
 def _is_dicom_folder(p: Path) -> bool:
@@ -67,7 +70,7 @@ def _is_dicom_folder(p: Path) -> bool:
 def case_name(path: str | os.PathLike) -> str:
     """``/a/case01.nii.gz`` → ``case01``; a DICOM folder → its folder name."""
     name = Path(path).name
-    for suffix in (".nii.gz",) + _IMAGE_SUFFIXES:
+    for suffix in IMAGE_FILE_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -76,7 +79,9 @@ def case_name(path: str | os.PathLike) -> str:
 def image_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
     """``[{"image": path}, ...]`` for every NIfTI/NRRD file and DICOM series folder in ``dataset_dir``.
 
-    ``dataset_dir`` may also be a single image file or a single DICOM series folder.
+    ``dataset_dir`` may also be a single image file or a single DICOM series folder. Label maps PriorSAM
+    wrote are left out (logged): with ``output_dir`` equal to ``dataset_dir`` the results of an earlier run
+    lie beside the CT.
     """
     root = Path(dataset_dir)
     if not root.exists():
@@ -84,8 +89,14 @@ def image_datalist(dataset_dir: str | os.PathLike) -> list[dict]:
     if _is_image_file(root) or _is_dicom_folder(root):
         return [{"image": str(root)}]
     items = [p for p in sorted(root.iterdir()) if _is_image_file(p) or _is_dicom_folder(p)]
+    ours = [p for p in items if p.is_file() and label_map_made_by_priorsam(p)]
+    if ours:
+        log.info("left out %d label map(s) PriorSAM wrote in %s (%s)", len(ours), root,
+                 ", ".join(p.name for p in ours[:3]) + (", ..." if len(ours) > 3 else ""))
+        items = [p for p in items if p not in ours]
     if not items:
-        raise InputError(f"{root}: no NIfTI/NRRD files or DICOM series folders found")
+        raise InputError(f"{root}: no NIfTI/NRRD files or DICOM series folders found"
+                         + (" (only label maps PriorSAM wrote)" if ours else ""))
     names = [case_name(p) for p in items]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

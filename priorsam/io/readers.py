@@ -109,8 +109,11 @@ def read_nifti(p: Path, check: bool = True, force: bool = False) -> Volume:
         data = data[..., 0]
     affine = img.affine.astype(np.float64)
     nifti_affine_ok(affine, str(p))
+    made_from = _made_from(bytes(img.header["descrip"]).split(b"\0")[0].decode("latin-1"))
+    if check:
+        _refuse_our_label_map(p, made_from)
     src = Source(str(p), "nifti", tuple(data.shape), affine, np.zeros((3, 2)), header=img.header.copy(),
-                 made_from=_made_from(bytes(img.header["descrip"]).split(b"\0")[0].decode("latin-1")))
+                 made_from=made_from)
     return canonicalize(data.astype(np.float32, copy=False), affine, src, check, force, warnings)
 
 
@@ -150,8 +153,47 @@ def read_itk_file(p: Path, fmt: str, check: bool = True, force: bool = False) ->
     arr, affine = itk_to_ras(image)
     meta = image.GetMetaDataDictionary()
     made_from = str(meta[MADE_FOR_KEY]) if meta.HasKey(MADE_FOR_KEY) else None
+    if check:
+        _refuse_our_label_map(p, made_from)
     src = Source(str(p), fmt, tuple(arr.shape), affine, np.zeros((3, 2)), made_from=made_from)
     return canonicalize(arr.astype(np.float32, copy=False), affine, src, check, force)
+
+
+def _refuse_our_label_map(p: Path, made_from: str | None) -> None:
+    # The "not CT" check would refuse it too, but only after reading every voxel and in words that do not
+    # say what the file is; even --force must not segment a segmentation.
+    if made_from is not None:
+        raise InputError(f"{p}: a label map PriorSAM wrote (for image {made_from}), not a CT to segment")
+
+
+def label_map_made_by_priorsam(path: str | Path) -> bool:
+    """Whether ``path`` is a label map PriorSAM wrote (its header names the image it was made for), read
+    from the header alone. Discovery skips these: a folder that holds a run's results beside its CT must
+    not have them segmented as new images. A file that cannot be read is not one (its case fails later
+    with the reader's message)."""
+    p = Path(path)
+    name = p.name.lower()
+    try:
+        if name.endswith(NIFTI_SUFFIXES):
+            import nibabel as nib
+
+            from .checks import quiet_nibabel
+
+            with quiet_nibabel():
+                header = nib.load(str(p)).header
+            return _made_from(bytes(header["descrip"]).split(b"\0")[0].decode("latin-1")) is not None
+        if name.endswith(ITK_SUFFIXES):
+            import itk
+
+            io = itk.ImageIOFactory.CreateImageIO(str(p), itk.CommonEnums.IOFileMode_ReadMode)
+            if io is None:
+                return False
+            io.SetFileName(str(p))
+            io.ReadImageInformation()
+            return bool(io.GetMetaDataDictionary().HasKey(MADE_FOR_KEY))
+    except Exception:  # unreadable: not a label map of ours; the reader reports it when the case runs
+        return False
+    return False
 
 
 def _made_from(description: str) -> str | None:
