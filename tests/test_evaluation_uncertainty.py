@@ -43,7 +43,8 @@ def test_the_interval_spans_the_spread_of_the_anatomies_and_is_reproducible():
     assert mean_dice_interval(cases, n_resamples=2000, seed=1) == (mean, low, high)
     wider = mean_dice_interval(cases, confidence=0.99, n_resamples=2000, seed=1)
     assert wider[1] <= low and wider[2] >= high
-    assert mean_dice_interval(cases[:1]) == (0.70, 0.70, 0.70)
+    one = mean_dice_interval(cases[:1])
+    assert one[0] == pytest.approx(0.70) and math.isnan(one[1]) and math.isnan(one[2])   # no interval from one case
     with pytest.raises(ValueError):
         mean_dice_interval([])
 
@@ -68,3 +69,23 @@ def test_the_table_and_the_command(tmp_path, capsys):
     assert main(["--rows", str(tmp_path / "missing.json"), "--run", "r"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(e.startswith("error: ") for e in err)
+
+
+def test_each_organ_gets_the_interval_of_its_mean_and_the_report_shows_them(tmp_path):
+    from priorsam.evaluation.metrics import dice_intervals, summarise, write_report
+
+    # the liver is steady, the pancreas all over the place; the gallbladder is in two cases only
+    cases = [case({"liver": 0.95, "pancreas": 0.2 + 0.15 * i, **({"gallbladder": 0.5} if i < 2 else {})}, f"c{i}")
+             for i in range(5)]
+    ci = dice_intervals(cases, ["liver", "pancreas", "gallbladder"], n_resamples=2000)
+    assert ci["liver"] == pytest.approx((0.95, 0.95))
+    assert ci["pancreas"][0] < 0.5 < ci["pancreas"][1] and ci["pancreas"][1] - ci["pancreas"][0] > 0.2
+    mean = summarise(cases, ["liver", "pancreas", "gallbladder"])["mean"]["dice"]
+    assert ci["mean"][0] < mean < ci["mean"][1]
+    assert dice_intervals(cases, ["liver"], n_resamples=2000) == dice_intervals(cases, ["liver"], n_resamples=2000)
+    assert all(math.isnan(v) for v in dice_intervals(cases[:1], ["liver"])["liver"])
+    md = write_report(cases, tmp_path, names=["liver", "pancreas"])["markdown"].read_text()
+    assert "| organ | cases | Dice | Dice 95 % interval |" in md
+    assert "| liver | 5 | 0.950 | 0.950–0.950 |" in md
+    single = write_report(cases[:1], tmp_path / "one", names=["liver"])["markdown"].read_text()
+    assert "| liver | 1 | 0.950 | n/a |" in single

@@ -13,35 +13,21 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-import numpy as np
-
 from ..config_files import read_json
 from ..errors import InputError, one_line_errors
 from ..labels import labels as label_table
-from .metrics import case_means, summarise
+from .metrics import case_means, dice_intervals, summarise
 
 
 def mean_dice_interval(cases: list[dict], names: Sequence[str] | None = None, confidence: float = 0.95,
                        n_resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
-    """(mean Dice as :func:`~.metrics.summarise` gives it, low, high): the percentile bootstrap interval at
-    ``confidence`` with the cases resampled (deterministic for a ``seed``). One case: the interval is the
-    mean itself."""
-    from scipy.stats import bootstrap
-
+    """(mean Dice as :func:`~.metrics.summarise` gives it, low, high): :func:`~.metrics.dice_intervals`'
+    interval of the mean over organs (NaN under two cases)."""
     names = list(names) if names is not None else [lab.name for lab in label_table()]
     if not cases:
         raise ValueError("no cases to average")
-    mean = summarise(cases, names)["mean"]["dice"]
-    if len(cases) == 1:
-        return mean, mean, mean
-
-    def statistic(idx: np.ndarray) -> float:
-        return summarise([cases[int(i)] for i in idx], names)["mean"]["dice"]
-
-    res = bootstrap((np.arange(len(cases)),), statistic, vectorized=False, paired=False,
-                    confidence_level=confidence, n_resamples=n_resamples, method="percentile",
-                    rng=np.random.default_rng(seed))
-    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
+    low, high = dice_intervals(cases, names, confidence, n_resamples, seed)["mean"]
+    return summarise(cases, names)["mean"]["dice"], low, high
 
 
 def interval_table(rows: list[dict], run: str, settings: Sequence[str] | None = None,
@@ -62,7 +48,8 @@ def interval_table(rows: list[dict], run: str, settings: Sequence[str] | None = 
             continue
         mean, low, high = mean_dice_interval(cases, names, confidence)
         each = [case_means(c, names)["dice"] for c in cases]
-        lines.append(f"| {st} | {len(cases)} | {mean:.3f} | {low:.3f}–{high:.3f} | {min(each):.3f}–{max(each):.3f} |")
+        interval = "n/a" if low != low else f"{low:.3f}–{high:.3f}"   # NaN: a single case
+        lines.append(f"| {st} | {len(cases)} | {mean:.3f} | {interval} | {min(each):.3f}–{max(each):.3f} |")
     return "\n".join(lines) + "\n"
 
 
