@@ -173,6 +173,7 @@ def test_label_maps_priorsam_wrote_are_never_cases(tmp_path):
     # Results of an earlier run kept under the input folder (another output folder, renamed files) are known by
     # the header PriorSAM writes, whatever their name.
     from priorsam.batch.discover import discover_cases
+    from priorsam.errors import InputError
     from priorsam.io import read_volume, write_label_map
 
     save_nifti(tmp_path / "a.nii.gz", synthetic_ct_array((8, 8, 2)))
@@ -181,6 +182,8 @@ def test_label_maps_priorsam_wrote_are_never_cases(tmp_path):
     write_label_map(vol, np.zeros(vol.shape, np.uint8), tmp_path / "old_run" / "a_labels.nii.gz")
     write_label_map(vol, np.zeros(vol.shape, np.uint8), tmp_path / "old_run" / "a_labels.nrrd")
     assert [c.case_id for c in discover_cases(tmp_path, tmp_path / "new_run")] == ["a"]
+    with pytest.raises(InputError, match=r"no NIfTI/NRRD images or DICOM series found \(only 2 label map\(s\) PriorSAM wrote\)"):
+        discover_cases(tmp_path / "old_run")
 
 
 def test_case_list_csv(tmp_path):

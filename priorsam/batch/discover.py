@@ -125,14 +125,17 @@ def _unique(cases: list[Case]) -> list[Case]:
     return sorted(out, key=lambda c: c.case_id)
 
 
-def discover_folder(root: Path, exclude: Path | None = None) -> list[Case]:
+def discover_folder(root: Path, exclude: Path | None = None, left_out: list[Path] | None = None) -> list[Case]:
     """Image files and DICOM series anywhere under ``root`` (``exclude``: the output folder). Label maps
-    PriorSAM wrote (results of earlier runs, wherever they were put) are results, not cases: logged and left out."""
+    PriorSAM wrote (results of earlier runs, wherever they were put) are results, not cases: logged, left out
+    and added to ``left_out`` when given."""
     cases = []
     for p in _walk(root, exclude):
         if p.name.lower().endswith(IMAGE_FILE_SUFFIXES):
             if label_map_made_by_priorsam(p):
                 log.info("left out %s: a label map PriorSAM wrote", p)
+                if left_out is not None:
+                    left_out.append(p)
                 continue
             cases.append(Case(safe_id(_strip_image_suffix(str(p.relative_to(root)))), str(p)))
     series = scan_dicom(root, exclude)
@@ -198,9 +201,11 @@ def discover_cases(input: str | os.PathLike, output: str | os.PathLike | None = 
         if p.suffix.lower() != ".csv":
             raise InputError(f"{p}: batch input must be a folder or a .csv case list")
         return read_case_list(p)
-    cases = discover_folder(p, Path(output) if output is not None else None)
+    ours: list[Path] = []
+    cases = discover_folder(p, Path(output) if output is not None else None, ours)
     if not cases:
-        raise InputError(f"{p}: no NIfTI/NRRD images or DICOM series found")
+        raise InputError(f"{p}: no NIfTI/NRRD images or DICOM series found"
+                         + (f" (only {len(ours)} label map(s) PriorSAM wrote)" if ours else ""))
     return cases
 
 
