@@ -11,6 +11,7 @@ rough; it says how far the mean could move with other anatomies, not where the t
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Sequence
 
 from ..config_files import read_json
@@ -48,7 +49,7 @@ def interval_table(rows: list[dict], run: str, settings: Sequence[str] | None = 
             continue
         mean, low, high = mean_dice_interval(cases, names, confidence)
         each = [case_means(c, names)["dice"] for c in cases]
-        interval = "n/a" if low != low else f"{low:.3f}–{high:.3f}"   # NaN: a single case
+        interval = "n/a" if math.isnan(low) else f"{low:.3f}–{high:.3f}"   # NaN: a single case
         lines.append(f"| {st} | {len(cases)} | {mean:.3f} | {interval} | {min(each):.3f}–{max(each):.3f} |")
     return "\n".join(lines) + "\n"
 

@@ -160,8 +160,8 @@ def read_itk_file(p: Path, fmt: str, check: bool = True, force: bool = False) ->
 
 
 def _refuse_our_label_map(p: Path, made_from: str | None) -> None:
-    # The "not CT" check would refuse it too, but only after reading every voxel and in words that do not
-    # say what the file is; even --force must not segment a segmentation.
+    # The "not CT" check would refuse it too, but in words that do not say what the file is, and --force
+    # would then segment a segmentation.
     if made_from is not None:
         raise InputError(f"{p}: a label map PriorSAM wrote (for image {made_from}), not a CT to segment")
 
