@@ -141,7 +141,8 @@ def test_evaluate_cli_per_case_and_mean(tmp_path, capsys):
         truth[case] = evaluate_case(p, r, (1.5, 1.5, 3.0), case)
     assert _cli(["evaluate", "--pred", str(pred), "--ref", str(ref), "--labels", "liver,spleen",
                  "--out", str(out)]) == 0
-    capsys.readouterr()
+    printed = capsys.readouterr().out
+    assert "mean_dice_95_interval" in printed       # two cases: the mean's bootstrap interval is given
     rows = list(csv.DictReader(open(out / "metrics_per_case.csv")))
     assert {(r["case"], r["organ"]) for r in rows} == {(c, o) for c in ("c1", "c2") for o in ("spleen", "liver")}
     c2_liver = next(r for r in rows if r["case"] == "c2" and r["organ"] == "liver")
