@@ -113,10 +113,14 @@ def dice_intervals(cases: list[dict], names: Sequence[str] | None = None, confid
         both = np.concatenate([organ, np.nanmean(organ, axis=-1, keepdims=True)], axis=-1)
         return np.moveaxis(both, -1, 0)                     # (organs + 1, ...)
 
+    # All resamples at once hold n_resamples × cases × organs values several times over (650 MB for 300
+    # cases); in batches of about 4 million values a cohort of any size stays small, with the same interval.
+    batch = max(1, int(4e6 // dice.size))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)     # "mean of empty slice": an organ absent from a draw
         ci = bootstrap(tuple(dice.T), statistic, paired=True, vectorized=True, confidence_level=confidence,
-                       n_resamples=n_resamples, method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+                       n_resamples=n_resamples, batch=batch if batch < n_resamples else None,
+                       method="percentile", rng=np.random.default_rng(seed)).confidence_interval
     keys = names + ["mean"]
     return {k: (float(lo), float(hi)) for k, lo, hi in zip(keys, ci.low, ci.high)}
 
