@@ -173,3 +173,49 @@ def test_profile_call_names_the_functions_that_took_the_time(tmp_path):
     assert profile_call(slow_part, tmp_path / "p.txt", "a title", restrict="slow_part") > 0
     text = (tmp_path / "p.txt").read_text()
     assert text.startswith("# a title\n# ") and "slow_part" in text and "cumulative" in text
+
+
+def test_localiser_scales_wrapper_keeps_the_grid_and_the_single_scale_answer():
+    import torch
+
+    import localiser_scales
+
+    class Pointwise:
+        """A stand-in localiser whose class logits are a voxel's own two input channels: any resize of its
+        input shows up in its output, so the wrapper's resize-and-back can be checked exactly."""
+        num_classes, spacing_mm, windows, min_shape = 2, 4.0, [(40.0, 400.0), (0.0, 2000.0)], (48, 48, 48)
+
+        def prepare(self, hu):
+            return hu
+
+        def __call__(self, x):
+            return x.clone()
+
+    x = torch.zeros(1, 2, 48, 56, 64)
+    x[:, 0, 10:30, 12:40, 20:50] = 10.0         # a box of class 0 inside background 1
+    x[:, 1] = 10.0 - x[:, 0]
+    net = Pointwise()
+    same = localiser_scales.ScaledPasses(net, [1.0])(x).exp()
+    assert torch.allclose(same, net(x).softmax(1))
+    several = localiser_scales.ScaledPasses(net, [0.85, 1.0, 1.15])(x).exp()
+    assert several.shape == x.shape
+    assert torch.allclose(several.sum(1), torch.ones(1, 48, 56, 64), atol=1e-5)
+    # Deep inside the box and far outside it every scale agrees; only the boundary is averaged.
+    assert several[0, 0, 20, 26, 35] > 0.99 and several[0, 0, 44, 4, 4] < 0.01
+
+
+def test_tight_field_hybrid_takes_the_localiser_for_organs_at_the_edge():
+    import numpy as np
+
+    import tight_field_hybrid
+
+    loc = np.zeros((6, 6, 2), np.uint8)
+    loc[0:2, 2:4] = 1                 # organ 1 reaches the first row: cut by the field
+    loc[2:4, 2:4] = 2                 # organ 2 lies inside
+    per_slice = np.zeros_like(loc)
+    per_slice[1:3, 2:4] = 1           # the per-slice model's organ 1, shifted inwards
+    per_slice[3:5, 2:4] = 2
+    assert tight_field_hybrid.touching_edge(loc) == [1]
+    out = tight_field_hybrid.hybrid(per_slice, loc, [1])
+    assert (out[0:2, 2:4] == 1).all() and (out[2, 2:4] == 0).all()   # organ 1 is the localiser's, only there
+    assert (out[3:5, 2:4] == 2).all() and (out[2:4, 2:4] != 2).sum() == 4   # organ 2 stays the per-slice one
