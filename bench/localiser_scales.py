@@ -72,8 +72,7 @@ def main(argv=None) -> int:
     from priorsam.evaluation.anatomy_holdout import _localiser_only, rendered
 
     base = Segmenter(a.weights, "cpu", SegmentOptions())
-    shifted = Segmenter(a.weights, "cpu", SegmentOptions(localiser_shifts=4))
-    shifted.model = base.model
+    shifted = Segmenter(model=base.model, device="cpu", options=SegmentOptions(localiser_shifts=4))
     network = base.model.localiser
     candidates = {name: [float(v) for v in spec.split(",")]
                   for name, spec in (c.split("=", 1) for c in a.candidates)}
