@@ -10,7 +10,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from ..errors import InputError
-from ..evaluation.metrics import evaluate_case, summarise, write_report
+from ..evaluation.metrics import evaluate_case, write_report
 from ..labels import mapping, organ_ids, remap
 from .io_transforms import to_numpy
 from .paths import case_name
@@ -84,6 +84,6 @@ class CaseMetricsHandler:
             engine.logger.info(f"{name}: mean Dice {np.mean(dice) if dice else float('nan'):.3f} over {len(dice)} organs")
 
     def _report(self, engine) -> None:
-        paths = write_report(self.cases, self.output_dir, self.title, self.note)
-        self.summary = summarise(self.cases)
-        engine.logger.info(f"evaluation report: {paths['markdown']} (mean Dice {self.summary['mean']['dice']:.3f})")
+        report = write_report(self.cases, self.output_dir, self.title, self.note)
+        self.summary = report["summary"]
+        engine.logger.info(f"evaluation report: {report['markdown']} (mean Dice {self.summary['mean']['dice']:.3f})")

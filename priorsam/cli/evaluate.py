@@ -17,17 +17,17 @@ def evaluate_cli(pred: str, ref: str, labels=None, out: str = "evaluation"):
         out: folder for metrics_per_case.csv and report.md.
     """
     from ..evaluation.folders import evaluate_folders
-    from ..evaluation.metrics import case_means, dice_intervals, summarise, write_report
+    from ..evaluation.metrics import case_means, write_report
 
     cases, names = evaluate_folders(pred, ref, labels)
-    paths = write_report(cases, out, title="PriorSAM evaluation", names=names, per_case=True,
-                         note=f"Predictions `{pred}`, references `{ref}`.")
-    s = summarise(cases, names)
+    report = write_report(cases, out, title="PriorSAM evaluation", names=names, per_case=True,
+                          note=f"Predictions `{pred}`, references `{ref}`.")
+    s = report["summary"]
     r = lambda v, d: None if np.isnan(v) else round(float(v), d)  # noqa: E731 - JSON-friendly rounding
-    low, high = dice_intervals(cases, names)["mean"]
+    low, high = report["intervals"]["mean"]
     return {"cases": len(cases), "organs": names,
             "mean_dice": r(s["mean"]["dice"], 4),
             "mean_dice_95_interval": None if np.isnan(low) else [r(low, 4), r(high, 4)],
             "mean_hd95_mm": r(s["mean"]["hd95_mm"], 2),
             "per_case_dice": {c["case"]: r(case_means(c, names)["dice"], 4) for c in cases},
-            "csv": str(paths["csv"]), "markdown": str(paths["markdown"])}
+            "csv": str(report["csv"]), "markdown": str(report["markdown"])}

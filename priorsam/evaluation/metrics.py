@@ -135,10 +135,12 @@ def case_means(case: dict, names: Sequence[str]) -> dict:
 
 
 def write_report(cases: list[dict], out_dir: str | Path, title: str = "PriorSAM evaluation",
-                 note: str = "", names: Sequence[str] | None = None, per_case: bool = False) -> dict[str, Path]:
+                 note: str = "", names: Sequence[str] | None = None, per_case: bool = False) -> dict:
     """Write ``metrics_per_case.csv`` and ``report.md`` (per-organ table + conventions) into ``out_dir``.
 
     ``names`` restricts the organs (default: all); ``per_case`` adds a table of each case's mean Dice and HD95.
+    Returns the two paths (``csv``, ``markdown``) and what the report shows: ``summary`` (:func:`summarise`)
+    and ``intervals`` (:func:`dice_intervals`), so a caller that prints them does not bootstrap again.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,4 +183,4 @@ def write_report(cases: list[dict], out_dir: str | Path, title: str = "PriorSAM 
             lines.append(f"| {c['case']} | {_fmt(cm['dice'], 3)} | {_fmt(cm['hd95_mm'], 1)} |")
     md_path = out / "report.md"
     md_path.write_text("\n".join(lines) + "\n")
-    return {"csv": csv_path, "markdown": md_path}
+    return {"csv": csv_path, "markdown": md_path, "summary": s, "intervals": ci}
