@@ -1,6 +1,7 @@
-"""`priorsam segment` on the 512×512×150 volume: the shipped weights (with the 3D localiser) against the
-previous one-scan weights, end to end through the CLI in fresh processes; wall, CPU seconds, peak RSS,
-mean Dice against the volume's labels, and what the localiser reported (seconds, skipped slices).
+"""`priorsam segment` on the 512×512×150 volume: the shipped weights (with the 3D localiser) against
+earlier weights (default: the one-scan weights), end to end through the CLI in fresh processes; wall, CPU
+seconds, peak RSS, mean Dice against the volume's labels, and what the localiser reported (seconds, skipped
+slices).
 
     python bench/localiser_speed.py [--runs-new 2] [--runs-old 1] [--previous WEIGHTS] [--out bench/results]
 
