@@ -153,3 +153,32 @@ def test_a_localiser_only_row_where_the_localiser_gives_nothing_scores_nothing()
     row = _localiser_only(Segmenter(None, "cpu"), vol, pp.ours, pp.supported(), "p")
     assert not row["localiser"]["usable"] and "too thin" in row["localiser"]["reason"]
     assert row["organs"]["aorta"]["dice"] == 0.0 and row["organs"]["aorta"]["missed"]   # the one organ in it
+
+
+def test_the_hd95_tables_give_each_organ_and_count_the_cases_a_run_missed():
+    """A missed organ has no distance: it is left out of that organ's mean HD95 and said in the cell."""
+    from priorsam.evaluation.anatomy_holdout import hd95_tables
+    from priorsam.labels import labels as label_table
+
+    nan = float("nan")
+
+    def row(case, liver_hd, liver_missed):
+        organs = {lab.name: {"dice": nan, "hd95_mm": nan, "hd95_vox": nan, "gt_voxels": 0, "pred_voxels": 0,
+                             "missed": False, "false_positive": False} for lab in label_table()}
+        organs["liver"] = {"dice": 0.0 if liver_missed else 0.9, "hd95_mm": liver_hd, "hd95_vox": liver_hd,
+                           "gt_voxels": 100, "pred_voxels": 0 if liver_missed else 100, "missed": liver_missed,
+                           "false_positive": False}
+        organs["spleen"] = {**organs["liver"], "dice": 0.8, "hd95_mm": 2.0 + len(case), "missed": False}
+        return {"run": "r", "case": case, "setting": "native", "organs": organs}
+
+    md = hd95_tables([row("a", 4.0, False), row("bb", 8.0, False), row("ccc", nan, True)], ["r"],
+                     ["native", "arterial"])
+    lines = [ln for ln in md.splitlines() if ln.startswith("| native")]
+    assert len(lines) == 1 and "arterial" not in md                      # a setting without rows is left out
+    cells = [c.strip() for c in lines[0].strip("|").split("|")]
+    names = [lab.name for lab in label_table()]
+    assert cells[1] == "3"
+    assert cells[2 + names.index("liver")] == "6.0 (1 missed)"            # mean of 4 and 8; the miss counted
+    assert cells[2 + names.index("spleen")] == "4.0"                     # (3 + 4 + 5) / 3
+    assert cells[2 + names.index("aorta")] == "–"                        # no case holds it
+    assert cells[-1] == "5.0"                                           # mean over the organs that have one

@@ -253,6 +253,32 @@ def tables(rows: list[dict], runs: list[str], settings: list[str]) -> str:
     return "\n".join(lines)
 
 
+def hd95_tables(rows: list[dict], runs: list[str], settings: list[str]) -> str:
+    """Per run, the HD95 in mm of each organ per setting: the mean over the cases that hold the organ and where
+    the run drew it (``summarise``'s averaging); a cell says how many of those cases the run missed, which have
+    no distance and are left out of its mean (their Dice, 0, is in :func:`tables`)."""
+    from ..labels import labels as label_table
+
+    organs = [lab.name for lab in label_table()]
+    lines = []
+    for run in runs:
+        lines += [f"### {run}: HD95 (mm) per organ", "", "| setting | cases | " + " | ".join(organs)
+                  + " | mean HD95 mm |", "|---|---|" + "---|" * (len(organs) + 1)]
+        for st in settings:
+            cs = [{"case": r["case"], "organs": r["organs"]} for r in rows if r["run"] == run and r["setting"] == st]
+            if not cs:
+                continue
+            s = summarise(cs, organs)
+            cells = []
+            for o in organs:
+                v, missed = s["organs"][o]["hd95_mm"], s["organs"][o]["missed"]
+                cell = "–" if np.isnan(v) else f"{v:.1f}"
+                cells.append(cell + (f" ({missed} missed)" if missed else ""))
+            lines.append(f"| {st} | {len(cs)} | " + " | ".join(cells) + f" | {s['mean']['hd95_mm']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def _setting(text: str) -> str:
     try:
         parse_setting(text)
@@ -287,7 +313,8 @@ def main(argv=None) -> int:
     rows = measure(a.bank, runs, cases, a.settings, partial=out.with_suffix(".partial.json"))
     out.with_suffix(".json").write_text(json.dumps({"cases": cases, "settings": a.settings, "runs": runs,
                                                    "rows": rows}, indent=1))
-    md = tables(rows, [r["name"] for r in runs], a.settings)
+    names = [r["name"] for r in runs]
+    md = tables(rows, names, a.settings) + "\n" + hd95_tables(rows, names, a.settings)
     out.with_suffix(".md").write_text(md)
     print(md)
     return 0
