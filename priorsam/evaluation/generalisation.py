@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import time
 from pathlib import Path
 
@@ -56,15 +57,25 @@ def _run_key(run: dict) -> str:
 
 
 def measure(runs: list[dict], validation: Path | None, device: str = "cpu", train_case: bool = True,
-            log=print, previous: dict | None = None) -> list[dict]:
+            log=print, previous: dict | None = None, only: list[str] | None = None) -> list[dict]:
     """Measure each run; ``previous`` maps run keys to stored rows (same weights and options) to reuse.
 
     A stored row stamped with another version of the library's code (``code``) is measured again; a row
-    stored before rows were stamped is reused, and the log says so (``--fresh`` re-measures it)."""
+    stored before rows were stamped is reused, and the log says so (``--fresh`` re-measures it).
+    ``only``: the names of the runs to measure; every other run's stored row is kept as it was measured,
+    whatever code it was measured with (adding one row to a long report costs one row's measurement)."""
     from ..version import source_digest
 
     memo: dict = {}
     previous = previous or {}
+    if only is not None:
+        unknown = sorted(set(only) - {r["name"] for r in runs})
+        if unknown:
+            raise InputError(f"--only names runs the runs file does not have: {', '.join(unknown)}")
+        lacking = [r["name"] for r in runs if r["name"] not in only and _run_key(r) not in previous]
+        if lacking:
+            raise InputError(f"run {lacking[0]!r} has no stored result to keep (stored rows are matched by name, "
+                             f"weights and options); measure it too or leave it out of the runs file")
     code = source_digest()
     val = _validation_case(validation) if validation is not None and validation.is_dir() else None
     train = None
@@ -79,6 +90,10 @@ def measure(runs: list[dict], validation: Path | None, device: str = "cpu", trai
         # A stored row is reused part by part: only what it lacks (e.g. a run first measured with
         # --no-train-case) is measured now.
         stored = previous.get(key, {})
+        if only is not None and run["name"] not in only:
+            results.append({**stored, **row})
+            log(f"[generalisation] {run['name']}: kept as stored (--only)")
+            continue
         if stored.get("code", code) != code:
             log(f"[generalisation] {run['name']}: stored result measured with other code; measuring again")
             stored = {}
@@ -117,6 +132,20 @@ def _f(v, d=3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{d}f}"
 
 
+TABLE_END_HEADING = "Training-scan Dice per organ:"
+
+
+def notes_of(report: str) -> str:
+    """The hand-written part of an earlier report: everything after the tool's last table (empty if none)."""
+    lines = report.split("\n")
+    if TABLE_END_HEADING not in lines:
+        return ""
+    j = lines.index(TABLE_END_HEADING) + 1
+    while j < len(lines) and (not lines[j].strip() or lines[j].startswith("|")):
+        j += 1
+    return "\n".join(lines[j:]).strip()
+
+
 def render(results: list[dict], command: str, notes: str = "") -> str:
     names = [lab.name for lab in label_table()]
     lines = [
@@ -140,7 +169,7 @@ def render(results: list[dict], command: str, notes: str = "") -> str:
     for r in results:
         lines.append(f"| {r['name']} | {r['what']} | {_f(r.get('val_liver_dice'))} | {_f(r.get('val_liver_hd95_mm'), 1)} | "
                      f"{_f(r.get('train_mean_dice'))} | {_f(r.get('train_mean_hd95_mm'), 1)} |")
-    lines += ["", "Training-scan Dice per organ:", "",
+    lines += ["", TABLE_END_HEADING, "",
               "| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for r in results:
         organs = r.get("train_organs", {})
@@ -157,7 +186,10 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="docs/generalisation.md")
     ap.add_argument("--validation", default=str(DEFAULT_VALIDATION))
     ap.add_argument("--no-train-case", action="store_true")
-    ap.add_argument("--notes", default=None, help="markdown file appended to the report")
+    ap.add_argument("--notes", default=None, help="markdown file appended to the report (default: the notes "
+                                                  "that follow the tables in OUT, kept)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                    help="measure only these runs; keep every other run's stored result as it was measured")
     ap.add_argument("--fresh", action="store_true", help="re-measure runs already stored in OUT.json")
     args = ap.parse_args(argv)
     runs = read_json(args.runs, "runs file")
@@ -168,9 +200,12 @@ def main(argv=None) -> None:
     out = Path(args.out)
     stored = out.with_suffix(".json")
     previous = {r["key"]: r for r in json.loads(stored.read_text())} if stored.is_file() and not args.fresh else {}
-    results = measure(runs, Path(args.validation), train_case=not args.no_train_case, previous=previous)
+    results = measure(runs, Path(args.validation), train_case=not args.no_train_case, previous=previous,
+                      only=args.only)
     command = "python -m priorsam.evaluation.generalisation --runs " + args.runs
-    notes = Path(args.notes).read_text() if args.notes else ""
+    if args.only:
+        command += " --only " + " ".join(shlex.quote(n) for n in args.only)
+    notes = Path(args.notes).read_text() if args.notes else (notes_of(out.read_text()) if out.is_file() else "")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".part")
     tmp.write_text(render(results, command, notes))
