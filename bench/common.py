@@ -21,6 +21,20 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 
 
+def crop_parser(doc: str):
+    """The command line of the tight-field comparisons: a bank, the weights, dev or held-out cases, the
+    ``anatomy_holdout`` settings (the 150 mm CTA crop unless told) and the rows file to write."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--bank", required=True)
+    ap.add_argument("--weights", default="bundle/models/model.pt")
+    ap.add_argument("--cases", nargs="+", required=True)
+    ap.add_argument("--settings", nargs="+", default=["cta_crop"])
+    ap.add_argument("--out", required=True)
+    return ap
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

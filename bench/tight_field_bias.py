@@ -9,12 +9,15 @@ shifted passes), and its answer is relabelled for each alpha; alpha 1 must equal
 """
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import crop_parser  # noqa: E402
 
 
 def weighted_labels(scores: np.ndarray, shape, alpha: float) -> np.ndarray:
@@ -28,13 +31,8 @@ def weighted_labels(scores: np.ndarray, shape, alpha: float) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bank", required=True)
-    ap.add_argument("--weights", default="bundle/models/model.pt")
-    ap.add_argument("--cases", nargs="+", required=True)
-    ap.add_argument("--settings", nargs="+", default=["cta_crop"])
+    ap = crop_parser(__doc__)
     ap.add_argument("--alphas", nargs="+", type=float, default=[1.0, 1.5, 2.0])
-    ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
 
     from priorsam.engine.segment import SegmentOptions, Segmenter

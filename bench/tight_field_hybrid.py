@@ -10,12 +10,15 @@ rows have ``anatomy_holdout``'s format, runs L, P and H, each with the organs th
 """
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import crop_parser  # noqa: E402
 
 
 def touching_edge(labels: np.ndarray) -> list[int]:
@@ -35,12 +38,7 @@ def hybrid(per_slice: np.ndarray, localiser: np.ndarray, edge: list[int]) -> np.
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bank", required=True)
-    ap.add_argument("--weights", default="bundle/models/model.pt")
-    ap.add_argument("--cases", nargs="+", required=True)
-    ap.add_argument("--settings", nargs="+", default=["cta_crop"])
-    ap.add_argument("--out", required=True)
+    ap = crop_parser(__doc__)
     a = ap.parse_args(argv)
 
     from priorsam.engine.segment import Segmenter, SegmentOptions
