@@ -219,3 +219,21 @@ def test_tight_field_hybrid_takes_the_localiser_for_organs_at_the_edge():
     out = tight_field_hybrid.hybrid(per_slice, loc, [1])
     assert (out[0:2, 2:4] == 1).all() and (out[2, 2:4] == 0).all()   # organ 1 is the localiser's, only there
     assert (out[3:5, 2:4] == 2).all() and (out[2:4, 2:4] != 2).sum() == 4   # organ 2 stays the per-slice one
+
+
+def test_the_feature_head_keeps_the_stacks_shape_and_its_loss_learns_the_labels():
+    """bench/localiser_feature_head.py's 3D head over stacked encoder embeddings: (B, 256, Z, H, W) → (B, 9,
+    Z, H, W); its loss is finite with organs absent from a crop, and lower for logits that are the labels."""
+    import torch
+
+    import localiser_feature_head as fh
+
+    head = fh.FeatureHead()
+    out = head(torch.zeros(1, 256, 5, 12, 12))
+    assert out.shape == (1, 9, 5, 12, 12)
+    labels = torch.zeros(1, 5, 12, 12, dtype=torch.long)
+    labels[0, 1:3, 4:8, 4:8] = 5                                     # one organ in the crop, the others absent
+    perfect = torch.nn.functional.one_hot(labels, 9).permute(0, 4, 1, 2, 3).float() * 20
+    assert torch.isfinite(fh._loss(out, labels)) and fh._loss(perfect, labels) < fh._loss(out, labels)
+    cells = fh._Cells(labels[0].numpy())
+    assert torch.equal(cells(None).argmax(1), labels)
