@@ -227,6 +227,14 @@ def _localiser_only(seg: Segmenter, vol: Volume, gt: np.ndarray, support: np.nda
                       (loc_net.spacing_mm,) * 3, cid), "localiser": res.summary()}
 
 
+def _per_setting(rows: list[dict], run: str, settings: list[str], organs: list[str]):
+    """For each setting the run has rows in: (setting, its rows, ``summarise`` over them)."""
+    for st in settings:
+        mine = [r for r in rows if r["run"] == run and r["setting"] == st]
+        if mine:
+            yield st, mine, summarise([{"case": r["case"], "organs": r["organs"]} for r in mine], organs)
+
+
 def tables(rows: list[dict], runs: list[str], settings: list[str]) -> str:
     from ..labels import labels as label_table
 
@@ -236,18 +244,12 @@ def tables(rows: list[dict], runs: list[str], settings: list[str]) -> str:
         lines += [f"### {run}", "", "| setting | cases | " + " | ".join(organs)
                   + " | mean Dice | mean HD95 mm | mean Dice, all voxels |",
                   "|---|---|" + "---|" * (len(organs) + 3)]
-        for st in settings:
-            cs = [{"case": r["case"], "organs": r["organs"]} for r in rows if r["run"] == run and r["setting"] == st]
-            n_cases = len(cs)
-            if not cs:
-                continue
-            s = summarise(cs, organs)
-            every = [r["dice_all_voxels"] for r in rows if r["run"] == run and r["setting"] == st
-                     and "dice_all_voxels" in r]
+        for st, mine, s in _per_setting(rows, run, settings, organs):
+            every = [r["dice_all_voxels"] for r in mine if "dice_all_voxels" in r]
             # Same averaging as the main figure: per organ over cases, then over organs.
             all_mean = (f"{np.nanmean([np.nanmean([e[o] for e in every]) for o in organs]):.3f}"
-                        if len(every) == n_cases else "–")
-            lines.append(f"| {st} | {n_cases} | " + " | ".join(f"{s['organs'][o]['dice']:.3f}" for o in organs)
+                        if len(every) == len(mine) else "–")
+            lines.append(f"| {st} | {len(mine)} | " + " | ".join(f"{s['organs'][o]['dice']:.3f}" for o in organs)
                          + f" | **{s['mean']['dice']:.3f}** | {s['mean']['hd95_mm']:.1f} | {all_mean} |")
         lines.append("")
     return "\n".join(lines)
@@ -264,17 +266,12 @@ def hd95_tables(rows: list[dict], runs: list[str], settings: list[str]) -> str:
     for run in runs:
         lines += [f"### {run}: HD95 (mm) per organ", "", "| setting | cases | " + " | ".join(organs)
                   + " | mean HD95 mm |", "|---|---|" + "---|" * (len(organs) + 1)]
-        for st in settings:
-            cs = [{"case": r["case"], "organs": r["organs"]} for r in rows if r["run"] == run and r["setting"] == st]
-            if not cs:
-                continue
-            s = summarise(cs, organs)
+        for st, mine, s in _per_setting(rows, run, settings, organs):
             cells = []
             for o in organs:
                 v, missed = s["organs"][o]["hd95_mm"], s["organs"][o]["missed"]
-                cell = "–" if np.isnan(v) else f"{v:.1f}"
-                cells.append(cell + (f" ({missed} missed)" if missed else ""))
-            lines.append(f"| {st} | {len(cs)} | " + " | ".join(cells) + f" | {s['mean']['hd95_mm']:.1f} |")
+                cells.append(("–" if np.isnan(v) else f"{v:.1f}") + (f" ({missed} missed)" if missed else ""))
+            lines.append(f"| {st} | {len(mine)} | " + " | ".join(cells) + f" | {s['mean']['hd95_mm']:.1f} |")
         lines.append("")
     return "\n".join(lines)
 
