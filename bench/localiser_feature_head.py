@@ -160,7 +160,7 @@ def train(a) -> None:
 
 
 @torch.inference_mode()
-def head_labels(head: FeatureHead, feats: np.ndarray, idx: np.ndarray, framed, shape) -> np.ndarray:
+def head_labels(head: nn.Module, feats: np.ndarray, idx: np.ndarray, framed) -> np.ndarray:
     """The head's argmax on the volume's grid (X, Y, Z): logits interpolated along z to every slice, in-plane
     to the model frame, then back through the frame to the slice grid."""
     from priorsam.io import from_display
@@ -215,8 +215,8 @@ def evaluate(a) -> None:
         z = np.load(Path(a.feats) / f"{cid}_{setting}.npz")
         seg = refs["SegResNet localiser, bundle 0.8.0"]
         framed = FramedVolume.from_volume(vol, seg.framing())
-        answers = {name: head_labels(head, z["feats"], z["idx"], framed, vol.shape),
-                   CEILING: head_labels(_Cells(z["labels"]), z["feats"], z["idx"], framed, vol.shape)}
+        answers = {name: head_labels(head, z["feats"], z["idx"], framed),
+                   CEILING: head_labels(_Cells(z["labels"]), z["feats"], z["idx"], framed)}
         for ref, rseg in refs.items():
             loc = rseg.localise(vol, shifts=4 if setting == "cta_crop" else 1)
             answers[ref] = loc.labels_on(vol.shape, "linear") if loc.usable else np.zeros_like(gt)

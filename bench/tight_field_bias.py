@@ -3,8 +3,9 @@ highest score is taken (bench/results/tight_field_bias_decision.md).
 
     python bench/tight_field_bias.py --bank BANK --cases btcv_0001 ... --out ROWS.json [--alphas 1 1.5 2]
 
-Per volume the engine locates the organs once, as it does on a tight field (``Segmenter.locate``: four
-shifted passes), and its answer is relabelled for each alpha; alpha 1 must equal the engine's own answer
+Per volume the engine segments it as usual (a tight field: the localiser's masks), and the localiser's result
+is taken again the way the engine takes it (``Segmenter.locate``: four shifted passes; a second pass, since
+the engine keeps only the labels) and relabelled for each alpha; alpha 1 must equal the engine's answer
 (checked). Rows have ``anatomy_holdout``'s format, one run per alpha ("alpha=1.5").
 """
 from __future__ import annotations
