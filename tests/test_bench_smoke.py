@@ -237,3 +237,40 @@ def test_the_feature_head_keeps_the_stacks_shape_and_its_loss_learns_the_labels(
     assert torch.isfinite(fh._loss(out, labels)) and fh._loss(perfect, labels) < fh._loss(out, labels)
     cells = fh._Cells(labels[0].numpy())
     assert torch.equal(cells(None).argmax(1), labels)
+
+
+def test_validation_box_ceiling_prompts_with_the_references_own_box():
+    """bench/validation_box_ceiling.py: a decoder that draws exactly its box returns, in both framings and on the
+    volume's own axes, the reference organ's box grown by the margin, only in the slices that hold the organ."""
+    import types
+
+    import numpy as np
+    import torch
+
+    import validation_box_ceiling as vbc
+    from priorsam.data.framed_volume import Framing
+    from priorsam.io import Volume
+    from priorsam.io.volume import Source
+
+    arr = np.full((96, 80, 4), -1000.0, np.float32)
+    arr[10:86, 8:72, :] = 40.0                                        # a trunk, so the fixed frame finds a centre
+    ras = np.diag([2.0, 2.0, 3.0, 1.0])
+    vol = Volume(arr, ras, Source("synthetic", "nifti", arr.shape, ras, np.eye(3)))
+    organ = np.zeros(arr.shape, bool)
+    organ[30:51, 20:41, 1:3] = True                                   # a 42 × 42 mm organ in slices 1 and 2
+
+    def encoder(images):
+        return types.SimpleNamespace(embedding=torch.zeros(images.shape[0], 256, 64, 64))
+
+    def box_decoder(embedding, boxes):
+        yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+        inside = [(xx >= b[0]) & (xx <= b[2]) & (yy >= b[1]) & (yy <= b[3]) for b in boxes]
+        return torch.stack(inside)[:, None].float() * 20 - 10, None
+
+    for framing in (Framing(), Framing.upstream()):
+        drawn = vbc.reference_box_masks(vol, organ, framing, 0.0, encoder, box_decoder)
+        assert drawn.shape == organ.shape and not drawn[..., [0, 3]].any()
+        assert vbc.score(drawn, organ, vol.spacing)["dice"] > 0.9      # the box of a box is itself (model-pixel rounding)
+        grown = vbc.reference_box_masks(vol, organ, framing, 6.0, encoder, box_decoder)
+        assert grown.sum() > drawn.sum() and (grown | organ).sum() == grown.sum()
+        assert vbc.score(grown, organ, vol.spacing)["extra_fraction"] > 0.2
