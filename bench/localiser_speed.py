@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shlex
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -43,7 +44,9 @@ def main(argv=None) -> int:
     previous = "previous demo weights" if a.previous == DEMO else f"previous weights ({a.previous})"
     if a.previous_tree:
         a.previous = str(Path(a.previous_tree).resolve() / "bundle" / "models" / "model.pt")
-        previous = f"the engine and weights of {a.previous_tree}"
+        rev = subprocess.run(["git", "-C", a.previous_tree, "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True).stdout.strip() or "not a git checkout"
+        previous = f"the engine and weights of {a.previous_tree} ({rev})"
     # the two arms alternate (new, previous, new, ...), so a change in the machine's load falls on both
     schedule = []
     for i in range(max(a.runs_new, a.runs_old)):
