@@ -274,3 +274,30 @@ def test_validation_box_ceiling_prompts_with_the_references_own_box():
         grown = vbc.reference_box_masks(vol, organ, framing, 6.0, encoder, box_decoder)
         assert grown.sum() > drawn.sum() and (grown | organ).sum() == grown.sum()
         assert vbc.score(grown, organ, vol.spacing)["extra_fraction"] > 0.2
+
+
+def test_multimask_tokens_scores_each_token_and_both_iou_rules():
+    """bench/multimask_tokens.py: the decoder's four masks come back as token 0 then 1–3, and each column of its
+    table is scored from the mask it names (the two IoU rules pick by the decoder's predicted IoU)."""
+    import numpy as np
+    import torch
+
+    import multimask_tokens as mt
+    from priorsam.models.binary_path import BinaryPromptPath
+
+    masks, iou = mt.token_masks(BinaryPromptPath(pretrained=False).eval(), torch.randn(1, 256, 64, 64),
+                                torch.tensor([[40.0, 50.0, 120.0, 140.0]]))
+    assert masks.shape == (4, 256, 256) and masks.dtype == torch.bool and iou.shape == (4,)
+
+    ref = np.zeros((256, 256), bool)
+    ref[10:20, 10:20] = True
+    drawn = torch.zeros(4, 256, 256, dtype=torch.bool)
+    drawn[0, 10:20, 10:20] = True                       # token 0 exact
+    drawn[1, 10:20, 10:15] = True                       # token 1 half: Dice 2·50/150
+    drawn[3, 10:20, 10:20] = True                       # token 2 empty, token 3 exact
+    row = mt.scores_for(drawn, torch.tensor([0.1, 0.9, 0.2, 0.3]), ref)
+    assert len(row) == len(mt.COLUMNS)
+    assert row[:4] == pytest.approx([1.0, 2 / 3, 0.0, 1.0])
+    assert row[4] == pytest.approx(2 / 3) and row[5] == pytest.approx(2 / 3)   # both rules follow token 1's IoU
+    row = mt.scores_for(drawn, torch.tensor([0.9, 0.1, 0.2, 0.3]), ref)
+    assert row[4] == 1.0 and row[5] == 1.0                                     # token 0 overall, token 3 among 1–3
