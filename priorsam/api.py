@@ -177,6 +177,9 @@ def segment(input, output: str | os.PathLike | None = None, *, weights: str | os
     result = segmenter.segment(volume, progress, show_bar=show_bar)
     labels = result.labels
     stats = statistics_of(volume, labels)
+    # The engine's own warnings (a tight field, too little z for 3D context, a mirrored image) first: a batch
+    # report or a statistics file must say them as the console did.
+    stats["warnings"][:0] = [w for w in result.warnings if w not in stats["warnings"]]
     outputs: dict[str, Path] = {}
     if output is not None:
         outputs[_output_kind(output)] = write_output(volume, labels, output, result)

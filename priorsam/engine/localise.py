@@ -53,6 +53,12 @@ class LocaliserResult:
     # background, the highest probability of the classes not kept there (what :meth:`labels_on` interpolates)
     coarse_scores: np.ndarray | None = None
     n_slices: int = 0
+    # How surely it reads the organs it draws in the volume as given and flipped left–right (organ_confidence,
+    # one unshifted pass each; None where the check did not run), and what it says when the flipped copy reads
+    # better by more than the margin (looks_mirrored).
+    confidence: float | None = None
+    flipped_confidence: float | None = None
+    warnings: list[str] = field(default_factory=list)
 
     def organs_at(self, z: int) -> dict[int, tuple[float, float, float, float]]:
         """organ id → in-plane box (x0, y0, x1, y1) in voxel indices of slice ``z``."""
@@ -95,9 +101,14 @@ class LocaliserResult:
         return upsample_scores(self.coarse_scores, shape)
 
     def summary(self) -> dict:
-        return {"usable": self.usable, "reason": self.reason, "seconds": round(self.seconds, 2),
-                "present": {str(k): v for k, v in self.present.items()},
-                "volume_ml": {str(k): round(v, 1) for k, v in self.volume_ml.items()}}
+        out = {"usable": self.usable, "reason": self.reason, "seconds": round(self.seconds, 2),
+               "present": {str(k): v for k, v in self.present.items()},
+               "volume_ml": {str(k): round(v, 1) for k, v in self.volume_ml.items()}}
+        if self.flipped_confidence is not None:
+            out["confidence"] = {"as_given": round(self.confidence, 4), "flipped": round(self.flipped_confidence, 4)}
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
 
 
 @torch.inference_mode()
@@ -119,6 +130,35 @@ def probabilities(coarse: np.ndarray, localiser, device: str | torch.device = "c
         x = localiser.prepare(torch.from_numpy(padded)[None].to(device))
         total = total + localiser(x).float().softmax(1)[0][(slice(None),) + crop][:, o:, o:, o:]
     return (total / n).cpu().numpy()
+
+
+def organ_confidence(probs: np.ndarray) -> float:
+    """(C, x, y, z) class probabilities (class 0 background) → the mean top-class probability over the voxels
+    whose top class is an organ: how surely the localiser reads the organs it draws (nan where it draws none)."""
+    top = probs.max(0)
+    organ = probs.argmax(0) > 0
+    return float(top[organ].mean()) if organ.any() else float("nan")
+
+
+def mirror_confidences(coarse: np.ndarray, localiser, device: str | torch.device = "cpu",
+                       probs: np.ndarray | None = None) -> tuple[float, float]:
+    """(x, y, z) HU on the localiser's grid (canonical RAS: x runs to the patient's right) → the localiser's
+    :func:`organ_confidence` as given and flipped left–right, one unshifted pass each; ``probs``: that pass over
+    the volume as given, when already run. The network never saw a mirrored abdomen in training, so it should
+    read a correctly oriented one more surely than its mirror image (bench/results/localiser_mirror_check.md)."""
+    given = probs if probs is not None else probabilities(coarse, localiser, device)
+    flipped = probabilities(np.ascontiguousarray(coarse[::-1]), localiser, device)
+    return organ_confidence(given), organ_confidence(flipped)
+
+
+def looks_mirrored(confidence: float, flipped_confidence: float, margin: float) -> str:
+    """The warning for a volume whose left–right flipped copy the localiser reads more surely by over ``margin``,
+    or ""."""
+    if not flipped_confidence - confidence > margin:      # nan (no organ drawn either way) never warns
+        return ""
+    return (f"the image looks mirrored left-right: the 3D localiser reads it flipped more surely ({flipped_confidence:.3f} "
+            f"against {confidence:.3f}), as with a header that swaps the patient's left and right or situs inversus; "
+            f"check the orientation, since organs of one side may be labelled as the other's")
 
 
 def _check_interpolation(interpolation: str) -> None:
@@ -201,10 +241,12 @@ def contradicted_sides(labels: np.ndarray) -> str:
 def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch.device = "cpu",
              margin_mm: float = 10.0, z_margin_mm: float = 6.0, min_z_mm: float = MIN_Z_MM,
              min_ml: float = 1.0, pieces: bool = True, piece_mass: float = 0.25,
-             piece_gap_mm: float = 40.0, context_mm: float = 30.0, shifts: int = 1) -> LocaliserResult:
+             piece_gap_mm: float = 40.0, context_mm: float = 30.0, shifts: int = 1,
+             mirror_margin: float | None = None) -> LocaliserResult:
     """Locate the organs in a (X,Y,Z) HU volume with voxel ``spacing`` (mm); per organ the components of
     :func:`keep_components`; the probabilities averaged over ``shifts`` placements of the grid
-    (:func:`probabilities`)."""
+    (:func:`probabilities`). ``mirror_margin``: also read the volume flipped left–right and warn when that copy
+    reads more surely by over this (:func:`looks_mirrored`); None: not checked."""
     import time
 
     t0 = time.time()
@@ -212,7 +254,8 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
     if z_mm < min_z_mm:
         return LocaliserResult(False, f"3D context too thin ({z_mm:.0f} mm of z < {min_z_mm:.0f} mm): "
                                       f"the per-slice model runs without the localiser", too_thin=True)
-    probs = probabilities(resample_to_grid(hu, spacing, localiser.spacing_mm), localiser, device, shifts)
+    coarse = resample_to_grid(hu, spacing, localiser.spacing_mm)
+    probs = probabilities(coarse, localiser, device, shifts)
     labels = keep_components(probs.argmax(0), probs, localiser.spacing_mm, pieces, piece_mass, piece_gap_mm,
                              context_mm)
     wrong = contradicted_sides(labels)
@@ -225,6 +268,10 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
                                n_slices=int(hu.shape[2]))
     voxel_ml = localiser.spacing_mm ** 3 / 1000.0
     res = LocaliserResult(True, seconds=0.0, n_slices=int(hu.shape[2]))
+    if mirror_margin is not None:
+        res.confidence, res.flipped_confidence = mirror_confidences(coarse, localiser, device,
+                                                                    probs if shifts <= 1 else None)
+        res.warnings += [w for w in [looks_mirrored(res.confidence, res.flipped_confidence, mirror_margin)] if w]
     clean = np.zeros_like(labels)
     nf = np.array(hu.shape)
     nc = np.array(labels.shape)
