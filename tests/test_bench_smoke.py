@@ -301,3 +301,31 @@ def test_multimask_tokens_scores_each_token_and_both_iou_rules():
     assert row[4] == pytest.approx(2 / 3) and row[5] == pytest.approx(2 / 3)   # both rules follow token 1's IoU
     row = mt.scores_for(drawn, torch.tensor([0.9, 0.1, 0.2, 0.3]), ref)
     assert row[4] == 1.0 and row[5] == 1.0                                     # token 0 overall, token 3 among 1–3
+
+
+def test_localiser_mirror_check_flips_left_right_and_counts_per_setting():
+    """bench/localiser_mirror_check.py: the flipped copy mirrors the canonical x axis under the same header, and the
+    table's columns come from the rows of each orientation (a flipped row's difference is the as-given one's negated)."""
+    import numpy as np
+
+    import localiser_mirror_check as lmc
+    from priorsam.io import Volume
+    from priorsam.io.volume import Source
+
+    arr = np.arange(24, dtype=np.float32).reshape(4, 3, 2)
+    ras = np.diag([2.0, 2.0, 3.0, 1.0])
+    vol = Volume(arr, ras, Source("synthetic", "nifti", arr.shape, ras, np.eye(3)))
+    f = lmc.flipped(vol)
+    np.testing.assert_array_equal(f.array, arr[::-1])
+    np.testing.assert_array_equal(f.affine, vol.affine)
+
+    def row(case, orientation, diff, warned, reason=""):
+        return {"case": case, "setting": "native", "orientation": orientation, "usable": not reason, "reason": reason,
+                "difference": diff, "warned": warned}
+
+    rows = [row("a", "as given", -0.03, False), row("a", "flipped", 0.03, True),
+            row("b", "as given", 0.01, False), row("b", "flipped", -0.01, False),
+            row("c", "as given", None, False, "3D context too thin"),
+            row("c", "flipped", None, False, "the 3D localiser's organs contradict anatomy (liver)")]
+    line = lmc.table(rows, ["native"]).splitlines()[2]
+    assert line == "| native | 3 | 2 / 2 | +0.0100 | -0.0100 | 0 | 1 | 1 |"
