@@ -71,3 +71,14 @@ def test_the_engines_warnings_reach_the_statistics_a_batch_report_keeps(tmp_path
     labels, stats = priorsam.segment(str(path), show_bar=False)
     said = [w for w in stats["warnings"] if w.startswith("tight field of view (150 × 150 mm")]
     assert len(said) == 1 and said[0] in capsys.readouterr().err
+
+
+def test_a_summary_without_organs_either_way_stays_valid_json():
+    """No organ drawn in either reading gives nan confidences; the summary (written into JSON reports) says None."""
+    import json
+
+    from priorsam.engine.localise import LocaliserResult
+
+    res = LocaliserResult(True, confidence=float("nan"), flipped_confidence=float("nan"))
+    assert res.summary()["confidence"] == {"as_given": None, "flipped": None}
+    json.loads(json.dumps(res.summary(), allow_nan=False))
