@@ -47,6 +47,14 @@ def organ_ids() -> list[int]:
     return [lab.id for lab in labels()]
 
 
+def organ_id(name: str) -> int:
+    """The label id of the organ called ``name`` (e.g. "liver")."""
+    ids = {lab.name: lab.id for lab in labels()}
+    if name not in ids:
+        raise KeyError(f"no organ called {name!r}; the organs are {', '.join(ids)}")
+    return ids[name]
+
+
 def category() -> dict:
     return dict(_table()["category"])
 

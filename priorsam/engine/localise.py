@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from ..data.appearance import pad_edge
 from ..data.framed_volume import labels_from_fine_scores, resample_labels, resample_to_grid, upsample_scores
-from ..labels import organ_ids, organ_x, sides_contradicted
+from ..labels import organ_id, organ_ids, organ_x, sides_contradicted
 
 # Under this much z a volume gives the localiser no 3D context. Partial upper-abdominal scans of 9–90 mm
 # were segmented better with it than by the per-slice heads alone (bench/results/partial_z_decision.md).
@@ -154,14 +154,20 @@ def mirror_confidences(coarse: np.ndarray, localiser, device: str | torch.device
     return organ_confidence(given), organ_confidence(flipped)
 
 
-def looks_mirrored(confidence: float, flipped_confidence: float, margin: float) -> str:
+def looks_mirrored(confidence: float, flipped_confidence: float, margin: float,
+                   spleen_liver_ml: tuple[float, float] | None = None) -> str:
     """The warning for a volume whose left–right flipped copy the localiser reads more surely by over ``margin``,
-    or ""."""
-    if not flipped_confidence - confidence > margin:      # nan (no organ drawn either way) never warns
+    or (``spleen_liver_ml``: its kept spleen and liver in a whole volume) whose "spleen" is larger than its
+    "liver" — on a mirrored abdomen it calls the liver "spleen" (bench/results/localiser_mirror_check.md) —, or ""."""
+    why = []
+    if flipped_confidence - confidence > margin:           # nan (no organ drawn either way) never warns
+        why.append(f"the 3D localiser reads it flipped more surely ({flipped_confidence:.3f} against {confidence:.3f})")
+    if spleen_liver_ml is not None and spleen_liver_ml[0] > spleen_liver_ml[1]:
+        why.append(f"its spleen ({spleen_liver_ml[0]:.0f} mL) is larger than its liver ({spleen_liver_ml[1]:.0f} mL)")
+    if not why:
         return ""
-    return (f"the image looks mirrored left-right: the 3D localiser reads it flipped more surely ({flipped_confidence:.3f} "
-            f"against {confidence:.3f}), as with a header that swaps the patient's left and right or situs inversus; "
-            f"check the orientation, since organs of one side may be labelled as the other's")
+    return (f"the image looks mirrored left-right: {' and '.join(why)}, as with a header that swaps the patient's left "
+            f"and right or situs inversus; check the orientation, since organs of one side may be labelled as the other's")
 
 
 def _check_interpolation(interpolation: str) -> None:
@@ -245,11 +251,13 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
              margin_mm: float = 10.0, z_margin_mm: float = 6.0, min_z_mm: float = MIN_Z_MM,
              min_ml: float = 1.0, pieces: bool = True, piece_mass: float = 0.25,
              piece_gap_mm: float = 40.0, context_mm: float = 30.0, shifts: int = 1,
-             mirror_margin: float | None = None) -> LocaliserResult:
+             mirror_margin: float | None = None, mirror_volumes: bool = False) -> LocaliserResult:
     """Locate the organs in a (X,Y,Z) HU volume with voxel ``spacing`` (mm); per organ the components of
     :func:`keep_components`; the probabilities averaged over ``shifts`` placements of the grid
     (:func:`probabilities`). ``mirror_margin``: also read the volume flipped left–right and warn when that copy
-    reads more surely by over this (:func:`looks_mirrored`); None: not checked."""
+    reads more surely by over this (:func:`looks_mirrored`); None: not checked. ``mirror_volumes``: also warn when
+    its kept spleen is larger than its kept liver (for whole volumes: a partial scan or a tight field cuts the two
+    unevenly)."""
     import time
 
     t0 = time.time()
@@ -274,7 +282,6 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
     if mirror_margin is not None:
         res.confidence, res.flipped_confidence = mirror_confidences(coarse, localiser, device,
                                                                     probs if shifts <= 1 else None)
-        res.warnings += [w for w in [looks_mirrored(res.confidence, res.flipped_confidence, mirror_margin)] if w]
     clean = np.zeros_like(labels)
     nf = np.array(hu.shape)
     nc = np.array(labels.shape)
@@ -312,6 +319,11 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
         res.slice_boxes[k] = per
         res.prompt_boxes[k] = tight
     res.coarse_labels = clean
+    if mirror_margin is not None:
+        spleen, liver = organ_id("spleen"), organ_id("liver")
+        sizes = ((res.volume_ml[spleen], res.volume_ml[liver])
+                 if mirror_volumes and res.present.get(spleen) and res.present.get(liver) else None)
+        res.warnings += [w for w in [looks_mirrored(res.confidence, res.flipped_confidence, mirror_margin, sizes)] if w]
     # Scores to interpolate: a kept organ's probability within one voxel of its kept mask; the
     # background's, the highest probability of every class not kept there (so a dropped component stays
     # background, and at each coarse voxel's centre the highest score is its cleaned label).

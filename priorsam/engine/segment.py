@@ -95,9 +95,13 @@ class SegmentOptions(RefineOptions):
     mirror_margin: float = 0.02         # and warn when that copy reads more surely by over mirror_margin (engine.
                                         # localise.looks_mirrored): a header that swaps left and right, or situs
                                         # inversus. Off: held out it caught 32 of 42 mirrored whole volumes, under
-                                        # the 90 % its rule asked (no false alarm in 144 volumes as given). The
+                                        # the 90 % its rule asked (1 false alarm in 297 volumes as given). The
                                         # margin: the largest difference on the dev anatomies as given, +0.01,
                                         # rounded up (bench/results/localiser_mirror_check.md)
+    mirror_volumes: bool = False        # with mirror_check, also warn when the localiser's spleen is larger than its
+                                        # liver in a whole volume (not a tight field, at least PARTIAL_Z_MM of z).
+                                        # Off: it called a real splenomegaly (BTCV 0009: spleen 2.9 L, liver 2.3 L)
+                                        # mirrored (bench/results/localiser_mirror_check.md, second rule)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -296,11 +300,12 @@ class Segmenter:
         fov_mm = np.array(volume.shape[:2]) * np.asarray(volume.spacing[:2], float)
         tight = float(fov_mm.min()) < self.options.tight_fov_mm and cuts_trunk(volume.array)
         partial = z_extent_mm(volume.shape, volume.spacing) < PARTIAL_Z_MM
-        return self.localise(volume, shifts=4 if tight or partial else 1), tight, fov_mm
+        return self.localise(volume, shifts=4 if tight or partial else 1, whole=not (tight or partial)), tight, fov_mm
 
-    def localise(self, volume: Volume, shifts: int = 1):
+    def localise(self, volume: Volume, shifts: int = 1, whole: bool = False):
         """The localiser's result for ``volume`` (None without a localiser); says so when 3D context is too thin.
-        ``shifts``: passes over shifted grids (:func:`.localise.probabilities`) unless the options set them."""
+        ``shifts``: passes over shifted grids (:func:`.localise.probabilities`) unless the options set them;
+        ``whole``: a whole volume, where the mirror check may compare the spleen's and the liver's sizes."""
         loc_net = getattr(self.model, "localiser", None)
         if loc_net is None or not self.options.use_localiser:
             return None
@@ -309,7 +314,8 @@ class Segmenter:
         res = localise(volume.array, volume.spacing, loc_net, self.device, margin_mm=self.options.localiser_margin_mm,
                        pieces=self.options.localiser_pieces, context_mm=self.options.localiser_context_mm,
                        shifts=self.options.localiser_shifts or shifts, min_z_mm=self.options.localiser_min_z_mm,
-                       mirror_margin=self.options.mirror_margin if self.options.mirror_check else None)
+                       mirror_margin=self.options.mirror_margin if self.options.mirror_check else None,
+                       mirror_volumes=whole and self.options.mirror_check and self.options.mirror_volumes)
         # Said where every entry point's user looks (a "warning:" line on stderr, which the Slicer module shows
         # too) and kept in the result's warnings for reports.
         from ..io.checks import show_warnings
