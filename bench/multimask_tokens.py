@@ -45,10 +45,11 @@ def token_masks(binary: BinaryPromptPath, embedding: torch.Tensor, box: torch.Te
     """embedding (1, 256, 64, 64), box (1, 4) model px → masks (4, 256, 256) bool (token 0, then 1–3) and
     their predicted IoU (4,)."""
     sparse, dense = binary.prompt_encoder(points=None, boxes=box, masks=None)
-    pe = binary.prompt_encoder.get_dense_pe()
-    outs = [binary.mask_decoder(image_embeddings=embedding, image_pe=pe, sparse_prompt_embeddings=sparse,
-                                dense_prompt_embeddings=dense, multimask_output=multi) for multi in (False, True)]
-    return torch.cat([o[0] for o in outs], 1)[0] > 0, torch.cat([o[1] for o in outs], 1)[0]
+    # SAM's predict_masks computes all four tokens at once; forward only slices token 0 or tokens 1–3 out of it.
+    masks, iou = binary.mask_decoder.predict_masks(image_embeddings=embedding,
+                                                   image_pe=binary.prompt_encoder.get_dense_pe(),
+                                                   sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense)
+    return masks[0] > 0, iou[0]
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
