@@ -108,8 +108,6 @@ class LocaliserResult:
             # None for a nan (no organ drawn): the summary goes into JSON reports, where NaN is not valid.
             out["confidence"] = {k: None if np.isnan(v) else round(v, 4)
                                  for k, v in (("as_given", self.confidence), ("flipped", self.flipped_confidence))}
-        if self.warnings:
-            out["warnings"] = list(self.warnings)
         return out
 
 
@@ -279,9 +277,6 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
                                n_slices=int(hu.shape[2]))
     voxel_ml = localiser.spacing_mm ** 3 / 1000.0
     res = LocaliserResult(True, seconds=0.0, n_slices=int(hu.shape[2]))
-    if mirror_margin is not None:
-        res.confidence, res.flipped_confidence = mirror_confidences(coarse, localiser, device,
-                                                                    probs if shifts <= 1 else None)
     clean = np.zeros_like(labels)
     nf = np.array(hu.shape)
     nc = np.array(labels.shape)
@@ -320,6 +315,8 @@ def localise(hu: np.ndarray, spacing: np.ndarray, localiser, device: str | torch
         res.prompt_boxes[k] = tight
     res.coarse_labels = clean
     if mirror_margin is not None:
+        res.confidence, res.flipped_confidence = mirror_confidences(coarse, localiser, device,
+                                                                    probs if shifts <= 1 else None)
         spleen, liver = organ_id("spleen"), organ_id("liver")
         sizes = ((res.volume_ml[spleen], res.volume_ml[liver])
                  if mirror_volumes and res.present.get(spleen) and res.present.get(liver) else None)
