@@ -120,9 +120,9 @@ def field_of_view(pp: PseudoPatient, setting: str) -> tuple[slice, slice, slice]
         return whole, whole, slice(z0, z0 + SLAB_SLICES)
     if setting != "cta_crop":
         return whole, whole, whole
-    from ..labels import labels
+    from ..labels import organ_id
 
-    aorta = np.argwhere(pp.ours == next(lab.id for lab in labels() if lab.name == "aorta"))
+    aorta = np.argwhere(pp.ours == organ_id("aorta"))
     cx, cy = (aorta[:, :2].mean(0) if len(aorta) else np.array(pp.ours.shape[:2]) / 2)
     half = CTA_FOV_MM / float(pp.spacing[0]) / 2
     x0, y0 = int(max(0, round(cx - half))), int(max(0, round(cy - half)))
