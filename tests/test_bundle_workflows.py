@@ -124,6 +124,47 @@ def test_train_then_evaluate_workflows_from_repo_root(tiny_data, tmp_path, monke
     assert "| liver | 1 |" in report and (out / "metrics_per_case.csv").is_file()
 
 
+def test_train_localiser_workflow_runs_the_library_stages_and_composes_one_checkpoint(random_checkpoint, tmp_path,
+                                                                                        monkeypatch):
+    """train_localiser.json: the library's localiser trainer over two stages (the second continuing the first),
+    then the heads it was given with the new localiser in one checkpoint; the same stages through the library
+    give the same weights to the bit."""
+    from priorsam.engine.weights import load_priorsam
+    from priorsam.models.spec import read_checkpoint, read_localiser_checkpoint
+    from priorsam.training.localiser import train_stages
+
+    monkeypatch.chdir(REPO)
+    small = dict(train_cases=["sample"], crop=[16, 16, 16], init_filters=8, batch_size=1, steps=2,
+                 log_every=1, ckpt_every=1, threads=1)
+    stages = []
+    for k, seed in enumerate((0, 1), 1):
+        stages.append(tmp_path / f"stage{k}.json")
+        stages[-1].write_text(json.dumps({**small, "seed": seed, "init_from": "LOC/localiser.pt" if k > 1 else None}))
+    out = tmp_path / "with_localiser.pt"
+    source = {"name": "a test", "licence": "none", "use": "localiser"}
+    wf = _workflow("bundle/configs/train_localiser.json", None, bank_dir=str(tmp_path / "bank"), anatomy_dir=None,
+                   output_dir=str(tmp_path / "run"), stage_configs=[str(p) for p in stages],
+                   heads_from=str(random_checkpoint), ckpt_path=str(out), data_sources=[source])
+    wf.run()
+    wf.finalize()
+    # Stage 2 started from stage 1's export, not from its file's placeholder path.
+    second = json.loads((tmp_path / "run" / "stage_2" / "config.json").read_text())
+    assert second["init_from"] == str(tmp_path / "run" / "stage_1" / "localiser.pt")
+    state, spec = read_checkpoint(out)
+    heads, _ = read_checkpoint(random_checkpoint)
+    assert all(torch.equal(heads[k], state[k]) for k in heads)
+    assert spec.localiser.steps == 4 and spec.localiser.init_filters == 8 and source in spec.data_sources
+    direct, _ = read_localiser_checkpoint(train_stages(str(tmp_path / "bank"), [str(p) for p in stages],
+                                                       str(tmp_path / "library"), log=lambda *_: None))
+    said = []
+    train_stages(str(tmp_path / "bank"), [str(p) for p in stages], str(tmp_path / "library"), log=said.append)
+    assert sum("already trained" in line for line in said) == 2      # resumable: finished stages are not rerun
+    loc = {k[len("localiser."):]: v for k, v in state.items() if k.startswith("localiser.")}
+    assert loc.keys() == direct.keys() and all(torch.equal(loc[k], direct[k]) for k in loc)
+    load_priorsam.cache_clear()
+    assert load_priorsam(str(out), "cpu").localiser is not None
+
+
 def test_bundle_equals_python_api_on_sample_ct(random_checkpoint, tmp_path):
     """4 slices through the kidneys of the sample CT: the bundle's label map equals the library's
     voxel for voxel and carries the input's exact affine."""

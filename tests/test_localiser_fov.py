@@ -160,6 +160,18 @@ def test_localiser_training_can_start_from_exported_weights_and_refuses_another_
                                              **{**small, "init_filters": 16}), log=lambda *_: None)
 
 
+def test_localiser_training_refuses_a_bank_without_pseudo_patients(tmp_path):
+    """Without this a run on a wrong or unbuilt bank folder would quietly learn the sample CT alone."""
+    from priorsam.errors import InputError
+    from priorsam.training.localiser import main, train_stages
+
+    with pytest.raises(InputError, match="holds no pseudo-patients"):
+        train_stages(str(tmp_path / "not_built"), [{"steps": 1}], str(tmp_path / "run"), log=lambda *_: None)
+    assert main(["--bank", str(tmp_path / "not_built"), "--out_dir", str(tmp_path / "run")]) != 0
+    with pytest.raises(InputError, match="unknown setting"):
+        train_stages(str(tmp_path / "not_built"), [{"stepz": 1}], str(tmp_path / "run"), log=lambda *_: None)
+
+
 def test_tight_field_of_view_takes_the_localisers_masks_and_says_so(tmp_path, capsys):
     """A 150 mm field (under ``tight_fov_mm``): the engine answers with the localiser's own masks on the
     volume grid (from 4 passes over shifted grids), runs no slice through the per-slice model, and says

@@ -3,7 +3,8 @@
 The frozen encoder's features come from the library's feature cache (``priorsam.training``:
 the same views, augmentations and framing as the library's own training), and
 :func:`train_heads` runs the library's one trainer (:func:`priorsam.training.trainer.train`) on
-them, so the bundle reproduces the shipped weights with the same recipe. The MONAI
+them, so the bundle reproduces the shipped weights with the same recipe; :func:`train_localiser` runs
+the library's localiser trainer over the shipped localiser's stages (``train_localiser.json``). The MONAI
 ``SupervisedTrainer`` pieces below remain for users who compose their own MONAI workflow. Saving writes the library's checkpoint format
 (:mod:`priorsam.models.spec`) so ``load_priorsam`` and the inference bundle
 read the result directly.
@@ -73,6 +74,30 @@ def train_heads(config, ckpt_path: str | os.PathLike, init_from: str | None = No
     shutil.copyfile(out, tmp)
     os.replace(tmp, dest)
     return dest
+
+
+def train_localiser(bank_dir: str, stage_configs: Sequence, output_dir: str, ckpt_path: str | os.PathLike,
+                    heads_from: str | None = None, anatomy_dir: str | None = None, steps: int | None = None,
+                    data_sources: list | None = None) -> Path:
+    """``train_localiser.json``: the library's localiser trainer over ``stage_configs`` (one JSON file of
+    ``LocaliserTrainConfig`` fields per stage, each continuing the last: the shipped three by default) on the
+    pseudo-patient bank ``bank_dir``, built first from the label maps in ``anatomy_dir`` when given and not
+    complete; then one checkpoint at ``ckpt_path`` (atomically): the heads of ``heads_from`` (default
+    ``ckpt_path`` itself, i.e. the shipped heads) with the new localiser, ``data_sources`` added to the spec's.
+    ``steps``: every stage's steps instead of its config's (a quick try)."""
+    from ..data.pseudo_patients import build_bank
+    from ..models.spec import compose_checkpoint
+    from ..training.localiser import train_stages
+
+    heads = Path(heads_from or ckpt_path)
+    if not heads.is_file():
+        raise InputError(f"no heads to put the new localiser with: {heads} does not exist (set heads_from)")
+    if anatomy_dir and not (Path(bank_dir) / "bank.json").is_file():
+        build_bank(str(anatomy_dir), str(bank_dir))
+    localiser = train_stages(str(bank_dir), list(stage_configs), str(output_dir), steps)
+    dest = Path(ckpt_path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return compose_checkpoint(heads, localiser, dest, data_sources=data_sources)
 
 
 def cached_training_dataset(items: Sequence[Mapping[str, str]], cache_dir: str, views: int = 0,

@@ -9,7 +9,9 @@ their label (outside a simulated field of view or slab, organs whose registratio
 ignored by the loss.
 
 Loss: cross-entropy + Dice over the 8 organs (MONAI ``MaskedDiceLoss``), AdamW, cosine decay;
-resumable (``last.pt``), CSV log, the localiser weights exported as ``localiser.pt``.
+resumable (``last.pt``), CSV log, the localiser weights exported as ``localiser.pt``. :func:`train_stages` runs
+stages that continue each other (the shipped localiser has three), for the command line and the bundle's
+``train_localiser.json`` alike.
 """
 from __future__ import annotations
 
@@ -19,16 +21,17 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config_files import read_settings
+from ..config_files import check_setting_names, read_settings
 from ..data import appearance as app
 from ..data.framed_volume import resample_labels, resample_to_grid
 from ..data.pseudo_patients import image_support
-from ..errors import one_line_errors
+from ..errors import InputError, one_line_errors
 from ..labels import labels, organ_ids
 from ..models.localiser import OrganLocaliser
 
@@ -126,6 +129,10 @@ def select_cases(cfg: LocaliserTrainConfig) -> list[str]:
     from ..data.pseudo_patients import list_bank
 
     ids = cfg.train_cases or [r["case_id"] for r in list_bank(cfg.bank)]
+    if not ids:
+        # Else the run would quietly learn the sample CT's one anatomy.
+        raise InputError(f"the anatomy bank {cfg.bank} holds no pseudo-patients: build it with `python -m "
+                         "priorsam.data.pseudo_patients --cache BANK` or name train_cases")
     ids = [i for i in ids if i not in set(cfg.holdout)]
     if cfg.include_sample and "sample" not in ids:
         ids.append("sample")
@@ -277,7 +284,8 @@ def draw_sample(case: TrainCase, cfg: LocaliserTrainConfig, rng: np.random.Gener
         lab[:, gy] = IGNORE
         info["fov_mm"] = round(fov)
     if rng.random() < cfg.p_slab:
-        n = int(rng.integers(10, 31))
+        # At most the crop's depth (only tiny test crops are shallower than 30 voxels; the draw is unchanged).
+        n = min(int(rng.integers(10, 31)), int(size[2]))
         z0 = int(np.clip(centre[2] - lo[2] - rng.integers(0, n), 0, size[2] - n))
         ct = app.crop_slab(ct, z0, z0 + n)
         lab[:, :, :z0] = IGNORE
@@ -445,6 +453,52 @@ def plot_curve(log_csv: str | os.PathLike | list, png: str | os.PathLike) -> Pat
     return save_figure(fig, png, dpi=100)
 
 
+def stage_settings(config: str | os.PathLike | Mapping | None) -> dict:
+    """One stage's :class:`LocaliserTrainConfig` fields from a JSON file (or a dict of them), unknown names
+    refused; the run's ``bank`` and ``out_dir`` are not among them."""
+    if config is None:
+        kw = {}
+    elif isinstance(config, Mapping):
+        kw = dict(config)
+        check_setting_names(kw, LocaliserTrainConfig, "localiser config", fixed=("bank", "out_dir"))
+    else:
+        kw = read_settings(config, LocaliserTrainConfig, "localiser config", fixed=("bank", "out_dir"))
+    if "crop" in kw:
+        kw["crop"] = tuple(kw["crop"])
+    return kw
+
+
+def train_stages(bank: str, configs: Sequence, out_dir: str, steps: int | None = None, log=print) -> Path:
+    """Train the localiser in stages, each continuing the weights of the one before (the shipped recipe:
+    bundle/docs/training/README.md steps 4 and 10); returns the last stage's ``localiser.pt``.
+
+    ``configs``: one JSON file (or dict) of :class:`LocaliserTrainConfig` fields per stage. With one stage the
+    run is ``out_dir`` itself; with more, stage k runs in ``out_dir/stage_k`` and its ``init_from`` is stage
+    k−1's export (a stage file's own ``init_from`` counts only for the first stage). Resumable: a finished
+    stage is not run again, an interrupted one goes on from its ``last.pt``. ``steps``: every stage's
+    steps (a quick try), else each config's own."""
+    if not configs:
+        raise InputError("no localiser stage config given")
+    previous: Path | None = None
+    for k, config in enumerate(configs, 1):
+        kw = stage_settings(config)
+        if previous is not None:
+            kw["init_from"] = str(previous)
+        if steps:
+            kw["steps"] = steps
+        run = Path(out_dir) if len(configs) == 1 else Path(out_dir) / f"stage_{k}"
+        cfg = LocaliserTrainConfig(bank=str(bank), out_dir=str(run), **kw)
+        export, state = run / "localiser.pt", run / "last.pt"
+        if export.is_file() and state.is_file() and \
+                torch.load(state, map_location="cpu", weights_only=False).get("step", 0) >= cfg.steps:
+            log(f"[localiser] stage {k}/{len(configs)} already trained: {export}")
+            previous = export
+            continue
+        log(f"[localiser] stage {k}/{len(configs)}: {cfg.steps} steps in {run}")
+        previous = train_localiser(cfg, log)
+    return previous
+
+
 @one_line_errors
 def main(argv=None) -> int:
     import argparse
@@ -452,16 +506,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Train the 3D organ localiser on the pseudo-patient bank (resumable).")
     ap.add_argument("--bank", required=True)
     ap.add_argument("--out_dir", required=True)
-    ap.add_argument("--config", default=None, help="JSON with LocaliserTrainConfig fields")
+    ap.add_argument("--config", action="append", default=None,
+                    help="JSON with LocaliserTrainConfig fields; repeat it for stages that continue each other "
+                         "(then in OUT_DIR/stage_1, stage_2, …)")
     ap.add_argument("--steps", type=int, default=None)
     a = ap.parse_args(argv)
-    kw = read_settings(a.config, LocaliserTrainConfig, "localiser config", fixed=("bank", "out_dir")) if a.config else {}
-    kw.update(bank=a.bank, out_dir=a.out_dir)
-    if a.steps:
-        kw["steps"] = a.steps
-    if "crop" in kw:
-        kw["crop"] = tuple(kw["crop"])
-    train_localiser(LocaliserTrainConfig(**kw))
+    train_stages(a.bank, a.config or [None], a.out_dir, a.steps)
     return 0
 
 
