@@ -509,7 +509,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", action="append", default=None,
                     help="JSON with LocaliserTrainConfig fields; repeat it for stages that continue each other "
                          "(then in OUT_DIR/stage_1, stage_2, …)")
-    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None, help="every stage's steps instead of its config's")
     a = ap.parse_args(argv)
     train_stages(a.bank, a.config or [None], a.out_dir, a.steps)
     return 0
