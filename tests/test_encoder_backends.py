@@ -91,3 +91,16 @@ def test_the_box_decoder_runs_where_the_encoder_runs(monkeypatch):
     monkeypatch.setattr(eb, "_installed", lambda m: m == "onnxruntime")
     assert eb.cpu_binary_path("auto", torch.device("cpu"), object()) is None   # ONNX Runtime: PyTorch path
     assert eb.cpu_binary_path("openvino", torch.device("cpu"), None) is None  # no binary path in the model
+
+
+def test_cpu_precision_fp32_holds_openvino_to_fp32_on_any_cpu(random_checkpoint):
+    """``cpu_precision=fp32`` reaches the compiled encoder and box decoder (on a CPU with AVX-512 bf16 or AMX,
+    OpenVINO's own choice would be bf16); other values are refused by name."""
+    pytest.importorskip("openvino")
+    from priorsam.engine.segment import SegmentOptions, Segmenter
+    from priorsam.errors import OptionError
+
+    seg = Segmenter(str(random_checkpoint), "cpu", SegmentOptions(encoder_backend="openvino", cpu_precision="fp32"))
+    assert seg.encoder.runtime.precision == "f32" and seg.binary.runtime.precision == "f32"
+    with pytest.raises(OptionError, match="cpu_precision"):
+        SegmentOptions(cpu_precision="fp16")

@@ -20,7 +20,7 @@ import torch
 from ..data.framed_volume import FramedVolume, Framing
 from ..errors import OptionError
 from ..io import Volume, from_display
-from ..models.encoder_backend import BACKENDS
+from ..models.encoder_backend import BACKENDS, CPU_PRECISIONS
 from ..models.refinement import RefineOptions
 from ..option_checks import at_least, fractions, one_of, positive
 from .consistency import agree_with_localiser, clean_labels, fuse_with_localiser, smooth_organ_boxes
@@ -51,6 +51,9 @@ class SegmentOptions(RefineOptions):
     largest_component: bool = True
     fill_holes: bool = True
     encoder_backend: str = "auto"       # auto: OpenVINO or else ONNX Runtime on CPU, PyTorch on GPU
+    cpu_precision: str = "auto"         # OpenVINO on a CPU: "auto" computes in bf16 where the CPU has AVX-512 bf16
+                                        # or AMX (faster; label maps differ from fp32 CPUs' by a few voxels per
+                                        # organ), "fp32" the same on every CPU
     skip_outside_body: bool = True      # slices with < 25 cm² of tissue are background, not run
     z_stride: int | None = None         # run every k-th slice, bisect/interpolate the gaps (1: every slice;
                                         # None: the k that puts run slices about z_step_mm apart)
@@ -109,6 +112,7 @@ class SegmentOptions(RefineOptions):
         at_least(self, 0, ("context",), none="as trained")
         one_of(self, "framing", ("fixed", "upstream"), none="as trained")
         one_of(self, "encoder_backend", BACKENDS)
+        one_of(self, "cpu_precision", CPU_PRECISIONS)
         one_of(self, "localiser_interpolation", ("linear", "nearest"))
         at_least(self, 1, ("batch_size",))
         at_least(self, 1, ("z_stride",), none="automatic")
@@ -167,7 +171,7 @@ class Segmenter:
                  model=None, encoder=None):
         """``encoder``: a callable images (B,3,256,256) → EncoderFeatures to use instead of the one
         ``options.encoder_backend`` picks (e.g. a counting or memoising wrapper in benchmarks)."""
-        from ..models.encoder_backend import cpu_binary_path, cpu_encoder, localiser_runtime
+        from ..models.encoder_backend import cpu_binary_path, cpu_encoder, localiser_runtime, openvino_precision
         from .weights import load_priorsam
 
         self.device = resolve_device(device)
@@ -179,11 +183,12 @@ class Segmenter:
         # None: the model's own PyTorch encoder.
         spec = getattr(self.model, "spec", None)
         encoder_name = spec.encoder if spec is not None else "lite"
+        precision = openvino_precision(self.options.cpu_precision)
         self.encoder = encoder if encoder is not None else cpu_encoder(
-            self.options.encoder_backend, self.device, encoder=encoder_name)
+            self.options.encoder_backend, self.device, encoder=encoder_name, precision=precision)
         # The refinement's box decoder runs where the encoder runs (None: the model's PyTorch path).
         self.binary = cpu_binary_path(self.options.encoder_backend, self.device, getattr(self.model, "binary", None),
-                                      encoder=encoder_name)
+                                      encoder=encoder_name, precision=precision)
         if self.options.spacing_mm is None:
             self.options.spacing_mm = float(cfg.get("spacing_mm", 1.5))
         if self.options.context is None:
@@ -203,8 +208,9 @@ class Segmenter:
         if self.feature_memo is not None:
             import hashlib
 
-            # Runtimes differ slightly (OpenVINO may run bf16), so features are memoised per runtime.
-            key = (type(self.encoder).__name__, hashlib.sha1(images.numpy().tobytes()).hexdigest())
+            # Runtimes differ slightly (OpenVINO may run bf16), so features are memoised per runtime and precision.
+            precision = getattr(getattr(self.encoder, "runtime", None), "precision", None)
+            key = (type(self.encoder).__name__, precision, hashlib.sha1(images.numpy().tobytes()).hexdigest())
             if key in self.feature_memo:
                 return self.feature_memo[key]
         if self.encoder is not None:

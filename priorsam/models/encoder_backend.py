@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 BACKENDS = ("auto", "torch", "onnx", "openvino")
+CPU_PRECISIONS = ("auto", "fp32")
 
 
 def _installed(module: str) -> bool:
@@ -41,15 +42,24 @@ def resolve_backend(backend: str, device: torch.device, encoder: str = "lite") -
     return "torch"
 
 
+def openvino_precision(cpu_precision: str) -> str | None:
+    """The engine's ``cpu_precision`` option as OpenVINO's precision hint: ``"auto"`` → None (bf16 on CPUs with
+    AVX-512 bf16 or AMX, fp32 elsewhere), ``"fp32"`` → ``"f32"`` (the same numbers on every CPU)."""
+    if cpu_precision not in CPU_PRECISIONS:
+        raise ValueError(f"unknown CPU precision {cpu_precision!r}: use one of {', '.join(CPU_PRECISIONS)}")
+    return None if cpu_precision == "auto" else "f32"
+
+
 def cpu_encoder(backend: str, device: torch.device, threads: int | None = None,
-                encoder: str = "lite") -> Callable | None:
+                encoder: str = "lite", precision: str | None = None) -> Callable | None:
     """An encoder callable (images (B,3,256,256) → EncoderFeatures) for ``backend``, or None for PyTorch
-    (the model's own encoder then runs)."""
+    (the model's own encoder then runs). ``precision``: OpenVINO's hint (:func:`openvino_precision`); ONNX
+    Runtime and PyTorch compute in fp32 anyway."""
     name = resolve_backend(backend, device, encoder)
     if name == "openvino":
         from .openvino_encoder import OpenVinoLiteEncoder
 
-        return OpenVinoLiteEncoder(threads=threads)
+        return OpenVinoLiteEncoder(threads=threads, precision=precision)
     if name == "onnx":
         from .onnx_encoder import OnnxLiteEncoder
 
@@ -64,7 +74,7 @@ def localiser_runtime(backend: str, device: torch.device) -> str:
 
 
 def cpu_binary_path(backend: str, device: torch.device, path, threads: int | None = None,
-                    encoder: str = "lite") -> Callable | None:
+                    encoder: str = "lite", precision: str | None = None) -> Callable | None:
     """A box-prompt callable (embedding (B,256,64,64), boxes (B,4) → logits, IoU) compiled from the
     model's own binary ``path`` when ``backend`` resolves to OpenVINO, else None (the model's PyTorch
     path runs)."""
@@ -72,4 +82,4 @@ def cpu_binary_path(backend: str, device: torch.device, path, threads: int | Non
         return None
     from .openvino_binary_path import OpenVinoBinaryPath
 
-    return OpenVinoBinaryPath(path, threads=threads)
+    return OpenVinoBinaryPath(path, threads=threads, precision=precision)
