@@ -329,3 +329,34 @@ def test_localiser_mirror_check_flips_left_right_and_counts_per_setting():
             row("c", "flipped", None, False, "the 3D localiser's organs contradict anatomy (liver)")]
     line = lmc.table(rows, ["native"]).splitlines()[2]
     assert line == "| native | 3 | 2 / 2 | +0.0100 | -0.0100 | 0 | 1 | 1 |"
+
+
+def test_localiser_reproduction_applies_the_plans_rule(tmp_path):
+    import json
+
+    import localiser_reproduction as lr
+    from priorsam.labels import labels
+
+    organs = [lab.name for lab in labels()]
+
+    def rows(run, dice_by_setting):
+        return [{"run": run, "case": c, "setting": st,
+                 "organs": {o: {"dice": d, "hd95_mm": 5.0, "hd95_vox": 2.0, "gt_voxels": 10, "missed": False,
+                                   "false_positive": False} for o in organs}}
+                for st, d in dice_by_setting.items() for c in ("a", "b")]
+
+    shipped = {"native": 0.85, "arterial": 0.86, "cta_crop": 0.80}
+    close = rows("s", shipped) + rows("r", {"native": 0.86, "arterial": 0.85, "cta_crop": 0.81})
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps({"rows": close}))
+    assert lr.main(["--holdout", str(path), "--shipped", "s", "--reproduced", "r", "--out", str(tmp_path / "o")]) == 0
+    got = json.loads((tmp_path / "o.json").read_text())
+    assert got["reproduced"] and got["per_setting"]["native"]["difference"] == pytest.approx(0.01)
+    # One setting 0.03 off fails the rule even though the average moves by 0.0067 only.
+    far = rows("s", shipped) + rows("r", {"native": 0.88, "arterial": 0.85, "cta_crop": 0.79})
+    v = lr.verdict(lr.setting_means(far, "s"), lr.setting_means(far, "r"))
+    assert v["mean_within"] and not v["per_setting"]["native"]["within"] and not v["reproduced"]
+    # The average alone can fail it too.
+    drift = rows("s", shipped) + rows("r", {k: d - 0.015 for k, d in shipped.items()})
+    v = lr.verdict(lr.setting_means(drift, "s"), lr.setting_means(drift, "r"))
+    assert all(r["within"] for r in v["per_setting"].values()) and not v["reproduced"]
