@@ -9,7 +9,7 @@ settings.
         --out bench/results/localiser_reproduction
 
 Writes ``OUT.json`` (per setting: both means and the difference; the verdict) and ``OUT.md``. The means are the
-held-out tables' own (``priorsam.evaluation.metrics.summarise``: per organ over the cases, then over organs).
+held-out tables' own (``anatomy_holdout.per_setting``: per organ over the cases, then over organs).
 """
 from __future__ import annotations
 
@@ -24,31 +24,28 @@ PER_SETTING, AVERAGED = 0.02, 0.01
 
 def setting_means(rows: list[dict], run: str) -> dict[str, float]:
     """Mean Dice over the 8 organs per setting for one run, as in the held-out tables."""
-    from priorsam.evaluation.metrics import summarise
+    from priorsam.evaluation.anatomy_holdout import per_setting
     from priorsam.labels import labels
 
-    organs = [lab.name for lab in labels()]
-    mine = [r for r in rows if r["run"] == run]
-    if not mine:
+    settings = list(dict.fromkeys(r["setting"] for r in rows if r["run"] == run))
+    if not settings:
         raise SystemExit(f"error: no rows for the run {run!r} in the held-out file")
-    out = {}
-    for st in dict.fromkeys(r["setting"] for r in mine):
-        s = summarise([{"case": r["case"], "organs": r["organs"]} for r in mine if r["setting"] == st], organs)
-        out[st] = float(s["mean"]["dice"])
-    return out
+    organs = [lab.name for lab in labels()]
+    return {st: float(s["mean"]["dice"]) for st, _, s in per_setting(rows, run, settings, organs)}
 
 
 def verdict(shipped: dict[str, float], reproduced: dict[str, float]) -> dict:
     """The plan's rule over the settings both runs were scored in."""
     if set(shipped) != set(reproduced):
         raise SystemExit(f"error: the runs were scored in different settings: {sorted(shipped)} vs {sorted(reproduced)}")
-    diffs = {st: reproduced[st] - shipped[st] for st in shipped}
-    mean_diff = float(np.mean(list(diffs.values())))
-    every = all(abs(d) <= PER_SETTING for d in diffs.values())
-    return {"per_setting": {st: {"shipped": shipped[st], "reproduced": reproduced[st], "difference": diffs[st],
-                                 "within": abs(diffs[st]) <= PER_SETTING} for st in shipped},
-            "mean_difference": mean_diff, "mean_within": abs(mean_diff) <= AVERAGED,
-            "reproduced": every and abs(mean_diff) <= AVERAGED}
+    rows = {st: {"shipped": shipped[st], "reproduced": reproduced[st], "difference": reproduced[st] - shipped[st]}
+            for st in shipped}
+    for r in rows.values():
+        r["within"] = abs(r["difference"]) <= PER_SETTING
+    mean_diff = float(np.mean([r["difference"] for r in rows.values()]))
+    mean_within = abs(mean_diff) <= AVERAGED
+    return {"per_setting": rows, "mean_difference": mean_diff, "mean_within": mean_within,
+            "reproduced": mean_within and all(r["within"] for r in rows.values())}
 
 
 def table(v: dict) -> str:

@@ -227,7 +227,7 @@ def _localiser_only(seg: Segmenter, vol: Volume, gt: np.ndarray, support: np.nda
                       (loc_net.spacing_mm,) * 3, cid), "localiser": res.summary()}
 
 
-def _per_setting(rows: list[dict], run: str, settings: list[str], organs: list[str]):
+def per_setting(rows: list[dict], run: str, settings: list[str], organs: list[str]):
     """For each setting the run has rows in: (setting, its rows, ``summarise`` over them)."""
     for st in settings:
         mine = [r for r in rows if r["run"] == run and r["setting"] == st]
@@ -244,7 +244,7 @@ def tables(rows: list[dict], runs: list[str], settings: list[str]) -> str:
         lines += [f"### {run}", "", "| setting | cases | " + " | ".join(organs)
                   + " | mean Dice | mean HD95 mm | mean Dice, all voxels |",
                   "|---|---|" + "---|" * (len(organs) + 3)]
-        for st, mine, s in _per_setting(rows, run, settings, organs):
+        for st, mine, s in per_setting(rows, run, settings, organs):
             every = [r["dice_all_voxels"] for r in mine if "dice_all_voxels" in r]
             # Same averaging as the main figure: per organ over cases, then over organs.
             all_mean = (f"{np.nanmean([np.nanmean([e[o] for e in every]) for o in organs]):.3f}"
@@ -266,7 +266,7 @@ def hd95_tables(rows: list[dict], runs: list[str], settings: list[str]) -> str:
     for run in runs:
         lines += [f"### {run}: HD95 (mm) per organ", "", "| setting | cases | " + " | ".join(organs)
                   + " | mean HD95 mm |", "|---|---|" + "---|" * (len(organs) + 1)]
-        for st, mine, s in _per_setting(rows, run, settings, organs):
+        for st, mine, s in per_setting(rows, run, settings, organs):
             cells = []
             for o in organs:
                 v, missed = s["organs"][o]["hd95_mm"], s["organs"][o]["missed"]
