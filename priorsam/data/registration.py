@@ -4,10 +4,13 @@ Used to warp the sample CT and its full label map onto another patient's anatomy
 (:mod:`priorsam.data.pseudo_patients`). The recipe (docs/anatomy_bank.md; checked on BTCV 0001: organ
 Dice 0.42 after the affine step, 0.91 after the deformable one):
 
-* both label maps on one isotropic grid (3 mm), the centroids of their organ unions aligned;
+* both label maps on one isotropic grid (3 mm), the means of their organ centroids aligned (each
+  organ counts once: aligning the centroids of the organ unions let one enlarged organ drag the start,
+  and Greedy's affine then failed on BTCV 0009's 3.2 L spleen in some runs, docs/anatomy_bank.md);
 * one Gaussian-smoothed (σ = 1 voxel) binary mask per organ present in both maps, as
   fixed/moving channel pairs, SSD metric;
-* affine (12 dof, 100×50×20 iterations), then diffeomorphic greedy (100×60×30, σ 2 and 0.5 voxels);
+* affine (12 dof, 100×50×20 iterations, a fixed random seed), then diffeomorphic greedy (100×60×30,
+  σ 2 and 0.5 voxels);
 * label maps resliced with Greedy's ``LABEL`` interpolation, intensities linearly.
 
 QA per case: organ Dice of the warped moving labels against the fixed labels, and the share of
@@ -97,11 +100,9 @@ def _reslice(g, images: dict, key: str, interp: str, background: float, transfor
     return np.rint(_from_sitk(sitk.ReadImage(path))).astype(np.uint8)
 
 
-def union_centroid_mm(labels: np.ndarray, spacing: float) -> np.ndarray:
-    idx = np.argwhere(labels > 0)
-    if not len(idx):
-        return np.array(labels.shape, dtype=np.float64) * spacing / 2
-    return idx.mean(0) * spacing
+def organ_centroids_mean_mm(labels: np.ndarray, organs, spacing: float) -> np.ndarray:
+    """Mean of the given organs' centroids (mm from voxel 0), each organ weighted once."""
+    return np.mean([np.argwhere(labels == k).mean(0) for k in organs], axis=0) * spacing
 
 
 def dice_per_label(a: np.ndarray, b: np.ndarray, ids) -> dict[int, float]:
@@ -116,12 +117,15 @@ def dice_per_label(a: np.ndarray, b: np.ndarray, ids) -> dict[int, float]:
 def register_labels(fixed: np.ndarray, moving: np.ndarray, spacing: float,
                     moving_images: dict[str, tuple[np.ndarray, str, float]] | None = None,
                     organs=None, sigma_vox: float = 1.0, log_path: str | None = None,
-                    affine_iters: str = AFFINE_ITERS, deform_iters: str = DEFORM_ITERS) -> RegistrationResult:
+                    affine_iters: str = AFFINE_ITERS, deform_iters: str = DEFORM_ITERS,
+                    seed: int = 1) -> RegistrationResult:
     """Register ``moving`` labels onto ``fixed`` labels (both (X,Y,Z), same isotropic ``spacing``).
 
     ``moving_images``: name → (array on the moving grid, ``"LINEAR"`` or ``"LABEL"``, background
     value) to reslice with the same transform; the moving labels are always resliced as
-    ``"labels"``. Returns the resliced arrays and the QA figures.
+    ``"labels"``. ``seed``: Greedy's affine jitters its sample points at random, so a fixed seed makes
+    the result repeatable on one machine (0: a new random draw each run, Greedy's default). Returns the
+    resliced arrays and the QA figures.
     """
     import SimpleITK as sitk
     from scipy.ndimage import gaussian_filter
@@ -130,9 +134,9 @@ def register_labels(fixed: np.ndarray, moving: np.ndarray, spacing: float,
               if (fixed == k).any() and (moving == k).any()]
     if not organs:
         raise ValueError("the two label maps share no organ")
-    # Origins put each organ union's centroid at 0 mm: the affine starts from aligned centroids.
-    o_f = -union_centroid_mm(fixed, spacing)
-    o_m = -union_centroid_mm(moving, spacing)
+    # Origins put the mean of the shared organs' centroids at 0 mm: the affine starts from there.
+    o_f = -organ_centroids_mean_mm(fixed, organs, spacing)
+    o_m = -organ_centroids_mean_mm(moving, organs, spacing)
     g = _greedy()
     images, pairs = {}, []
     for k in organs:
@@ -147,8 +151,9 @@ def register_labels(fixed: np.ndarray, moving: np.ndarray, spacing: float,
         images[f"in_{name}"] = _to_sitk(arr, spacing, o_m, np.float32 if mode == "LINEAR" else np.uint8)
         todo[name] = (f"in_{name}", "LINEAR" if mode == "LINEAR" else "LABEL 0.2vox", bg)
     with _quiet_stdout(log_path), tempfile.TemporaryDirectory(prefix="priorsam-reg-") as tmp:
-        g.execute(f"-d 3 -threads {os.cpu_count() or 1} -a -dof 12 -m SSD -n {affine_iters} -ia-identity {chans} "
-                  f"-o aff", aff=None, **images)
+        seed_opt = f"-seed {seed} " if seed else ""
+        g.execute(f"-d 3 -threads {os.cpu_count() or 1} -a -dof 12 -m SSD -n {affine_iters} -ia-identity {seed_opt}"
+                  f"{chans} -o aff", aff=None, **images)
         lab_aff = _reslice(g, images, "movlab", "LABEL 0.2vox", 0.0, "aff", tmp)
         g.execute(f"-d 3 -threads {os.cpu_count() or 1} -m SSD -n {deform_iters} -s {DEFORM_SMOOTHING} "
                   f"-it aff {chans} -o warp", warp=None, **images)
