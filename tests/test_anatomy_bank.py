@@ -174,7 +174,7 @@ def test_a_case_failing_qa_is_registered_again_with_the_next_seed(tmp_path):
     pytest.importorskip("picsl_greedy")
     from types import SimpleNamespace
 
-    from priorsam.data.pseudo_patients import BankRecipe, build_one
+    from priorsam.data.pseudo_patients import BankRecipe, build_one, qa_table, save
     from priorsam.labels import mapping, remap
 
     root = write_bank(tmp_path / "bank", {"0001": synthetic_abdomen()})
@@ -191,5 +191,7 @@ def test_a_case_failing_qa_is_registered_again_with_the_next_seed(tmp_path):
     assert [t["seed"] for t in tries] == [1, 2] and not pp.qa["kept"]
     best = max(tries, key=lambda t: t["mean_dice"])
     assert pp.qa["seed"] == best["seed"] and pp.qa["mean_dice"] == best["mean_dice"] > 0.8
+    save(pp, tmp_path / "cache" / case.case_id, "k")
+    assert "| no | 2 |" in qa_table(tmp_path / "cache").splitlines()[-1]   # dropped after two tries
     passed = build_one(case, sample, BankRecipe(attempts=2))  # the ordinary QA: the first try passes
     assert passed.qa["kept"] and [t["seed"] for t in passed.qa["tries"]] == [1]

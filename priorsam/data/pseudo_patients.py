@@ -250,8 +250,8 @@ def qa_table(cache: str | os.PathLike) -> str:
     from ..labels import label_names
 
     names = label_names()
-    lines = ["| case | source | " + " | ".join(names) + " | mean | affine mean | folded | kept | s |",
-             "|---|---|" + "---|" * (len(names) + 5)]
+    lines = ["| case | source | " + " | ".join(names) + " | mean | affine mean | folded | kept | tries | s |",
+             "|---|---|" + "---|" * (len(names) + 6)]
     for r in list_bank(cache, kept_only=False):
         d = r["dice"]
         aff = np.mean(list(r["dice_affine"].values())) if r["dice_affine"] else float("nan")
@@ -259,7 +259,7 @@ def qa_table(cache: str | os.PathLike) -> str:
                  for k in organ_ids()]
         lines.append(f"| {r['case_id']} | {r['source']} | " + " | ".join(cells) +
                      f" | {r['mean_dice']:.3f} | {aff:.3f} | {r['folded_fraction']:.1e} | "
-                     f"{'yes' if r['kept'] else 'no'} | {r['seconds']:.0f} |")
+                     f"{'yes' if r['kept'] else 'no'} | {len(r.get('tries', [None]))} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
 
