@@ -360,3 +360,36 @@ def test_localiser_reproduction_applies_the_plans_rule(tmp_path):
     drift = rows("s", shipped) + rows("r", {k: d - 0.015 for k, d in shipped.items()})
     v = lr.verdict(lr.setting_means(drift, "s"), lr.setting_means(drift, "r"))
     assert all(r["within"] for r in v["per_setting"].values()) and not v["reproduced"]
+
+
+def test_bank_recipe_compare_applies_the_plans_rule(tmp_path):
+    import json
+
+    import bank_recipe_compare as brc
+
+    def build(folder, means, kept=(True, True)):
+        for case, mean, k in zip(("btcv_0001", "btcv_0009"), means, kept):
+            d = tmp_path / folder / case
+            d.mkdir(parents=True)
+            (d / "pseudo.npz").write_bytes(b"")
+            (d / "qa.json").write_text(json.dumps({
+                "case_id": case, "mean_dice": mean, "dice": {"1": mean}, "dice_affine": {"1": 0.4},
+                "folded_fraction": 0.0, "kept": k, "seconds": 50.0, "tries": [{"seed": 1}]}))
+        return str(tmp_path / folder)
+
+    ref = tmp_path / "ref.md"
+    ref.write_text("| case | source | spleen | mean | affine mean | folded | kept | s |\n|---|---|---|---|---|---|---|---|\n"
+                   "| btcv_0001 | btcv | 0.90 | 0.900 | 0.300 | 0.0e+00 | yes | 26 |\n"
+                   "| btcv_0009 | btcv | 0.85 | 0.850 | 0.076 | 0.0e+00 | yes | 55 |\n")
+    good = build("good", (0.89, 0.874))
+    assert brc.main(["--cache", good, "--reference", str(ref), "--repeat", good, "--out", str(tmp_path / "o")]) == 0
+    got = json.loads((tmp_path / "o.json").read_text())
+    assert got["stays"] and got["repeat_identical"] == {"btcv_0001": True, "btcv_0009": True}
+    assert got["affine_mean"] == pytest.approx(0.4) and got["reference_affine_mean"] == pytest.approx(0.188)
+    # One case 0.06 below its reference row fails the rule though the mean over cases rises.
+    v = brc.verdict(brc.cache_rows(build("fallen", (0.84, 0.95))), brc.reference_rows(ref.read_text()))
+    assert v["mean_dice"] > v["reference_mean_dice"] and v["fallen_cases"] == ["btcv_0001"] and not v["stays"]
+    # So does a dropped case, and a second build that differs is reported.
+    dropped = build("dropped", (0.9, 0.86), kept=(True, False))
+    assert not brc.verdict(brc.cache_rows(dropped), brc.reference_rows(ref.read_text()))["stays"]
+    assert brc.repeat_check(brc.cache_rows(good), brc.cache_rows(dropped)) == {"btcv_0001": False, "btcv_0009": False}
