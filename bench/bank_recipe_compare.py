@@ -13,11 +13,11 @@ build of some of the cases (another empty cache, same machine) must give the sam
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 
 import numpy as np
+from common import write_verdict
 
 MEAN_DROP, CASE_DROP = 0.01, 0.05
 
@@ -101,14 +101,9 @@ def main(argv=None) -> int:
     new, ref = cache_rows(a.cache), reference_rows(Path(a.reference).read_text())
     v = verdict(new, ref)
     repeat = repeat_check(new, cache_rows(a.repeat)) if a.repeat else None
-    out = Path(a.out)
-    out.with_suffix(".json").write_text(json.dumps({"cache": a.cache, "reference": a.reference, **v,
-                                                    "repeat_identical": repeat,
-                                                    "per_case": {c: {k: x for k, x in new[c].items() if k != "qa"}
-                                                                 for c in sorted(new)}}, indent=1))
-    text = report(new, ref, v, repeat)
-    out.with_suffix(".md").write_text(text + "\n")
-    print(text)
+    write_verdict(a.out, {"cache": a.cache, "reference": a.reference, **v, "repeat_identical": repeat,
+                          "per_case": {c: {k: x for k, x in new[c].items() if k != "qa"} for c in sorted(new)}},
+                  report(new, ref, v, repeat))
     return 0
 
 

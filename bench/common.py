@@ -221,6 +221,14 @@ def python() -> str:
     return sys.executable
 
 
+def write_verdict(out: str | Path, payload: dict, text: str) -> None:
+    """A rule-applying script's results: ``OUT.json`` (``payload``) and ``OUT.md`` (``text``), also printed."""
+    out = Path(out)
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+    out.with_suffix(".md").write_text(text + "\n")
+    print(text)
+
+
 def bank_check_main(doc: str, check: Callable[..., list], table: Callable[[list, list], str], argv=None) -> int:
     """The command line of a check over pseudo-patient volumes: ``--bank --cases --settings [--options JSON]
     --out OUT``; runs ``check(bank, cases, settings, options)`` and writes ``OUT.json`` (rows) and ``OUT.md``

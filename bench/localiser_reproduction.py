@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from common import write_verdict
 
 PER_SETTING, AVERAGED = 0.02, 0.01
 
@@ -68,11 +69,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     rows = json.loads(Path(a.holdout).read_text())["rows"]
     v = verdict(setting_means(rows, a.shipped), setting_means(rows, a.reproduced))
-    out = Path(a.out)
-    out.with_suffix(".json").write_text(json.dumps({"holdout": a.holdout, "shipped": a.shipped,
-                                                    "reproduced": a.reproduced, **v}, indent=1))
-    out.with_suffix(".md").write_text(table(v) + "\n")
-    print(table(v))
+    write_verdict(a.out, {"holdout": a.holdout, "shipped": a.shipped, "reproduced": a.reproduced, **v}, table(v))
     return 0
 
 
