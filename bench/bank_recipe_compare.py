@@ -8,11 +8,15 @@ build of some of the cases (another empty cache, same machine) must give the sam
         [--repeat BANK2] --out bench/results/bank_recipe_v2
 
 ``--reference``: a markdown QA table as ``priorsam.data.pseudo_patients.qa_table`` writes it (case, source,
-8 organs, mean, affine mean, …). Writes ``OUT.json`` and ``OUT.md``.
+8 organs, mean, affine mean, …), or an ``OUT.json`` this script wrote for another build; against the latter the
+report also counts the cases whose figures are the same to the fourth decimal (a build of the same recipe on
+another machine: Greedy is repeatable on one machine, not promised across machines). Writes ``OUT.json`` and
+``OUT.md``.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -37,6 +41,20 @@ def reference_rows(md: str) -> dict[str, dict]:
     if not out:
         raise SystemExit("error: no QA table rows in the reference file")
     return out
+
+
+def reference_from(path: str) -> tuple[dict[str, dict], bool]:
+    """Reference rows from a markdown QA table or a previous ``OUT.json``; True when the latter (4 decimals)."""
+    text = Path(path).read_text()
+    if path.endswith(".json"):
+        return {c: {k: r[k] for k in ("mean", "affine", "kept")} for c, r in json.loads(text)["per_case"].items()}, True
+    return reference_rows(text), False
+
+
+def same_figures(new: dict[str, dict], ref: dict[str, dict]) -> list[str]:
+    """Cases whose mean Dice and mean affine-step Dice equal the reference's (qa.json keeps 4 decimals)."""
+    return [c for c in sorted(ref) if abs(new[c]["mean"] - ref[c]["mean"]) < 5e-5
+            and abs(new[c]["affine"] - ref[c]["affine"]) < 5e-5]
 
 
 def cache_rows(cache: str) -> dict[str, dict]:
@@ -71,7 +89,7 @@ def repeat_check(new: dict[str, dict], again: dict[str, dict]) -> dict[str, bool
     return {c: again[c]["qa"] == new[c]["qa"] for c in sorted(again)}
 
 
-def report(new: dict, ref: dict, v: dict, repeat: dict | None) -> str:
+def report(new: dict, ref: dict, v: dict, repeat: dict | None, same: list[str] | None = None) -> str:
     lines = ["| case | mean Dice, reference | mean Dice, new | difference | affine, reference | affine, new | "
              "tries | s |", "|---|---|---|---|---|---|---|---|"]
     for c in sorted(ref):
@@ -83,6 +101,10 @@ def report(new: dict, ref: dict, v: dict, repeat: dict | None) -> str:
               f"after the affine step {v['reference_affine_mean']:.4f} → {v['affine_mean']:.4f}; dropped: "
               f"{', '.join(v['dropped']) or 'none'}; more than {CASE_DROP} below the reference: "
               f"{', '.join(v['fallen_cases']) or 'none'}."]
+    if same is not None:
+        lines += ["", f"The same mean and affine-step Dice as the reference build to the fourth decimal: {len(same)} of "
+                  f"{v['cases']} cases"
+                  + (f"; different: {', '.join(c for c in sorted(ref) if c not in same)}." if len(same) < v["cases"] else ".")]
     if repeat is not None:
         same = [c for c, ok in repeat.items() if ok]
         lines += ["", f"Built again into an empty cache: {len(same)} of {len(repeat)} cases gave the same QA "
@@ -94,16 +116,20 @@ def report(new: dict, ref: dict, v: dict, repeat: dict | None) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", required=True, help="the bank built with the new recipe")
-    ap.add_argument("--reference", required=True, help="markdown QA table of the reference recipe")
+    ap.add_argument("--reference", required=True,
+                    help="markdown QA table of the reference recipe, or OUT.json of another build")
     ap.add_argument("--repeat", default=None, help="a second build of some cases with the new recipe")
     ap.add_argument("--out", required=True, help="output prefix: writes OUT.json and OUT.md")
     a = ap.parse_args(argv)
-    new, ref = cache_rows(a.cache), reference_rows(Path(a.reference).read_text())
+    new = cache_rows(a.cache)
+    ref, exact = reference_from(a.reference)
     v = verdict(new, ref)
+    same = same_figures(new, ref) if exact else None
     repeat = repeat_check(new, cache_rows(a.repeat)) if a.repeat else None
     write_verdict(a.out, {"cache": a.cache, "reference": a.reference, **v, "repeat_identical": repeat,
+                          "same_as_reference": same,
                           "per_case": {c: {k: x for k, x in new[c].items() if k != "qa"} for c in sorted(new)}},
-                  report(new, ref, v, repeat))
+                  report(new, ref, v, repeat, same))
     return 0
 
 

@@ -393,3 +393,10 @@ def test_bank_recipe_compare_applies_the_plans_rule(tmp_path):
     dropped = build("dropped", (0.9, 0.86), kept=(True, False))
     assert not brc.verdict(brc.cache_rows(dropped), brc.reference_rows(ref.read_text()))["stays"]
     assert brc.repeat_check(brc.cache_rows(good), brc.cache_rows(dropped)) == {"btcv_0001": False, "btcv_0009": False}
+    # Another build's OUT.json as the reference: the cases with the same figures are counted and named.
+    assert brc.main(["--cache", dropped, "--reference", str(tmp_path / "o.json"), "--out", str(tmp_path / "x")]) == 0
+    got = json.loads((tmp_path / "x.json").read_text())
+    assert got["same_as_reference"] == [] and not got["stays"]
+    assert brc.main(["--cache", good, "--reference", str(tmp_path / "o.json"), "--out", str(tmp_path / "y")]) == 0
+    assert json.loads((tmp_path / "y.json").read_text())["same_as_reference"] == ["btcv_0001", "btcv_0009"]
+    assert "2 of 2 cases." in (tmp_path / "y.md").read_text()
