@@ -400,3 +400,38 @@ def test_bank_recipe_compare_applies_the_plans_rule(tmp_path):
     assert brc.main(["--cache", good, "--reference", str(tmp_path / "o.json"), "--out", str(tmp_path / "y")]) == 0
     assert json.loads((tmp_path / "y.json").read_text())["same_as_reference"] == ["btcv_0001", "btcv_0009"]
     assert "2 of 2 cases." in (tmp_path / "y.md").read_text()
+
+
+def test_holdout_builds_compare_judges_the_target_only_on_a_complete_set(tmp_path):
+    import json
+
+    import holdout_builds_compare as hbc
+    from priorsam.labels import labels
+
+    organs = [lab.name for lab in labels()]
+
+    def rows(run, dice):
+        return [{"run": run, "case": c, "setting": st,
+                 "organs": {o: {"dice": d, "hd95_mm": 5.0, "hd95_vox": 2.0, "gt_voxels": 10, "missed": False,
+                                "false_positive": False} for o in organs}}
+                for (c, st), d in dice.items()]
+
+    pairs = {("a", "native"): 0.86, ("b", "native"): 0.88, ("a", "cta_crop"): 0.80, ("b", "cta_crop"): 0.82}
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps({"rows": rows("old", pairs)}))
+    new = tmp_path / "new.partial.json"      # the evaluation's partial file is a bare list
+    new.write_text(json.dumps(rows("new", {("a", "native"): 0.84, ("a", "cta_crop"): 0.79})))
+    assert hbc.main(["--reference", str(ref), "--reference-run", "old", "--new", str(new), "--new-run", "new",
+                     "--out", str(tmp_path / "p")]) == 0
+    got = json.loads((tmp_path / "p.json").read_text())
+    # Only case a is compared, on both builds, and the target is not judged on half the pairs.
+    assert not got["complete"] and got["whole_volume_under_target"] is None
+    assert got["per_setting"]["native"]["reference"] == pytest.approx(0.86)
+    assert got["per_setting"]["native"]["difference"] == pytest.approx(-0.02)
+    assert "**Partial**: 2 of the reference's 4" in (tmp_path / "p.md").read_text()
+    # Complete: native under 0.85 is named; the crop is not a whole volume.
+    new.write_text(json.dumps(rows("new", {**pairs, ("a", "native"): 0.83, ("b", "native"): 0.85})))
+    v = hbc.compare(hbc.load_rows(str(ref), "old"), hbc.load_rows(str(new), "new"))
+    assert v["complete"] and v["whole_volume_under_target"] == ["native"]
+    with pytest.raises(SystemExit, match="no rows for the run"):
+        hbc.load_rows(str(ref), "missing")
