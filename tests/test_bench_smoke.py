@@ -331,19 +331,23 @@ def test_localiser_mirror_check_flips_left_right_and_counts_per_setting():
     assert line == "| native | 3 | 2 / 2 | +0.0100 | -0.0100 | 0 | 1 | 1 |"
 
 
+def _holdout_rows(run, dice_by_pair):
+    """anatomy_holdout rows of one run: (case, setting) → the same Dice for every organ."""
+    from priorsam.labels import labels
+
+    return [{"run": run, "case": c, "setting": st,
+             "organs": {lab.name: {"dice": d, "hd95_mm": 5.0, "hd95_vox": 2.0, "gt_voxels": 10, "missed": False,
+                                   "false_positive": False} for lab in labels()}}
+            for (c, st), d in dice_by_pair.items()]
+
+
 def test_localiser_reproduction_applies_the_plans_rule(tmp_path):
     import json
 
     import localiser_reproduction as lr
-    from priorsam.labels import labels
-
-    organs = [lab.name for lab in labels()]
 
     def rows(run, dice_by_setting):
-        return [{"run": run, "case": c, "setting": st,
-                 "organs": {o: {"dice": d, "hd95_mm": 5.0, "hd95_vox": 2.0, "gt_voxels": 10, "missed": False,
-                                   "false_positive": False} for o in organs}}
-                for st, d in dice_by_setting.items() for c in ("a", "b")]
+        return _holdout_rows(run, {(c, st): d for st, d in dice_by_setting.items() for c in ("a", "b")})
 
     shipped = {"native": 0.85, "arterial": 0.86, "cta_crop": 0.80}
     close = rows("s", shipped) + rows("r", {"native": 0.86, "arterial": 0.85, "cta_crop": 0.81})
@@ -406,15 +410,8 @@ def test_holdout_builds_compare_judges_the_target_only_on_a_complete_set(tmp_pat
     import json
 
     import holdout_builds_compare as hbc
-    from priorsam.labels import labels
 
-    organs = [lab.name for lab in labels()]
-
-    def rows(run, dice):
-        return [{"run": run, "case": c, "setting": st,
-                 "organs": {o: {"dice": d, "hd95_mm": 5.0, "hd95_vox": 2.0, "gt_voxels": 10, "missed": False,
-                                "false_positive": False} for o in organs}}
-                for (c, st), d in dice.items()]
+    rows = _holdout_rows
 
     pairs = {("a", "native"): 0.86, ("b", "native"): 0.88, ("a", "cta_crop"): 0.80, ("b", "cta_crop"): 0.82}
     ref = tmp_path / "ref.json"
