@@ -195,3 +195,38 @@ def test_a_case_failing_qa_is_registered_again_with_the_next_seed(tmp_path):
     assert "| no | 2 |" in qa_table(tmp_path / "cache").splitlines()[-1]   # dropped after two tries
     passed = build_one(case, sample, BankRecipe(attempts=2))  # the ordinary QA: the first try passes
     assert passed.qa["kept"] and [t["seed"] for t in passed.qa["tries"]] == [1]
+
+
+def test_bank_json_lists_every_case_built_with_the_recipe_after_a_partial_rebuild(tmp_path, monkeypatch):
+    """Building one case again (``cases=[…]``) keeps the others in bank.json, which training reads as the bank."""
+    import json
+    from types import SimpleNamespace
+
+    import priorsam.data.pseudo_patients as ppm
+
+    root = write_bank(tmp_path / "anatomy", {"0001": synthetic_abdomen(), "0002": synthetic_abdomen(shift=(1, 0, 0))})
+    image = tmp_path / "sample.nii.gz"
+    image.write_bytes(b"sample")
+    monkeypatch.setattr(ppm, "load_sample", lambda: (None, None, None, SimpleNamespace(image=image)))
+    built = []
+
+    def fake_build_one(case, sample, recipe, log_path=None):
+        built.append(case.case_id)
+        z = np.zeros((2, 2, 2), np.int16)
+        return ppm.PseudoPatient(case.case_id, z.astype(np.float32), z, z, z, z.astype(bool), np.eye(4),
+                                 {"case_id": case.case_id, "mean_dice": 0.9, "dice": {}, "dice_affine": {"1": 0.4},
+                                  "folded_fraction": 0.0, "unreliable_organs": [], "kept": True, "seconds": 1.0,
+                                  "tries": [{"seed": 1}]})
+
+    monkeypatch.setattr(ppm, "build_one", fake_build_one)
+    cache = tmp_path / "cache"
+    ids = [c.case_id for c in discover(root)]
+    ppm.build_bank(str(root), str(cache), log=lambda *_: None)
+    assert built == ids
+    ppm.build_bank(str(root), str(cache), cases=[ids[1]], log=lambda *_: None)   # cached: nothing registered
+    assert built == ids
+    listed = json.loads((cache / "bank.json").read_text())["cases"]
+    assert [c["case_id"] for c in listed] == ids and not list(cache.glob(".bank.json.*"))
+    # A case cached under another recipe is not listed as part of this one.
+    ppm.build_bank(str(root), str(cache), cases=[ids[0]], recipe=ppm.BankRecipe(spacing_mm=2.0), log=lambda *_: None)
+    assert [c["case_id"] for c in json.loads((cache / "bank.json").read_text())["cases"]] == [ids[0]]

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import one_line_errors
+from ..io import atomic_path
 from ..labels import mapping, organ_ids, remap
 from .anatomy import AnatomyCase, discover, load_anatomy
 from .preprocess import window
@@ -181,9 +182,8 @@ def build_bank(anatomy: str | None, cache: str, cases: list[str] | None = None, 
 
     root = Path(cache)
     root.mkdir(parents=True, exist_ok=True)
-    todo = discover(anatomy)
-    if cases:
-        todo = [c for c in todo if c.case_id in set(cases)]
+    every = discover(anatomy)
+    todo = [c for c in every if c.case_id in set(cases)] if cases else every
     sample = load_sample()
     sample_sha = sha256_file(sample[3].image)[:16]
     records, t_all = [], time.time()
@@ -205,7 +205,15 @@ def build_bank(anatomy: str | None, cache: str, cases: list[str] | None = None, 
             f"unreliable {pp.qa['unreliable_organs']}, {'kept' if pp.qa['kept'] else 'DROPPED'}, {pp.qa['seconds']} s"
             + (f", {len(pp.qa['tries'])} tries" if len(pp.qa["tries"]) > 1 else ""))
     log(f"[bank] {len(records)} cases in {time.time() - t_all:.0f} s")
-    (root / "bank.json").write_text(json.dumps({"recipe": asdict(recipe), "cases": records}, indent=1))
+    # bank.json is what training reads as "the bank is built": it lists every case in the cache built with this
+    # recipe, not only those this call was asked for (``cases``), and is never left half-written.
+    listed = {r["case_id"]: r for r in records}
+    keys = {c.case_id: recipe.key(c, sample_sha) for c in every if c.case_id not in listed}
+    for q in list_bank(root, kept_only=False):
+        if q["case_id"] in keys and q.get("key") == keys[q["case_id"]]:
+            listed[q["case_id"]] = {k: v for k, v in q.items() if k != "folder"}
+    with atomic_path(root / "bank.json") as tmp:
+        tmp.write_text(json.dumps({"recipe": asdict(recipe), "cases": [listed[c] for c in sorted(listed)]}, indent=1))
     return records
 
 
