@@ -9,8 +9,9 @@ each case when the evaluation has not finished) for a reference build and a new 
 Per setting: the held-out table's mean Dice (per organ over the cases, then over organs) on the cases both builds
 have, and per case each build's mean over organs. The 0.85 clause of the stop-43 and v2 plans (a whole-volume
 setting under 0.85 on the new build must be said in README.md and docs/generalisation.md) is only judged when the
-new build has every (case, setting) pair of the reference; otherwise the result says it is partial. Writes
-``OUT.json`` and ``OUT.md``.
+new build has every whole-volume (case, setting) pair of the reference; settings the new build did not measure at
+all (the slabs, say) are listed, and a set with whole-volume pairs missing is called partial. Writes ``OUT.json``
+and ``OUT.md``.
 """
 from __future__ import annotations
 
@@ -54,9 +55,13 @@ def compare(ref: list[dict], new: list[dict]) -> dict:
                    "new": both["new"]["mean"], "difference": both["new"]["mean"] - both["reference"]["mean"],
                    "per_case": {c: {"reference": both["reference"]["cases"][c], "new": both["new"]["cases"][c]}
                                 for c in both["new"]["cases"]}}
-    complete = {(r["case"], r["setting"]) for r in ref} <= key
+    ref_pairs = {(r["case"], r["setting"]) for r in ref}
+    # The clause is about whole volumes, so a reference setting the new build never measured (a slab) does not
+    # stop it from being judged; a missing whole-volume pair does.
+    complete = {p for p in ref_pairs if not p[1].startswith(NOT_WHOLE_VOLUME)} <= key
     under = sorted(st for st, s in out.items() if not st.startswith(NOT_WHOLE_VOLUME) and s["new"] < TARGET)
-    return {"complete": complete, "pairs": len(key), "reference_pairs": len({(r["case"], r["setting"]) for r in ref}),
+    return {"complete": complete, "pairs": len(key), "reference_pairs": len(ref_pairs),
+            "not_measured": sorted({p[1] for p in ref_pairs - key}),
             "per_setting": out, "whole_volume_under_target": under if complete else None}
 
 
@@ -65,14 +70,17 @@ def report(v: dict) -> str:
     for st, s in v["per_setting"].items():
         cases = "; ".join(f"{c} {p['reference']:.3f} → {p['new']:.3f}" for c, p in s["per_case"].items())
         lines.append(f"| {st} | {s['cases']} | {s['reference']:.4f} | {s['new']:.4f} | {s['difference']:+.4f} | {cases} |")
+    missing = (f" Reference settings with a pair not measured on the new build: {', '.join(v['not_measured'])}."
+               if v["not_measured"] else "")
     if v["complete"]:
         under = v["whole_volume_under_target"]
-        lines += ["", "Every (case, setting) pair of the reference was measured. Whole-volume settings under "
-                  f"{TARGET} on the new build: {', '.join(under) or 'none'}."]
+        lines += ["", f"{v['pairs']} of the reference's {v['reference_pairs']} (case, setting) pairs were measured on "
+                  f"the new build, every whole-volume one among them.{missing} Whole-volume settings under {TARGET} "
+                  f"on the new build: {', '.join(under) or 'none'}."]
     else:
         lines += ["", f"**Partial**: {v['pairs']} of the reference's {v['reference_pairs']} (case, setting) pairs "
-                  f"were measured on the new build; the means above are over those only, and the {TARGET} clause "
-                  "is not judged."]
+                  f"were measured on the new build, not every whole-volume one; the means above are over those "
+                  f"only, and the {TARGET} clause is not judged.{missing}"]
     return "\n".join(lines)
 
 

@@ -406,7 +406,7 @@ def test_bank_recipe_compare_applies_the_plans_rule(tmp_path):
     assert "2 of 2 cases." in (tmp_path / "y.md").read_text()
 
 
-def test_holdout_builds_compare_judges_the_target_only_on_a_complete_set(tmp_path):
+def test_holdout_builds_compare_judges_the_target_only_when_every_whole_volume_pair_is_measured(tmp_path):
     import json
 
     import holdout_builds_compare as hbc
@@ -430,5 +430,15 @@ def test_holdout_builds_compare_judges_the_target_only_on_a_complete_set(tmp_pat
     new.write_text(json.dumps(rows("new", {**pairs, ("a", "native"): 0.83, ("b", "native"): 0.85})))
     v = hbc.compare(hbc.load_rows(str(ref), "old"), hbc.load_rows(str(new), "new"))
     assert v["complete"] and v["whole_volume_under_target"] == ["native"]
+    # A reference setting the new build never measured (a slab) does not hold back the whole-volume verdict...
+    ref.write_text(json.dumps({"rows": rows("old", {**pairs, ("a", "slab_3"): 0.6, ("b", "slab_3"): 0.7})}))
+    v = hbc.compare(hbc.load_rows(str(ref), "old"), hbc.load_rows(str(new), "new"))
+    assert v["complete"] and v["whole_volume_under_target"] == ["native"] and v["not_measured"] == ["slab_3"]
+    assert "slab_3" not in v["per_setting"] and "not measured on the new build: slab_3" in hbc.report(v)
+    # ...but a whole-volume pair missing does, even with the slab present.
+    fewer = {p: d for p, d in {**pairs, ("a", "slab_3"): 0.6, ("b", "slab_3"): 0.7}.items() if p != ("b", "native")}
+    new.write_text(json.dumps(rows("new", fewer)))
+    v = hbc.compare(hbc.load_rows(str(ref), "old"), hbc.load_rows(str(new), "new"))
+    assert not v["complete"] and v["whole_volume_under_target"] is None and v["not_measured"] == ["native"]
     with pytest.raises(SystemExit, match="no rows for the run"):
         hbc.load_rows(str(ref), "missing")
