@@ -35,27 +35,30 @@ def load_rows(path: str, run: str) -> list[dict]:
     return rows
 
 
+def pairs(rows: list[dict]) -> set[tuple[str, str]]:
+    return {(r["case"], r["setting"]) for r in rows}
+
+
 def compare(ref: list[dict], new: list[dict]) -> dict:
-    from priorsam.evaluation.metrics import summarise
+    from priorsam.evaluation.anatomy_holdout import per_setting
     from priorsam.labels import labels
 
     organs = [lab.name for lab in labels()]
-    key = {(r["case"], r["setting"]) for r in ref} & {(r["case"], r["setting"]) for r in new}
-    settings = list(dict.fromkeys(r["setting"] for r in ref if (r["case"], r["setting"]) in key))
+    ref_pairs = pairs(ref)
+    key = ref_pairs & pairs(new)
+    settings = list(dict.fromkeys(st for c, st in ((r["case"], r["setting"]) for r in ref) if (c, st) in key))
+    both = {}
+    for name, rows in (("reference", ref), ("new", new)):
+        common = [r for r in rows if (r["case"], r["setting"]) in key]
+        both[name] = {st: (float(s["mean"]["dice"]),
+                           {r["case"]: float(np.nanmean([v["dice"] for v in r["organs"].values()]))
+                            for r in sorted(mine, key=lambda r: r["case"])})
+                      for st, mine, s in per_setting(common, rows[0]["run"], settings, organs)}
     out = {}
     for st in settings:
-        both = {}
-        for name, rows in (("reference", ref), ("new", new)):
-            mine = sorted((r for r in rows if r["setting"] == st and (r["case"], st) in key), key=lambda r: r["case"])
-            both[name] = {"mean": float(summarise([{"case": r["case"], "organs": r["organs"]} for r in mine],
-                                                  organs)["mean"]["dice"]),
-                          "cases": {r["case"]: float(np.nanmean([v["dice"] for v in r["organs"].values()]))
-                                    for r in mine}}
-        out[st] = {"cases": len(both["new"]["cases"]), "reference": both["reference"]["mean"],
-                   "new": both["new"]["mean"], "difference": both["new"]["mean"] - both["reference"]["mean"],
-                   "per_case": {c: {"reference": both["reference"]["cases"][c], "new": both["new"]["cases"][c]}
-                                for c in both["new"]["cases"]}}
-    ref_pairs = {(r["case"], r["setting"]) for r in ref}
+        (ref_mean, ref_cases), (new_mean, new_cases) = both["reference"][st], both["new"][st]
+        out[st] = {"cases": len(new_cases), "reference": ref_mean, "new": new_mean, "difference": new_mean - ref_mean,
+                   "per_case": {c: {"reference": ref_cases[c], "new": new_cases[c]} for c in new_cases}}
     # The clause is about whole volumes, so a reference setting the new build never measured (a slab) does not
     # stop it from being judged; a missing whole-volume pair does.
     complete = {p for p in ref_pairs if not p[1].startswith(NOT_WHOLE_VOLUME)} <= key
