@@ -1,9 +1,9 @@
-"""Does a retrained localiser reproduce the shipped one? Reads the rows that
-``python -m priorsam.evaluation.anatomy_holdout`` wrote for two runs (the shipped localiser and the retrained
-one, both ``localiser_only``, same bank, cases and settings) and applies the rule fixed in
-bench/results/localiser_reproduction_plan.md before training: **reproduced** iff the retrained localiser's
-held-out mean Dice is within ±0.02 of the shipped one's in every setting and within ±0.01 averaged over the
-settings.
+"""Does a retrained part reproduce the shipped one? Reads the rows that
+``python -m priorsam.evaluation.anatomy_holdout`` wrote for two runs (the shipped part and the retrained one,
+same bank, cases and settings: the localiser alone, ``localiser_only``, or the heads alone, ``use_localiser``
+off) and applies the rule fixed before training in bench/results/localiser_reproduction_plan.md and
+heads_reproduction_plan.md: **reproduced** iff the retrained part's held-out mean Dice is within ±0.02 of the
+shipped one's in every setting and within ±0.01 averaged over the settings.
 
     python bench/localiser_reproduction.py --holdout HOLDOUT.json --shipped "NAME" --reproduced "NAME" \\
         --out bench/results/localiser_reproduction

@@ -165,6 +165,67 @@ def test_train_localiser_workflow_runs_the_library_stages_and_composes_one_check
     assert load_priorsam(str(out), "cpu").localiser is not None
 
 
+def test_train_heads_bank_workflow_trains_the_heads_on_pseudo_patients_and_keeps_the_localiser(random_checkpoint,
+                                                                                              tmp_path, monkeypatch):
+    """train_heads_bank.json: the bank's pseudo-patients (never the anatomies the localiser holds out) as cases,
+    the feature cache in parts with their own views, the library trainer from given heads, then one checkpoint
+    with the localiser of localiser_from unchanged; run again, it encodes and trains nothing more."""
+    from dataclasses import replace
+
+    from test_pseudo_cases import _bank
+
+    from priorsam.errors import InputError
+    from priorsam.models.spec import LocaliserSpec, build_localiser, read_checkpoint, write_checkpoint
+    from priorsam.training.cache import FeatureCache
+    from priorsam.training.heads_bank import train_heads_on_bank
+
+    monkeypatch.chdir(REPO)
+    bank = _bank(tmp_path, ["a", "b", "held"])
+    heads, spec = read_checkpoint(random_checkpoint)
+    loc_spec = LocaliserSpec(init_filters=8, holdout=["held"], trained_on=["a", "b"], steps=3)
+    loc_state = build_localiser(loc_spec).state_dict()
+    source = {"name": "a test bank", "licence": "none", "use": "localiser and heads"}
+    with_loc = write_checkpoint(tmp_path / "with_localiser.pt", heads,
+                                replace(spec, localiser=loc_spec, data_sources=[source]), loc_state)
+    (tmp_path / "parts.json").write_text(json.dumps([{"cases": "plain", "views": 1, "fraction": 0.3},
+                                                    {"cases": "arms_table", "views": 0, "fraction": 0.25}]))
+    (tmp_path / "config.json").write_text(json.dumps({"steps": 2, "batch_size": 2, "lr": 1e-4, "warmup": 1,
+                                                      "prompt_every": 2, "log_every": 1, "ckpt_every": 1,
+                                                      "threads": 1, "seed": 7, "init_from": str(random_checkpoint)}))
+    out = tmp_path / "new.pt"
+    wf = _workflow("bundle/configs/train_heads_bank.json", None, bank_dir=str(bank), anatomy_dir=None,
+                   output_dir=str(tmp_path / "run"), ckpt_path=str(out), localiser_from=str(with_loc),
+                   heads_config=str(tmp_path / "config.json"), cache_parts=str(tmp_path / "parts.json"))
+    wf.run()
+    wf.finalize()
+    records = FeatureCache(tmp_path / "run" / "cache").records()
+    views = {}
+    for r in records:
+        views.setdefault(r["case"], set()).add(r["view"])
+    assert views == {"pseudo_a": {0, 1}, "pseudo_b": {0, 1}, "pseudo_a_arms_table": {0}, "pseudo_b_arms_table": {0}}
+    state, new_spec = read_checkpoint(out)
+    loc = {k[len("localiser."):]: v for k, v in state.items() if k.startswith("localiser.")}
+    assert loc.keys() == loc_state.keys() and all(torch.equal(loc[k], loc_state[k]) for k in loc)
+    assert new_spec.localiser.holdout == ["held"] and source in new_spec.data_sources
+    trained, _ = read_checkpoint(tmp_path / "run" / "heads" / "model.pt")
+    assert all(torch.equal(trained[k], state[k]) for k in trained)
+    assert any(not torch.equal(trained[k], heads[k]) for k in heads)          # the heads did train
+    said = []
+    again = train_heads_on_bank(str(bank), str(tmp_path / "run"), str(tmp_path / "config.json"),
+                                str(tmp_path / "parts.json"), str(with_loc), log=said.append)
+    cache_lines = [line for line in said if line.startswith("[cache]")]
+    assert len(cache_lines) == 6 and all(line.endswith("total added 0") for line in cache_lines)
+    assert not any(line.startswith("[train] step") for line in said)
+    again_state, _ = read_checkpoint(again)
+    assert all(torch.equal(again_state[k], trained[k]) for k in trained)
+    # A cache that holds another run's cases is refused: the trainer would take them silently.
+    other = FeatureCache(tmp_path / "run" / "cache")
+    other.index_path.write_text(other.index_path.read_text().replace('"case": "pseudo_a"', '"case": "someone_else"'))
+    with pytest.raises(InputError, match="other case"):
+        train_heads_on_bank(str(bank), str(tmp_path / "run"), str(tmp_path / "config.json"),
+                            str(tmp_path / "parts.json"), str(with_loc), log=said.append)
+
+
 def test_bundle_equals_python_api_on_sample_ct(random_checkpoint, tmp_path):
     """4 slices through the kidneys of the sample CT: the bundle's label map equals the library's
     voxel for voxel and carries the input's exact affine."""

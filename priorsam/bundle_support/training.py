@@ -4,7 +4,8 @@ The frozen encoder's features come from the library's feature cache (``priorsam.
 the same views, augmentations and framing as the library's own training), and
 :func:`train_heads` runs the library's one trainer (:func:`priorsam.training.trainer.train`) on
 them, so the bundle reproduces the shipped weights with the same recipe; :func:`train_localiser` runs
-the library's localiser trainer over the shipped localiser's stages (``train_localiser.json``). The MONAI
+the library's localiser trainer over the shipped localiser's stages (``train_localiser.json``) and
+:func:`train_heads_bank` the shipped heads' recipe on the anatomy bank (``train_heads_bank.json``). The MONAI
 ``SupervisedTrainer`` pieces below remain for users who compose their own MONAI workflow. Saving writes the library's checkpoint format
 (:mod:`priorsam.models.spec`) so ``load_priorsam`` and the inference bundle
 read the result directly.
@@ -98,6 +99,36 @@ def train_localiser(bank_dir: str, stage_configs: Sequence, output_dir: str, ckp
     dest = Path(ckpt_path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     return compose_checkpoint(heads, localiser, dest, data_sources=data_sources)
+
+
+def train_heads_bank(bank_dir: str, output_dir: str, ckpt_path: str | os.PathLike, heads_config: str,
+                     cache_parts: str, localiser_from: str | None = None, anatomy_dir: str | None = None,
+                     init_from: str | None = None, steps: int | None = None, data_sources: list | None = None,
+                     cases_dir: str | None = None, cache_dir: str | None = None) -> Path:
+    """``train_heads_bank.json``: the shipped heads' recipe (:func:`priorsam.training.heads_bank.train_heads_on_bank`:
+    the bank's pseudo-patients as cases, the feature cache in ``cache_parts``, the trainer with ``heads_config``)
+    on the bank ``bank_dir``, built first from the label maps in ``anatomy_dir`` when given and not complete;
+    then one checkpoint at ``ckpt_path`` (atomically): the new heads with the localiser of ``localiser_from``
+    (default ``ckpt_path`` itself, i.e. the shipped localiser), whose held-out anatomies the heads never see;
+    its data sources and ``data_sources`` go into the spec. ``init_from``/``steps`` override the config's."""
+    from ..data.pseudo_patients import build_bank
+    from ..models.spec import compose_checkpoint, read_checkpoint
+    from ..training.heads_bank import train_heads_on_bank
+
+    localiser = Path(localiser_from or ckpt_path)
+    if not localiser.is_file():
+        raise InputError(f"no localiser to put the new heads with: {localiser} does not exist (set localiser_from)")
+    _, loc_spec = read_checkpoint(localiser)
+    if loc_spec.localiser is None:
+        raise InputError(f"{localiser} has no localiser to put the new heads with (set localiser_from)")
+    if anatomy_dir and not (Path(bank_dir) / "bank.json").is_file():
+        build_bank(str(anatomy_dir), str(bank_dir))
+    heads = train_heads_on_bank(str(bank_dir), str(output_dir), str(heads_config), str(cache_parts), str(localiser),
+                                cases_dir, cache_dir, init_from, steps)
+    sources = list(loc_spec.data_sources) + list(data_sources or [])
+    dest = Path(ckpt_path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return compose_checkpoint(heads, localiser, dest, data_sources=sources)
 
 
 def cached_training_dataset(items: Sequence[Mapping[str, str]], cache_dir: str, views: int = 0,

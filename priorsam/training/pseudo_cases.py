@@ -73,6 +73,19 @@ def write_cases(bank: str, out: str, exclude: set[str], arms: bool = False, log=
     return datalist
 
 
+def held_out_anatomies(checkpoint: str | Path | None) -> set[str]:
+    """The anatomies ``checkpoint``'s localiser never trained on (default: the bundle's weights); the heads
+    must not see them either, or the held-out evaluation would flatter."""
+    from ..models.spec import read_checkpoint
+
+    if checkpoint is None:
+        from ..engine.weights import default_weights_path
+
+        checkpoint = default_weights_path()
+    _, spec = read_checkpoint(str(checkpoint))
+    return set(spec.localiser.holdout) if spec.localiser else set()
+
+
 @one_line_errors
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,14 +96,7 @@ def main(argv=None) -> None:
     ap.add_argument("--exclude", nargs="*", default=[])
     ap.add_argument("--arms", action="store_true")
     a = ap.parse_args(argv)
-    from ..models.spec import read_checkpoint
-
-    if a.holdout_from is None:
-        from ..engine.weights import default_weights_path
-
-        a.holdout_from = str(default_weights_path())
-    _, spec = read_checkpoint(a.holdout_from)
-    held = set(spec.localiser.holdout) if spec.localiser else set()
+    held = held_out_anatomies(a.holdout_from)
     rows = write_cases(a.bank, a.out, held | set(a.exclude), a.arms)
     print(f"{len(rows)} cases; held out: {sorted(held)}; excluded: {sorted(a.exclude)}")
 
