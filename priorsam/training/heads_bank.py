@@ -70,18 +70,19 @@ def fill_heads_cache(bank: str, cases_dir: str, cache_dir: str, parts: list[Cach
     by_kind = {"sample": default_cases(),
                "plain": [Case(**r) for r in rows if not r["case_id"].endswith("_arms_table")],
                "arms_table": [Case(**r) for r in rows if r["case_id"].endswith("_arms_table")]}
-    cache, encoder, added = FeatureCache(cache_dir), cache_encoder(backend), 0
-    for part in parts:
-        log(f"[heads-bank] cache part {part.cases}: {len(by_kind[part.cases])} case(s), clean view + "
-            f"{part.views} augmented, fraction {part.fraction}")
-        added += build_cache(by_kind[part.cases], view_specs(part.views, spacing_mm, context, fraction=part.fraction),
-                             cache, encoder, ENCODER_ID, log=log)
+    cache = FeatureCache(cache_dir)
     wanted = {c.case_id for p in parts for c in by_kind[p.cases]}
     others = sorted({r["case"] for r in cache.records()} - wanted)
     if others:
         # The trainer takes every entry in its cache; another run's cases would train these heads silently.
         raise InputError(f"the cache {cache_dir} also holds entries of {len(others)} other case(s) ({', '.join(others[:3])}"
                          f"{', …' if len(others) > 3 else ''}); give this recipe a cache folder of its own")
+    encoder, added = cache_encoder(backend), 0
+    for part in parts:
+        log(f"[heads-bank] cache part {part.cases}: {len(by_kind[part.cases])} case(s), clean view + "
+            f"{part.views} augmented, fraction {part.fraction}")
+        added += build_cache(by_kind[part.cases], view_specs(part.views, spacing_mm, context, fraction=part.fraction),
+                             cache, encoder, ENCODER_ID, log=log)
     return added
 
 
