@@ -33,7 +33,8 @@ PART_CASES = ("sample", "plain", "arms_table")
 class CachePart:
     """One part of the feature cache: ``cases`` — ``sample`` (the sample CT), ``plain`` (the pseudo-patients)
     or ``arms_table`` (their copies with arms at the sides and a table) — encoded as the clean view and
-    ``views`` augmented views, each view taking ``fraction`` of the slices the sample's clean view takes."""
+    ``views`` augmented views; ``fraction`` scales the share of each view's slices that is encoded
+    (:func:`priorsam.training.build_cache.view_specs`, 1: every organ slice of the clean view)."""
 
     cases: str
     views: int
