@@ -442,3 +442,44 @@ def test_holdout_builds_compare_judges_the_target_only_when_every_whole_volume_p
     assert not v["complete"] and v["whole_volume_under_target"] is None and v["not_measured"] == ["native"]
     with pytest.raises(SystemExit, match="no rows for the run"):
         hbc.load_rows(str(ref), "missing")
+
+
+def test_candidate_rule_adopts_only_a_large_enough_gain_with_no_setting_fallen(tmp_path):
+    import json
+
+    import candidate_rule as cr
+
+    base_whole = {(c, st): d for c in ("a", "b") for st, d in (("native", 0.84), ("unseen", 0.86))}
+    slabs = {(c, "slab_liver"): 0.6 for c in ("a", "b")}
+    shipped = tmp_path / "shipped.json"        # measured at an earlier stop, the run named differently there
+    shipped.write_text(json.dumps({"rows": _holdout_rows("0.8.2", base_whole)}))
+
+    def candidate(native, unseen, slab):
+        whole = {(c, st): d for c in ("a", "b") for st, d in (("native", native), ("unseen", unseen))}
+        both = tmp_path / "slabs.json"
+        both.write_text(json.dumps({"rows": _holdout_rows("0.8.3", slabs)
+                                    + _holdout_rows("cand", {p: slab for p in slabs})}))
+        (tmp_path / "cand.json").write_text(json.dumps({"rows": _holdout_rows("cand", whole)}))
+        return ["--base", str(shipped), "0.8.2", "--base", str(both), "0.8.3",
+                "--candidate", str(tmp_path / "cand.json"), "cand", "--candidate", str(both), "cand",
+                "--averaged", "native", "unseen", "--gain", "0.005", "--worst", "0.005", "--out", str(tmp_path / "o")]
+
+    assert cr.main(candidate(0.86, 0.86, 0.6)) == 0
+    got = json.loads((tmp_path / "o.json").read_text())
+    assert got["adopt"] and got["mean_gain"] == pytest.approx(0.01) and got["lower_than_allowed"] == []
+    assert "**Adopt** by this rule" in (tmp_path / "o.md").read_text()
+    # The same average gain with one setting 0.01 lower is not adopted; nor is a fallen slab, nor a small gain.
+    cr.main(candidate(0.89, 0.85, 0.6))
+    got = json.loads((tmp_path / "o.json").read_text())
+    assert not got["adopt"] and got["lower_than_allowed"] == ["unseen"]
+    cr.main(candidate(0.86, 0.86, 0.59))
+    assert json.loads((tmp_path / "o.json").read_text())["lower_than_allowed"] == ["slab_liver"]
+    cr.main(candidate(0.848, 0.86, 0.6))
+    got = json.loads((tmp_path / "o.json").read_text())
+    assert not got["adopt"] and got["mean_gain"] == pytest.approx(0.004)
+    # A candidate missing a pair the base has is not judged.
+    args = candidate(0.86, 0.86, 0.6)
+    (tmp_path / "cand.json").write_text(json.dumps({"rows": _holdout_rows("cand", {("a", "native"): 0.9})}))
+    cr.main(args)
+    got = json.loads((tmp_path / "o.json").read_text())
+    assert not got["complete"] and not got["adopt"] and "**Not judged**" in (tmp_path / "o.md").read_text()
