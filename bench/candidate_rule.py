@@ -20,7 +20,7 @@ import argparse
 
 import numpy as np
 from common import write_verdict
-from holdout_builds_compare import compare, load_rows, pairs, report
+from holdout_builds_compare import compare, load_rows, pairs, table
 
 
 def side(sources: list[list[str]], name: str) -> list[dict]:
@@ -46,15 +46,16 @@ def judge(base: list[dict], candidate: list[dict], averaged: list[str], gain: fl
 
 
 def text(v: dict) -> str:
-    table = report(v).split("\n\n")[0].replace("| reference | new |", "| base | candidate |").replace("(reference → new)", "(base → candidate)")
     if not v["complete"]:
-        verdict = (f"**Not judged**: the two sides do not have the same (case, setting) pairs"
-                   f"{' (averaged settings not measured: ' + ', '.join(v['missing_averaged']) + ')' if v['missing_averaged'] else ''}.")
+        unmeasured = v["missing_averaged"]
+        verdict = ("**Not judged**: the two sides do not have the same (case, setting) pairs"
+                   + (f" (averaged settings not measured: {', '.join(unmeasured)})" if unmeasured else "") + ".")
     else:
-        verdict = (f"Averaged over {', '.join(v['averaged'])}: **{v['mean_gain']:+.4f}** (needed ≥ {v['gain_needed']:+.3f}); "
-                   f"settings lower by more than {v['worst_allowed']}: {', '.join(v['lower_than_allowed']) or 'none'}. "
+        verdict = (f"Averaged over {', '.join(v['averaged'])}: **{v['mean_gain']:+.4f}** "
+                   f"(needed ≥ {v['gain_needed']:+.3f}); settings lower by more than {v['worst_allowed']}: "
+                   f"{', '.join(v['lower_than_allowed']) or 'none'}. "
                    f"**{'Adopt' if v['adopt'] else 'Do not adopt'}** by this rule.")
-    return table + "\n\n" + verdict
+    return "\n".join(table(v, ("base", "candidate"))) + "\n\n" + verdict
 
 
 def main(argv=None) -> int:

@@ -68,11 +68,19 @@ def compare(ref: list[dict], new: list[dict]) -> dict:
             "per_setting": out, "whole_volume_under_target": under if complete else None}
 
 
-def report(v: dict) -> str:
-    lines = ["| setting | cases | reference | new | difference | per case (reference → new) |", "|---|---|---|---|---|---|"]
+def table(v: dict, names: tuple[str, str] = ("reference", "new")) -> list[str]:
+    """The per-setting lines of :func:`compare`'s result, its two sides headed ``names``."""
+    a, b = names
+    lines = [f"| setting | cases | {a} | {b} | difference | per case ({a} → {b}) |", "|---|---|---|---|---|---|"]
     for st, s in v["per_setting"].items():
         cases = "; ".join(f"{c} {p['reference']:.3f} → {p['new']:.3f}" for c, p in s["per_case"].items())
-        lines.append(f"| {st} | {s['cases']} | {s['reference']:.4f} | {s['new']:.4f} | {s['difference']:+.4f} | {cases} |")
+        lines.append(f"| {st} | {s['cases']} | {s['reference']:.4f} | {s['new']:.4f} | {s['difference']:+.4f} "
+                     f"| {cases} |")
+    return lines
+
+
+def report(v: dict) -> str:
+    lines = table(v)
     missing = (f" Reference settings with a pair not measured on the new build: {', '.join(v['not_measured'])}."
                if v["not_measured"] else "")
     if v["complete"]:
