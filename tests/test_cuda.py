@@ -3,7 +3,8 @@
 
 On a GPU the heads, the localiser and the box-prompt path run there while the engine builds the
 localiser's boxes, and a CPU runtime (OpenVINO, ONNX Runtime) its features, on the CPU: every such
-hand-over is crossed here with the shipped weights (localiser included) on real slices of the sample CT.
+hand-over is crossed here with the shipped weights (localiser included) on real slices of the sample CT,
+and the refinement alone with a stand-in box decoder.
 """
 from __future__ import annotations
 
@@ -68,6 +69,17 @@ def test_a_cpu_encoder_runtime_feeds_heads_on_cuda(organ_slab, cpu_labels):
     assert np.mean(list(per_organ.values())) >= 0.95, per_organ
 
 
+def test_openvino_forced_on_cpu_feeds_heads_on_cuda(organ_slab, cpu_labels):
+    """OpenVINO runs the encoder and the box decoder on the CPU, the heads and the localiser run on the GPU:
+    the box decoder's logits come back to the heads' device (before, the refinement mixed devices)."""
+    pytest.importorskip("openvino")
+    import priorsam
+
+    res = priorsam.segment(str(organ_slab[0]), device="cuda", encoder_backend="openvino", cpu_precision="fp32")
+    per_organ = agreement(cpu_labels, res.labels)
+    assert np.mean(list(per_organ.values())) >= 0.95, per_organ
+
+
 def test_box_prompt_and_its_name_on_cuda(organ_slab):
     from priorsam.engine.box_segment import segment_box
     from priorsam.engine.naming import name_prompted_organ
@@ -85,3 +97,44 @@ def test_box_prompt_and_its_name_on_cuda(organ_slab):
     named = {dev: name_prompted_organ(vol, on["cuda"], device=dev) for dev in ("cpu", "cuda")}
     assert named["cpu"][:2] == named["cuda"][:2]
     assert abs(named["cpu"][2] - named["cuda"][2]) < 0.05
+
+
+def _box_decoder(embedding: torch.Tensor, boxes: torch.Tensor):
+    """A stand-in box decoder on the embedding's device: logit +1 inside each (B, 4) box, −1 outside."""
+    assert boxes.device == embedding.device, (embedding.device, boxes.device)
+    x = torch.arange(256, device=embedding.device, dtype=torch.float32)
+    cols = (x >= boxes[:, 0, None]) & (x <= boxes[:, 2, None])              # (B, 256)
+    rows = (x >= boxes[:, 1, None]) & (x <= boxes[:, 3, None])
+    inside = rows[:, :, None] & cols[:, None, :]
+    return (inside.float() * 2 - 1)[:, None], torch.zeros(len(boxes), 1, device=embedding.device)
+
+
+@pytest.mark.parametrize("options", [{}, {"heads_veto": 0.3, "heads_fill": 0.6},
+                                     {"box_source": "agree", "conflicts": "semantic"}])
+@pytest.mark.parametrize("guided", [False, True])
+def test_refinement_on_cuda_gives_the_cpu_labels(options, guided):
+    """The refinement alone, every hand-over of its inputs: the heads' output and the embedding on the GPU,
+    the localiser's boxes built on the CPU (as the engine builds them), a box decoder answering on the GPU."""
+    from priorsam.models.refinement import RefineOptions, refine_to_labels
+
+    g = torch.Generator().manual_seed(0)
+    n, c = 3, 9
+    logits = torch.randn(n, c, 256, 256, generator=g) * 3
+    out = {"semantic_logits": logits, "round_logits": [logits], "presence_logits": torch.randn(n, c, generator=g)}
+    embedding = torch.randn(n, 256, 64, 64, generator=g)
+    guide = prompts = None
+    if guided:
+        guide = torch.full((n, c, 4), float("nan"))
+        guide[:, 1] = torch.tensor([20.0, 20, 200, 200])
+        guide[:, 2] = float("inf")                      # an organ the localiser found nowhere
+        guide[:, 3:] = torch.tensor([10.0, 10, 250, 250])
+        prompts = guide.clone()
+        prompts[:, 2] = float("nan")
+    opts = RefineOptions(**options)
+    on_cpu = refine_to_labels(out, embedding, _box_decoder, guide, opts, prompts)
+    gpu = torch.device("cuda")
+    out_gpu = {"semantic_logits": logits.to(gpu), "round_logits": [logits.to(gpu)],
+               "presence_logits": out["presence_logits"].to(gpu)}
+    on_gpu = refine_to_labels(out_gpu, embedding.to(gpu), _box_decoder, guide, opts, prompts)
+    assert on_gpu.device.type == "cuda"
+    assert torch.equal(on_gpu.cpu(), on_cpu)

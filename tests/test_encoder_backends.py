@@ -22,6 +22,21 @@ def test_auto_prefers_openvino_then_onnx_on_cpu_and_torch_on_gpu(monkeypatch):
         resolve_backend("tensorrt", cpu)
 
 
+def test_the_compiled_localiser_is_chosen_on_a_cpu_only(monkeypatch):
+    """With the heads on a GPU the localiser stays a PyTorch module there, even with OpenVINO forced for the
+    encoder: load_model refuses the CPU-only compiled localiser off the CPU, which once stopped
+    ``priorsam segment --device cuda --encoder openvino`` at loading with an error about a localiser the
+    user never chose."""
+    import priorsam.models.encoder_backend as eb
+
+    monkeypatch.setattr(eb, "_installed", lambda m: True)
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert eb.localiser_runtime("auto", cpu) == eb.localiser_runtime("openvino", cpu) == "openvino"
+    assert eb.localiser_runtime("onnx", cpu) == eb.localiser_runtime("torch", cpu) == "torch"
+    for backend in ("auto", "openvino", "onnx", "torch"):
+        assert eb.localiser_runtime(backend, gpu) == "torch"
+
+
 def test_weights_on_another_encoder_never_run_the_litemedsam_runtimes(monkeypatch):
     import priorsam.models.encoder_backend as eb
 

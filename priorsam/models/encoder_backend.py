@@ -68,8 +68,12 @@ def cpu_encoder(backend: str, device: torch.device, threads: int | None = None,
 
 
 def localiser_runtime(backend: str, device: torch.device) -> str:
-    """``"openvino"`` where ``backend`` resolves to OpenVINO (on a CPU), else ``"torch"``: the 3D localiser
-    runs where the encoder runs (:mod:`.openvino_localiser`), whatever encoder the heads were built on."""
+    """``"openvino"`` where ``backend`` resolves to OpenVINO on a CPU, else ``"torch"``: there the 3D localiser
+    runs where the encoder runs (:mod:`.openvino_localiser`), whatever encoder the heads were built on. With
+    the model on a GPU it stays a PyTorch module beside the heads, even where the user forced OpenVINO for the
+    encoder (the compiled localiser is CPU-only, and the GPU is the faster place for it anyway)."""
+    if torch.device(device).type != "cpu":
+        return "torch"
     return "openvino" if resolve_backend(backend, device) == "openvino" else "torch"
 
 

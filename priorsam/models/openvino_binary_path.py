@@ -76,7 +76,9 @@ class OpenVinoBinaryPath:
         b = boxes.detach().float().cpu().numpy().reshape(-1, 4)
         if e.shape[0] != b.shape[0]:
             raise ValueError(f"{e.shape[0]} embeddings for {b.shape[0]} boxes")
+        # Back on the embedding's device: with the heads on a GPU (OpenVINO forced for the encoder) the
+        # refinement mixes these logits with the heads' tensors there.
         if len(e) == 0:
-            return torch.zeros(0, 1, 256, 256), torch.zeros(0, 1)
+            return torch.zeros(0, 1, 256, 256, device=embedding.device), torch.zeros(0, 1, device=embedding.device)
         outs = self.runtime.run_each([{0: e[i:i + 1], 1: b[i:i + 1]} for i in range(len(e))], 2)
-        return tuple(torch.from_numpy(np.concatenate([o[k] for o in outs])) for k in range(2))
+        return tuple(torch.from_numpy(np.concatenate([o[k] for o in outs])).to(embedding.device) for k in range(2))
