@@ -298,3 +298,20 @@ def test_inference_config_follows_model_zoo_idioms():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA GPU"):
             bundle_device("cuda")
+
+
+def test_one_checkpoint_spelt_several_ways_is_loaded_once(random_checkpoint, monkeypatch):
+    """The bundle asks for a model without a localiser runtime, the engine with "torch"; paths come absolute,
+    relative or as PRIORSAM_WEIGHTS: all of them name one model in the cache, not one copy each."""
+    import os
+
+    from priorsam.engine.weights import load_priorsam
+
+    load_priorsam.cache_clear()
+    try:
+        first = load_priorsam(str(random_checkpoint), "cpu")
+        assert load_priorsam(os.path.relpath(random_checkpoint), "cpu", "torch") is first
+        monkeypatch.setenv("PRIORSAM_WEIGHTS", str(random_checkpoint))
+        assert load_priorsam(None, "cpu") is first
+    finally:
+        load_priorsam.cache_clear()

@@ -16,11 +16,24 @@ def default_weights_path() -> Path:
     return data_dir("bundle") / "models" / "model.pt"
 
 
-@lru_cache(maxsize=2)
 def load_priorsam(path: str | None = None, device: str = "cpu", localiser_runtime: str = "torch"):
     """The trained model (heads, localiser if any, run by ``localiser_runtime``) in eval mode on ``device``,
-    cached per path, device and runtime. The checkpoint format and the one model constructor live in
-    :mod:`priorsam.models.spec`."""
+    cached per checkpoint file, device and runtime. The checkpoint format and the one model constructor live
+    in :mod:`priorsam.models.spec`."""
+    import torch
+
+    # One cache key per model actually loaded: the bundle passes no runtime where the engine passes "torch",
+    # and callers spell the default weights as None or as their path; each spelling used to load the same
+    # checkpoint once more (and an env change of PRIORSAM_WEIGHTS was ignored behind a cached None).
+    where = Path(path) if path else default_weights_path()
+    return _load_cached(str(where.resolve()), str(torch.device(device)), localiser_runtime)
+
+
+@lru_cache(maxsize=2)
+def _load_cached(path: str, device: str, localiser_runtime: str):
     from ..models.spec import load_model
 
-    return load_model(Path(path) if path else default_weights_path(), device, localiser_runtime=localiser_runtime)
+    return load_model(Path(path), device, localiser_runtime=localiser_runtime)
+
+
+load_priorsam.cache_clear = _load_cached.cache_clear  # type: ignore[attr-defined]
