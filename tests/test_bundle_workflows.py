@@ -93,6 +93,7 @@ def test_train_then_evaluate_workflows_from_repo_root(tiny_data, tmp_path, monke
     # The library trainer ran (its config, CSV log and checkpoints), on the bundle's cached case.
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["steps"] == 3 and len(cfg["cases"]) == 1 and cfg["cases"][0].startswith("tiny-")
+    assert cfg["device"] == str(torch.device("cuda" if torch.cuda.is_available() else "cpu"))  # the bundle's device
     rows = list(csv.DictReader(open(run_dir / "log.csv")))
     assert rows[-1]["step"] == "3" and np.isfinite(float(rows[-1]["loss"]))
     state, spec = read_checkpoint(trained)
@@ -144,20 +145,22 @@ def test_train_localiser_workflow_runs_the_library_stages_and_composes_one_check
     source = {"name": "a test", "licence": "none", "use": "localiser"}
     wf = _workflow("bundle/configs/train_localiser.json", None, bank_dir=str(tmp_path / "bank"), anatomy_dir=None,
                    output_dir=str(tmp_path / "run"), stage_configs=[str(p) for p in stages],
-                   heads_from=str(random_checkpoint), ckpt_path=str(out), data_sources=[source])
+                   heads_from=str(random_checkpoint), ckpt_path=str(out), data_sources=[source], device="cpu")
     wf.run()
     wf.finalize()
     # Stage 2 started from stage 1's export, not from its file's placeholder path.
     second = json.loads((tmp_path / "run" / "stage_2" / "config.json").read_text())
     assert second["init_from"] == str(tmp_path / "run" / "stage_1" / "localiser.pt")
+    assert second["device"] == "cpu"
     state, spec = read_checkpoint(out)
     heads, _ = read_checkpoint(random_checkpoint)
     assert all(torch.equal(heads[k], state[k]) for k in heads)
     assert spec.localiser.steps == 4 and spec.localiser.init_filters == 8 and source in spec.data_sources
     direct, _ = read_localiser_checkpoint(train_stages(str(tmp_path / "bank"), [str(p) for p in stages],
-                                                       str(tmp_path / "library"), log=lambda *_: None))
+                                                       str(tmp_path / "library"), log=lambda *_: None, device="cpu"))
     said = []
-    train_stages(str(tmp_path / "bank"), [str(p) for p in stages], str(tmp_path / "library"), log=said.append)
+    train_stages(str(tmp_path / "bank"), [str(p) for p in stages], str(tmp_path / "library"), log=said.append,
+                 device="cpu")
     assert sum("already trained" in line for line in said) == 2      # resumable: finished stages are not rerun
     loc = {k[len("localiser."):]: v for k, v in state.items() if k.startswith("localiser.")}
     assert loc.keys() == direct.keys() and all(torch.equal(loc[k], direct[k]) for k in loc)

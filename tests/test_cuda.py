@@ -138,3 +138,81 @@ def test_refinement_on_cuda_gives_the_cpu_labels(options, guided):
     on_gpu = refine_to_labels(out_gpu, embedding.to(gpu), _box_decoder, guide, opts, prompts)
     assert on_gpu.device.type == "cuda"
     assert torch.equal(on_gpu.cpu(), on_cpu)
+
+
+GPU = "cuda"   # the training tests' device (a rehearsal on a machine without one may set it to "cpu")
+
+
+def _runs() -> dict[str, str]:
+    return {"on_cpu": "cpu", "on_gpu": GPU}
+
+
+def _said_on(device: str) -> str:
+    return "[localiser] on " + ("CUDA GPU" if device.startswith("cuda") else "CPU")
+
+
+def _first_loss(run) -> float:
+    import csv
+
+    with open(run / "log.csv", newline="") as f:
+        return float(next(csv.DictReader(f))["loss"])
+
+
+def test_the_localiser_trains_on_cuda_resumes_on_either_device_and_exports_cpu_weights(tmp_path):
+    """The same seed draws the same crops and initial weights on both devices, so the first step's loss
+    agrees; a run stopped on the GPU goes on on the CPU from its last.pt and the other way round."""
+    from priorsam.models.spec import read_localiser_checkpoint
+    from priorsam.training.localiser import LocaliserTrainConfig, train_localiser
+
+    small = dict(bank=str(tmp_path / "no_bank"), train_cases=["sample"], crop=(16, 16, 16), init_filters=8,
+                 batch_size=1, steps=2, log_every=1, ckpt_every=1, threads=1)
+    for run, dev in _runs().items():
+        said = []
+        train_localiser(LocaliserTrainConfig(out_dir=str(tmp_path / run), device=dev, **small), log=said.append)
+        assert any(line.startswith(_said_on(dev)) for line in said)
+    assert _first_loss(tmp_path / "on_gpu") == pytest.approx(_first_loss(tmp_path / "on_cpu"), abs=0.02)
+    state, _ = read_localiser_checkpoint(tmp_path / "on_gpu" / "localiser.pt")
+    assert all(v.device.type == "cpu" for v in state.values())
+    for run, other in (("on_gpu", "cpu"), ("on_cpu", GPU)):
+        said = []
+        train_localiser(LocaliserTrainConfig(out_dir=str(tmp_path / run), device=other, **{**small, "steps": 3}),
+                        log=said.append)
+        assert "[localiser] resumed at step 2" in said
+        assert read_localiser_checkpoint(tmp_path / run / "localiser.pt")[1].steps == 3
+
+
+def test_the_heads_train_on_cuda_from_a_cache_encoded_there(tmp_path):
+    """train.json's path on a GPU: the cache encoded by the PyTorch encoder on the GPU, the heads (box
+    prompts every step, so the frozen box decoder too) trained there; the first step's loss agrees with
+    the CPU's, the exported weights are CPU tensors and load as a full model."""
+    from conftest import save_nifti, synthetic_ct_array
+    from priorsam.bundle_support.training import build_training_cache
+    from priorsam.engine.weights import load_priorsam
+    from priorsam.models.spec import read_checkpoint
+    from priorsam.training.trainer import TrainConfig, train
+
+    img = synthetic_ct_array((36, 30, 2), seed=3)
+    lab = np.zeros(img.shape, np.uint8)
+    lab[img > 50] = 5
+    lab[img > 300] = 7
+    item = {"image": str(save_nifti(tmp_path / "case.nii.gz", img)),
+            "label": str(save_nifti(tmp_path / "case_label.nii.gz", lab))}
+    cases = build_training_cache([item], str(tmp_path / "cache"), views=0, device=GPU)
+    for run, dev in _runs().items():
+        train(TrainConfig(cache=str(tmp_path / "cache"), out_dir=str(tmp_path / run), cases=cases, steps=2,
+                          batch_size=2, warmup=1, prompt_every=1, log_every=1, ckpt_every=1, device=dev),
+              log=lambda *_: None)
+    assert _first_loss(tmp_path / "on_gpu") == pytest.approx(_first_loss(tmp_path / "on_cpu"), abs=0.02)
+    state, _ = read_checkpoint(tmp_path / "on_gpu" / "model.pt")
+    assert all(v.device.type == "cpu" for v in state.values())
+    load_priorsam.cache_clear()
+    assert load_priorsam(str(tmp_path / "on_gpu" / "model.pt"), "cpu").binary is not None
+
+
+def test_the_onnx_cache_encoder_is_refused_on_a_gpu():
+    from priorsam.errors import InputError
+    from priorsam.training.build_cache import EncoderOn, cache_encoder
+
+    with pytest.raises(InputError, match="CPU only"):
+        cache_encoder("onnx", GPU)
+    assert isinstance(cache_encoder("auto", GPU), EncoderOn)

@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..models.image_encoder import EncoderFeatures
 from ..models.losses import PriorSAMLoss
 from ..models.priorsam import PriorSAM
-from ..training.build_cache import ENCODER_ID, view_specs
+from ..training.build_cache import ENCODER_ID, cache_encoder, view_specs
 from ..training.cache import CachedSlices, FeatureCache, build_cache, collate
 from ..training.views import Case, content_hash
 from .paths import case_name
@@ -79,13 +79,14 @@ def train_heads(config, ckpt_path: str | os.PathLike, init_from: str | None = No
 
 def train_localiser(bank_dir: str, stage_configs: Sequence, output_dir: str, ckpt_path: str | os.PathLike,
                     heads_from: str | None = None, anatomy_dir: str | None = None, steps: int | None = None,
-                    data_sources: list | None = None) -> Path:
+                    data_sources: list | None = None, device: str | None = None) -> Path:
     """``train_localiser.json``: the library's localiser trainer over ``stage_configs`` (one JSON file of
     ``LocaliserTrainConfig`` fields per stage, each continuing the last: the shipped three by default) on the
     pseudo-patient bank ``bank_dir``, built first from the label maps in ``anatomy_dir`` when given and not
     complete; then one checkpoint at ``ckpt_path`` (atomically): the heads of ``heads_from`` (default
     ``ckpt_path`` itself, i.e. the shipped heads) with the new localiser, ``data_sources`` added to the spec's.
-    ``steps``: every stage's steps instead of its config's (a quick try)."""
+    ``steps``: every stage's steps instead of its config's (a quick try); ``device``: where every stage trains
+    (auto, cpu, cuda, cuda:N; default: each config's own, else auto)."""
     from ..data.pseudo_patients import build_bank
     from ..models.spec import compose_checkpoint
     from ..training.localiser import train_stages
@@ -95,7 +96,7 @@ def train_localiser(bank_dir: str, stage_configs: Sequence, output_dir: str, ckp
         raise InputError(f"no heads to put the new localiser with: {heads} does not exist (set heads_from)")
     if anatomy_dir and not (Path(bank_dir) / "bank.json").is_file():
         build_bank(str(anatomy_dir), str(bank_dir))
-    localiser = train_stages(str(bank_dir), list(stage_configs), str(output_dir), steps)
+    localiser = train_stages(str(bank_dir), list(stage_configs), str(output_dir), steps, device=device)
     dest = Path(ckpt_path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     return compose_checkpoint(heads, localiser, dest, data_sources=data_sources)
@@ -104,13 +105,13 @@ def train_localiser(bank_dir: str, stage_configs: Sequence, output_dir: str, ckp
 def train_heads_bank(bank_dir: str, output_dir: str, ckpt_path: str | os.PathLike, heads_config: str,
                      cache_parts: str, localiser_from: str | None = None, anatomy_dir: str | None = None,
                      init_from: str | None = None, steps: int | None = None, data_sources: list | None = None,
-                     cases_dir: str | None = None, cache_dir: str | None = None) -> Path:
+                     cases_dir: str | None = None, cache_dir: str | None = None, device: str | None = None) -> Path:
     """``train_heads_bank.json``: the shipped heads' recipe (:func:`priorsam.training.heads_bank.train_heads_on_bank`:
     the bank's pseudo-patients as cases, the feature cache in ``cache_parts``, the trainer with ``heads_config``)
     on the bank ``bank_dir``, built first from the label maps in ``anatomy_dir`` when given and not complete;
     then one checkpoint at ``ckpt_path`` (atomically): the new heads with the localiser of ``localiser_from``
     (default ``ckpt_path`` itself, i.e. the shipped localiser), whose held-out anatomies the heads never see;
-    its data sources and ``data_sources`` go into the spec. ``init_from``/``steps`` override the config's."""
+    its data sources and ``data_sources`` go into the spec. ``init_from``/``steps``/``device`` override the config's."""
     from ..data.pseudo_patients import build_bank
     from ..models.spec import compose_checkpoint, read_checkpoint
     from ..training.heads_bank import train_heads_on_bank
@@ -124,7 +125,7 @@ def train_heads_bank(bank_dir: str, output_dir: str, ckpt_path: str | os.PathLik
     if anatomy_dir and not (Path(bank_dir) / "bank.json").is_file():
         build_bank(str(anatomy_dir), str(bank_dir))
     heads = train_heads_on_bank(str(bank_dir), str(output_dir), str(heads_config), str(cache_parts), str(localiser),
-                                cases_dir, cache_dir, init_from, steps)
+                                cases_dir, cache_dir, init_from, steps, device=device)
     sources = list(loc_spec.data_sources) + list(data_sources or [])
     dest = Path(ckpt_path)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -136,29 +137,15 @@ def cached_training_dataset(items: Sequence[Mapping[str, str]], cache_dir: str, 
                             device: str | torch.device = "cpu", seed: int = 1234) -> CachedSlices:
     """Encode (once, cached on disk) the clean view and ``views`` augmented views of every case; the
     dataset yields ``(embedding, skips, label)`` per slice."""
-    from ..models.image_encoder import build_image_encoder
-
     cases = training_cases(items, label_map)
     specs = view_specs(int(views), float(spacing_mm), int(context), seed=int(seed))
     cache = FeatureCache(cache_dir)
-    encoder = build_image_encoder("lite").to(device)
-    build_cache(cases, specs, cache, _EncoderOn(encoder, device), ENCODER_ID)
+    build_cache(cases, specs, cache, cache_encoder("torch", device), ENCODER_ID)
     wanted = {(c.case_id, s.key()) for c in cases for s in specs}
     records = [r for r in cache.records() if (r["case"], r["view_key"]) in wanted]
     if not records:
         raise InputError(f"no training slices were produced for {len(cases)} case(s)")
     return CachedSlices(cache, records)
-
-
-class _EncoderOn(nn.Module):
-    """Runs the encoder on ``device`` and returns CPU features (the cache stores them)."""
-
-    def __init__(self, encoder: nn.Module, device: str | torch.device):
-        super().__init__()
-        self.encoder, self.device = encoder, torch.device(device)
-
-    def forward(self, images: torch.Tensor) -> EncoderFeatures:
-        return self.encoder(images.to(self.device)).to("cpu")
 
 
 def feature_collate(batch):

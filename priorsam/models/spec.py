@@ -144,10 +144,11 @@ def write_checkpoint(path: str | os.PathLike, heads_state: dict, spec: ModelSpec
         localiser_state = inline
     if (localiser_state is None) != (spec.localiser is None):
         raise ValueError("a localiser state needs a localiser spec, and the other way round")
-    sd = {k: v for k, v in heads_state.items() if not k.startswith(("meta.", LOCALISER_PREFIX))}
+    # CPU tensors whatever the training device, so a checkpoint made on a GPU loads on any machine.
+    sd = {k: v.cpu() for k, v in heads_state.items() if not k.startswith(("meta.", LOCALISER_PREFIX))}
     for k, v in (localiser_state or {}).items():
         if not k.startswith("meta."):
-            sd[LOCALISER_PREFIX + k] = v
+            sd[LOCALISER_PREFIX + k] = v.cpu()
     sd[SPEC_KEY] = encode_json(spec.to_dict())
     p = Path(path)
     tmp = p.with_name(p.name + ".part")

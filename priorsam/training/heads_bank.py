@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config_files import check_setting_names, read_json, read_settings
+from ..engine.device import resolve_device
 from ..errors import InputError, one_line_errors
 from .build_cache import ENCODER_ID, cache_encoder, default_cases, view_specs
 from .cache import FeatureCache, build_cache
@@ -61,7 +62,8 @@ def read_cache_parts(path: str | Path) -> list[CachePart]:
 
 
 def fill_heads_cache(bank: str, cases_dir: str, cache_dir: str, parts: list[CachePart], exclude: set[str],
-                     spacing_mm: float = 1.5, context: int = 0, backend: str = "onnx", log=print) -> int:
+                     spacing_mm: float = 1.5, context: int = 0, backend: str = "auto", log=print,
+                     device: str = "auto") -> int:
     """Write the bank's pseudo-patients (not ``exclude``) as cases in ``cases_dir`` and encode every part into
     the cache at ``cache_dir``; returns how many entries were added (0 when the cache already holds them)."""
     rows = write_cases(bank, cases_dir, exclude, arms=any(p.cases == "arms_table" for p in parts), log=log)
@@ -78,7 +80,7 @@ def fill_heads_cache(bank: str, cases_dir: str, cache_dir: str, parts: list[Cach
         # The trainer takes every entry in its cache; another run's cases would train these heads silently.
         raise InputError(f"the cache {cache_dir} also holds entries of {len(others)} other case(s) ({', '.join(others[:3])}"
                          f"{', …' if len(others) > 3 else ''}); give this recipe a cache folder of its own")
-    encoder, added = cache_encoder(backend), 0
+    encoder, added = cache_encoder(backend, device), 0
     for part in parts:
         log(f"[heads-bank] cache part {part.cases}: {len(by_kind[part.cases])} case(s), clean view + "
             f"{part.views} augmented, fraction {part.fraction}")
@@ -89,25 +91,30 @@ def fill_heads_cache(bank: str, cases_dir: str, cache_dir: str, parts: list[Cach
 
 def train_heads_on_bank(bank: str, work_dir: str, config: str, parts: str, holdout_from: str | None = None,
                         cases_dir: str | None = None, cache_dir: str | None = None, init_from: str | None = None,
-                        steps: int | None = None, backend: str = "onnx", log=print) -> Path:
+                        steps: int | None = None, backend: str = "auto", log=print, device: str | None = None) -> Path:
     """Cases, cache and heads under ``work_dir`` (``cases/``, ``cache/``, ``heads/``; the first two may live
     elsewhere); ``config``: a JSON file of :class:`TrainConfig` fields (the shipped one:
     bundle/docs/training/heads_bank_config.json); ``parts``: the cache parts (heads_bank_cache.json).
-    ``init_from``/``steps`` override the config's. Returns the trained heads' checkpoint."""
+    ``init_from``/``steps``/``device`` override the config's; the device (else the config's, else auto) also
+    encodes the cache (``backend`` auto: ONNX Runtime on a CPU, PyTorch on a GPU). Returns the trained heads'
+    checkpoint."""
     work = Path(work_dir)
     fields = read_settings(config, TrainConfig, "training config", fixed=("cache", "out_dir"))
     if init_from:
         fields["init_from"] = str(init_from)
     if steps is not None:
         fields["steps"] = int(steps)
+    if device:
+        fields["device"] = str(device)
     start = fields.get("init_from")
     if start and not Path(start).is_file():
         raise InputError(f"training config {config}: init_from {start} does not exist (paths are relative to the "
                          "folder the command runs in; the shipped recipe starts from the repository's "
                          "docs/ablation_weights/demo_0.3.0_one_scan.pt)")
+    resolve_device(str(fields.get("device", "auto")))   # a GPU asked for and missing fails before cases are written
     cache = str(cache_dir or work / "cache")
     fill_heads_cache(bank, str(cases_dir or work / "cases"), cache, read_cache_parts(parts),
-                     held_out_anatomies(holdout_from), backend=backend, log=log)
+                     held_out_anatomies(holdout_from), backend=backend, log=log, device=fields.get("device", "auto"))
     return train(TrainConfig(cache=cache, out_dir=str(work / "heads"), **fields), log=log)
 
 
@@ -124,10 +131,15 @@ def main(argv=None) -> None:
     ap.add_argument("--cache_dir", default=None)
     ap.add_argument("--init_from", default=None)
     ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
+    ap.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
+                    help="the cache's encoder: onnx (ONNX Runtime, CPU), torch (PyTorch on the device) or auto (onnx "
+                         "on a CPU, torch on a GPU)")
+    ap.add_argument("--device", default=None,
+                    help="where the cache is encoded and the heads train: auto, cpu, cuda or cuda:N (default: the "
+                         "config's, else auto: a CUDA GPU when one is usable)")
     a = ap.parse_args(argv)
     out = train_heads_on_bank(a.bank, a.work, a.config, a.parts, a.holdout_from, a.cases_dir, a.cache_dir,
-                              a.init_from, a.steps, a.backend, log=lambda m: print(m, flush=True))
+                              a.init_from, a.steps, a.backend, log=lambda m: print(m, flush=True), device=a.device)
     print(f"heads: {out}")
 
 

@@ -9,7 +9,8 @@ their label (outside a simulated field of view or slab, organs whose registratio
 ignored by the loss.
 
 Loss: cross-entropy + Dice over the 8 organs (MONAI ``MaskedDiceLoss``), AdamW, cosine decay;
-resumable (``last.pt``), CSV log, the localiser weights exported as ``localiser.pt``. :func:`train_stages` runs
+resumable (``last.pt``), CSV log, the localiser weights exported as ``localiser.pt`` (CPU tensors). The network
+runs on ``device`` (a CUDA GPU when one is usable, by default); the crops are drawn on the CPU. :func:`train_stages` runs
 stages that continue each other (the shipped localiser has three), for the command line and the bundle's
 ``train_localiser.json`` alike.
 """
@@ -78,6 +79,7 @@ class LocaliserTrainConfig:
     threads: int = 0
     refresh_every: int = 0                      # look for newly built bank cases every N steps (bank still building)
     init_from: str | None = None                # start from an exported localiser.pt (same grid and width)
+    device: str = "auto"                        # auto (a CUDA GPU when usable, else the CPU), cpu, cuda or cuda:N
 
 
 @dataclass
@@ -316,7 +318,9 @@ def localiser_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
 def train_localiser(cfg: LocaliserTrainConfig, log=print) -> Path:
     from ..data.samples import totalsegmentator_class_names
+    from ..engine.device import describe_device, resolve_device
 
+    device = resolve_device(str(cfg.device))   # before the cases load: a GPU asked for and missing fails at once
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
@@ -327,7 +331,9 @@ def train_localiser(cfg: LocaliserTrainConfig, log=print) -> Path:
     check_spatial(cfg)
     ids = select_cases(cfg)
     cases = load_cases(cfg, ids, log)
-    model = OrganLocaliser(num_classes=len(organ_ids()) + 1, spacing_mm=cfg.spacing_mm, init_filters=cfg.init_filters)
+    model = OrganLocaliser(num_classes=len(organ_ids()) + 1, spacing_mm=cfg.spacing_mm,
+                           init_filters=cfg.init_filters).to(device)
+    log(f"[localiser] on {describe_device(device)}")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * min(s, cfg.steps) / cfg.steps)))
     step, prior_steps = 0, 0
@@ -373,8 +379,8 @@ def train_localiser(cfg: LocaliserTrainConfig, log=print) -> Path:
                 torch.set_num_threads(cfg.threads or (os.cpu_count() or 1) if (Path(cfg.bank) / "bank.json").is_file()
                                       else 1)
             batch = [draw_sample(cases[int(rng.integers(len(cases)))], cfg, rng, names) for _ in range(cfg.batch_size)]
-            hu = torch.from_numpy(np.stack([b[0] for b in batch]))
-            lab = torch.from_numpy(np.stack([b[1] for b in batch]))
+            hu = torch.from_numpy(np.stack([b[0] for b in batch])).to(device)
+            lab = torch.from_numpy(np.stack([b[1] for b in batch])).to(device)
             logits = model(model.prepare(hu))
             loss, parts = localiser_loss(logits, lab)
             opt.zero_grad(set_to_none=True)
@@ -412,7 +418,7 @@ def export_localiser(model: OrganLocaliser, cfg: LocaliserTrainConfig, cases: li
     spec = LocaliserSpec(spacing_mm=cfg.spacing_mm, init_filters=cfg.init_filters, num_classes=model.num_classes,
                          windows=model.windows, min_shape=list(model.min_shape), trained_on=cases,
                          holdout=list(cfg.holdout), steps=prior_steps + cfg.steps)
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     sd["meta.localiser_spec"] = encode_json(asdict(spec))
     tmp = path.with_suffix(".part")
     torch.save(sd, tmp)
@@ -468,7 +474,8 @@ def stage_settings(config: str | os.PathLike | Mapping | None) -> dict:
     return kw
 
 
-def train_stages(bank: str, configs: Sequence, out_dir: str, steps: int | None = None, log=print) -> Path:
+def train_stages(bank: str, configs: Sequence, out_dir: str, steps: int | None = None, log=print,
+                 device: str | None = None) -> Path:
     """Train the localiser in stages, each continuing the weights of the one before (the shipped recipe:
     bundle/docs/training/README.md steps 4 and 10); returns the last stage's ``localiser.pt``.
 
@@ -476,7 +483,8 @@ def train_stages(bank: str, configs: Sequence, out_dir: str, steps: int | None =
     run is ``out_dir`` itself; with more, stage k runs in ``out_dir/stage_k`` and its ``init_from`` is stage
     k−1's export (a stage file's own ``init_from`` counts only for the first stage). Resumable: a finished
     stage is not run again, an interrupted one goes on from its ``last.pt``. ``steps``: every stage's
-    steps (a quick try), else each config's own."""
+    steps (a quick try), else each config's own; ``device``: every stage's device, else each config's own
+    (``auto`` where it names none)."""
     if not configs:
         raise InputError("no localiser stage config given")
     previous: Path | None = None
@@ -486,6 +494,8 @@ def train_stages(bank: str, configs: Sequence, out_dir: str, steps: int | None =
             kw["init_from"] = str(previous)
         if steps:
             kw["steps"] = steps
+        if device:
+            kw["device"] = str(device)
         run = Path(out_dir) if len(configs) == 1 else Path(out_dir) / f"stage_{k}"
         cfg = LocaliserTrainConfig(bank=str(bank), out_dir=str(run), **kw)
         export, state = run / "localiser.pt", run / "last.pt"
@@ -510,8 +520,11 @@ def main(argv=None) -> int:
                     help="JSON with LocaliserTrainConfig fields; repeat it for stages that continue each other "
                          "(then in OUT_DIR/stage_1, stage_2, …)")
     ap.add_argument("--steps", type=int, default=None, help="every stage's steps instead of its config's")
+    ap.add_argument("--device", default=None,
+                    help="auto, cpu, cuda or cuda:N for every stage (default: each config's own, else auto: a CUDA "
+                         "GPU when one is usable)")
     a = ap.parse_args(argv)
-    train_stages(a.bank, a.config or [None], a.out_dir, a.steps)
+    train_stages(a.bank, a.config or [None], a.out_dir, a.steps, device=a.device)
     return 0
 
 

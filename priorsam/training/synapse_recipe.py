@@ -14,14 +14,13 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from ..data.synapse import prepare
+from ..engine.device import resolve_device
 from ..engine.segment import Segmenter
 from ..errors import one_line_errors
 from ..evaluation.metrics import evaluate_case, write_report
 from ..io import read_label_map, read_volume
-from .build_cache import ENCODER_ID, view_specs
+from .build_cache import ENCODER_ID, cache_encoder, view_specs
 from .cache import FeatureCache, build_cache
 from .trainer import TrainConfig, train
 from .views import Case
@@ -32,22 +31,14 @@ def run(synapse_root: str, work: str, views: int = 8, steps: int | None = None, 
     work_dir = Path(work)
     datalist = prepare(synapse_root, work_dir / "nifti", pixel_mm, slice_mm)
     cases = [Case(c["case_id"], c["image"], c["label"]) for c in datalist["training"]]
-    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    if dev == "cpu":
-        from ..models.onnx_encoder import OnnxLiteEncoder
-
-        encoder = OnnxLiteEncoder()
-    else:
-        from ..models.image_encoder import build_image_encoder
-
-        enc = build_image_encoder("lite", device=dev)
-        encoder = lambda x: enc(x.to(dev)).to("cpu")  # noqa: E731 - the cache stores CPU tensors
-    build_cache(cases, view_specs(views, 1.5, 0), FeatureCache(work_dir / "cache"), encoder, ENCODER_ID, log=log)
-    cfg = TrainConfig(cache=str(work_dir / "cache"), out_dir=str(work_dir / "run"))
+    dev = str(resolve_device(device))   # one device for encoding, training and the test inference
+    build_cache(cases, view_specs(views, 1.5, 0), FeatureCache(work_dir / "cache"), cache_encoder("auto", dev),
+                ENCODER_ID, log=log)
+    cfg = TrainConfig(cache=str(work_dir / "cache"), out_dir=str(work_dir / "run"), device=dev)
     if steps is not None:
         cfg.steps = steps
     weights = train(cfg, log=log)
-    seg = Segmenter(str(weights), device)
+    seg = Segmenter(str(weights), dev)
     results = []
     for c in datalist["validation"]:
         vol = read_volume(c["image"], force=True)  # clipped to [−125, 275] HU by TransUNet: no air

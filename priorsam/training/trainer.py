@@ -1,7 +1,7 @@
 """Train PriorSAM's heads from the on-disk feature cache (frozen encoder, CPU-practical).
 
 One step: a batch of cached (embedding, skips, label) entries → PriorSAM heads →
-PriorSAMLoss. Every ``prompt_every``-th step the batch is also prompted with a jittered box
+PriorSAMLoss, on ``device`` (a CUDA GPU when one is usable, by default; the cache stays on disk and on the CPU). Every ``prompt_every``-th step the batch is also prompted with a jittered box
 of one present organ per slice, so the semantic decoder learns to name a prompted object
 and the cross-mask alignment term ties binary and semantic masks (SEG-SAM).
 AdamW with linear warm-up and poly decay; resumable checkpoints; console and CSV logs.
@@ -58,6 +58,7 @@ class TrainConfig:
     init_from: str | None = None        # start from these heads (a checkpoint of the same architecture)
     cases: list | None = None           # restrict to these cached case ids (None: every case in the cache)
     data_sources: list = field(default_factory=list)   # {name, licence, use} records for the spec
+    device: str = "auto"                # auto (a CUDA GPU when usable, else the CPU), cpu, cuda or cuda:N
 
 
 def _seed_all(seed: int) -> None:
@@ -128,6 +129,9 @@ def select_records(cache: FeatureCache, cfg: TrainConfig) -> list[dict]:
 
 
 def train(cfg: TrainConfig, log=print) -> Path:
+    from ..engine.device import describe_device, resolve_device
+
+    device = resolve_device(str(cfg.device))   # before anything is read: a GPU asked for and missing fails at once
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
@@ -144,6 +148,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
         state, _ = read_checkpoint(cfg.init_from)
         model.load_trainable_state_dict({k: v for k, v in state.items() if not k.startswith("localiser.")}, bank)
         log(f"[train] heads initialised from {cfg.init_from}")
+    model.to(device)
+    log(f"[train] on {describe_device(device)}")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = PriorSAMLoss(**cfg.loss)
@@ -151,7 +157,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
     step = 0
     if cfg.resume and state_path.is_file():
         st = torch.load(state_path, map_location="cpu", weights_only=False)
-        model.load_trainable_state_dict(st["model"], bank)
+        model.load_trainable_state_dict(st["model"], bank)   # copied onto the model's device
         opt.load_state_dict(st["optim"])
         step = st["step"]
         torch.set_rng_state(st["rng"])
@@ -189,7 +195,9 @@ def train(cfg: TrainConfig, log=print) -> Path:
                 g["lr"] = lr
             boxes = classes = None
             if cfg.prompt_every and step % cfg.prompt_every == 0:
-                boxes, classes = prompt_boxes(labels, gen, cfg.box_jitter)
+                boxes, classes = prompt_boxes(labels, gen, cfg.box_jitter)   # on the CPU: the same draws anywhere
+                boxes, classes = boxes.to(device), classes.to(device)
+            feats, labels = feats.to(device), labels.to(device)
             outputs = model(features=feats, boxes=boxes)
             loss, parts = loss_fn(outputs, labels, classes)
             opt.zero_grad(set_to_none=True)

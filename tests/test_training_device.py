@@ -1,0 +1,68 @@
+"""Where the trainers run: the heads' and the localiser's trainers and the feature cache's encoder take a
+device (auto, cpu, cuda, cuda:N). A GPU asked for where none is usable is refused in one line before any
+data is read; the device reaches every localiser stage and is kept in each run's config. The GPU side itself
+is in tests/test_cuda.py (skipped without one)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from priorsam.errors import InputError
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_a_gpu_asked_for_where_there_is_none_is_refused_before_anything_is_read(tmp_path, no_gpu):
+    from priorsam.training import heads_bank, localiser
+    from priorsam.training.build_cache import cache_encoder
+    from priorsam.training.localiser import LocaliserTrainConfig, train_localiser
+    from priorsam.training.trainer import TrainConfig, train
+
+    # Neither folder exists: without the early check each run would fail on its data instead.
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        train(TrainConfig(cache=str(tmp_path / "no_cache"), out_dir=str(tmp_path / "heads"), device="cuda"))
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        train_localiser(LocaliserTrainConfig(bank=str(tmp_path / "no_bank"), out_dir=str(tmp_path / "loc"),
+                                             device="cuda:0"), log=lambda *_: None)
+    with pytest.raises(InputError, match="unknown device 'tpu'"):
+        train(TrainConfig(cache=str(tmp_path / "no_cache"), out_dir=str(tmp_path / "heads"), device="tpu"))
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        cache_encoder("torch", "cuda")
+    assert not (tmp_path / "heads").exists() and not (tmp_path / "loc").exists()
+    assert localiser.main(["--bank", str(tmp_path / "no_bank"), "--out_dir", str(tmp_path / "loc"),
+                           "--device", "cuda"]) != 0
+    (tmp_path / "config.json").write_text(json.dumps({"steps": 1}))
+    (tmp_path / "parts.json").write_text(json.dumps([{"cases": "sample", "views": 0}]))
+    assert heads_bank.main(["--bank", str(tmp_path / "no_bank"), "--work", str(tmp_path / "work"), "--config",
+                            str(tmp_path / "config.json"), "--parts", str(tmp_path / "parts.json"),
+                            "--device", "cuda"]) != 0
+    assert not (tmp_path / "work").exists()
+
+
+def test_the_cache_encoder_is_onnx_runtime_on_a_cpu_and_pytorch_when_asked(no_gpu):
+    from priorsam.models.onnx_encoder import OnnxLiteEncoder
+    from priorsam.training.build_cache import EncoderOn, cache_encoder
+
+    assert isinstance(cache_encoder("auto", "auto"), OnnxLiteEncoder)
+    torch_encoder = cache_encoder("torch", "cpu")
+    assert isinstance(torch_encoder, EncoderOn) and torch_encoder.device == torch.device("cpu")
+    with pytest.raises(InputError, match="use auto, onnx or torch"):
+        cache_encoder("tensorrt", "cpu")
+
+
+def test_the_device_reaches_every_localiser_stage_and_is_kept_in_its_config(tmp_path):
+    from priorsam.training.localiser import train_stages
+
+    small = dict(train_cases=["sample"], crop=[16, 16, 16], init_filters=8, batch_size=1, steps=1, log_every=1,
+                 ckpt_every=1, threads=1, device="cuda")   # each stage's own choice, overridden below
+    said = []
+    train_stages(str(tmp_path / "bank"), [small, {**small, "seed": 1}], str(tmp_path / "run"), log=said.append,
+                 device="cpu")
+    for k in (1, 2):
+        assert json.loads((tmp_path / "run" / f"stage_{k}" / "config.json").read_text())["device"] == "cpu"
+    assert sum(line.startswith("[localiser] on CPU") for line in said) == 2
