@@ -315,3 +315,26 @@ def test_one_checkpoint_spelt_several_ways_is_loaded_once(random_checkpoint, mon
         assert load_priorsam(None, "cpu") is first
     finally:
         load_priorsam.cache_clear()
+
+
+def test_the_current_gpu_spelt_cuda_or_cuda_n_is_loaded_once(random_checkpoint, monkeypatch):
+    """"cuda" means the current GPU: with GPU 1 current, "cuda" and "cuda:1" are one model, "cuda:0" another
+    (the loader itself is stood in for: this machine may have no GPU)."""
+    import torch
+
+    import priorsam.models.spec as spec
+    from priorsam.engine.weights import load_priorsam
+
+    loads = []
+    monkeypatch.setattr(spec, "load_model", lambda path, device, localiser_runtime: loads.append(device) or object())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    load_priorsam.cache_clear()
+    try:
+        first = load_priorsam(str(random_checkpoint), "cuda")
+        assert load_priorsam(str(random_checkpoint), "cuda:1") is first
+        assert load_priorsam(str(random_checkpoint), torch.device("cuda")) is first
+        assert load_priorsam(str(random_checkpoint), "cuda:0") is not first
+        assert loads == ["cuda:1", "cuda:0"]
+    finally:
+        load_priorsam.cache_clear()

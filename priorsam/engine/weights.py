@@ -26,7 +26,10 @@ def load_priorsam(path: str | None = None, device: str = "cpu", localiser_runtim
     # and callers spell the default weights as None or as their path; each spelling used to load the same
     # checkpoint once more (and an env change of PRIORSAM_WEIGHTS was ignored behind a cached None).
     where = Path(path) if path else default_weights_path()
-    return _load_cached(str(where.resolve()), str(torch.device(device)), localiser_runtime)
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        dev = torch.device("cuda", torch.cuda.current_device())   # "cuda" is the current GPU: one key with "cuda:N"
+    return _load_cached(str(where.resolve()), str(dev), localiser_runtime)
 
 
 @lru_cache(maxsize=2)
