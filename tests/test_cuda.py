@@ -15,6 +15,7 @@ import torch
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")]
+GPU = "cuda"   # the device of the tests that name it (a rehearsal on a machine without one may set it to "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +141,6 @@ def test_refinement_on_cuda_gives_the_cpu_labels(options, guided):
     assert torch.equal(on_gpu.cpu(), on_cpu)
 
 
-GPU = "cuda"   # the training tests' device (a rehearsal on a machine without one may set it to "cpu")
-
-
 def _runs() -> dict[str, str]:
     return {"on_cpu": "cpu", "on_gpu": GPU}
 
@@ -216,3 +214,44 @@ def test_the_onnx_cache_encoder_is_refused_on_a_gpu():
     with pytest.raises(InputError, match="CPU only"):
         cache_encoder("onnx", GPU)
     assert isinstance(cache_encoder("auto", GPU), EncoderOn)
+
+
+@pytest.mark.parametrize("slices", [2, 14])
+def test_thin_and_partial_scans_on_cuda_agree_with_the_cpu(organ_slab, tmp_path, slices):
+    """Two slices whose header says 2 mm apart (4 mm of z, under the localiser's 6 mm: the heads answer alone)
+    and 14 slices of 3 mm (42 mm: a partial scan, the localiser's probabilities over four shifted passes)."""
+    import nibabel as nib
+
+    import priorsam
+
+    path, _ = organ_slab
+    img = nib.load(str(path))
+    z0 = (img.shape[2] - slices) // 2
+    part = img.slicer[:, :, z0:z0 + slices]
+    if slices == 2:
+        affine = part.affine.copy()
+        affine[:3, 2] *= 2.0 / 3.0
+        part = nib.Nifti1Image(np.asarray(part.dataobj), affine)
+    crop = tmp_path / f"organs{slices}.nii.gz"
+    nib.save(part, str(crop))
+    on = {dev: priorsam.segment(str(crop), device=dev, encoder_backend="torch").labels for dev in ("cpu", GPU)}
+    per_organ = agreement(on["cpu"], on[GPU])
+    assert per_organ and np.mean(list(per_organ.values())) >= 0.95, per_organ
+
+
+def test_the_mirror_check_reads_the_same_on_cuda(organ_slab):
+    """The localiser's two passes (as given and flipped) and the warning they lead to, on both devices."""
+    from priorsam.engine.localise import localise
+    from priorsam.engine.segment import SegmentOptions
+    from priorsam.engine.weights import load_priorsam
+    from priorsam.io import read_volume
+
+    vol = read_volume(organ_slab[0])
+    hu = np.ascontiguousarray(vol.array.astype(np.float32)[::-1])     # flipped left-right, header unchanged
+    margin = SegmentOptions().mirror_margin
+    read = {dev: localise(hu, vol.spacing, load_priorsam(None, dev).localiser, device=dev, mirror_margin=margin)
+            for dev in ("cpu", GPU)}
+    assert read["cpu"].usable and read[GPU].usable
+    assert [w.split(":")[0] for w in read["cpu"].warnings] == [w.split(":")[0] for w in read[GPU].warnings]
+    assert read[GPU].confidence == pytest.approx(read["cpu"].confidence, abs=0.01)
+    assert read[GPU].flipped_confidence == pytest.approx(read["cpu"].flipped_confidence, abs=0.01)
