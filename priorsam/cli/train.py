@@ -18,7 +18,8 @@ def train_cli(cache: str, out_dir: str, config: str | None = None, build_views: 
         out_dir: where model.pt (tensors-only weights), last.pt (resumable state), log.csv go.
         config: optional JSON file with TrainConfig fields.
         build_views: if > 0, first encode the clean view plus this many augmented views of the sample CT.
-        overrides: any TrainConfig field, e.g. --steps 2000 --lr 5e-4.
+        overrides: any TrainConfig field, e.g. --steps 2000 --lr 5e-4 --device cuda (where the heads train and
+            the --build_views cache is encoded; default auto: a CUDA GPU when one is usable, else the CPU).
     """
     fields = read_settings(config, TrainConfig, "training config", fixed=("cache", "out_dir")) if config else {}
     overrides = training_settings(overrides)
@@ -27,7 +28,7 @@ def train_cli(cache: str, out_dir: str, config: str | None = None, build_views: 
     if build_views:
         from ..training.build_cache import build_from_args
 
-        build_from_args(["--cache", cache, "--views", str(build_views)])
+        build_from_args(["--cache", cache, "--views", str(build_views), "--device", str(fields.get("device", "auto"))])
     path = train(TrainConfig(cache=cache, out_dir=out_dir, **fields))
     return {"weights": str(path)}
 
