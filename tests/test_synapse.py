@@ -3,6 +3,7 @@ import json
 
 import h5py
 import numpy as np
+import pytest
 
 from priorsam.data.synapse import prepare
 from priorsam.io import read_label_map, read_volume
@@ -46,3 +47,19 @@ def test_prepare_converts_and_remaps(tmp_path):
     assert (lab[:, 2:4, 2:4] == 1).all() and (lab[:, 5:7, 5:7] == 7).all()
     test = read_label_map(dl["validation"][0]["label"]).array
     assert (test == 5).all()  # TransUNet 5 = liver = ours 5
+
+
+@pytest.mark.slow
+def test_the_recipe_converts_caches_trains_and_reports_on_one_device(tmp_path):
+    """The whole command on a tiny release: its cache, 2 head steps and the test case's report, all on the
+    device asked for (before 0.8.5 the heads trained on the CPU whatever was asked)."""
+    from priorsam.training.synapse_recipe import run
+
+    _write_dataset(tmp_path / "syn")
+    with h5py.File(tmp_path / "syn" / "test_vol_h5" / "case0001.npy.h5", "r+") as h5:
+        h5["image"][...] = np.linspace(0, 1, 160, dtype=np.float32).reshape(2, 8, 10)   # a constant one is refused
+    said = []
+    report = run(str(tmp_path / "syn"), str(tmp_path / "work"), views=0, steps=2, device="cpu", log=said.append)
+    assert "| liver |" in report.read_text()
+    assert json.loads((tmp_path / "work" / "run" / "config.json").read_text())["device"] == "cpu"
+    assert "[train] on CPU" in " ".join(said) and any(line.startswith("[train] step 2/2") for line in said)

@@ -4,9 +4,10 @@
 
 SYNAPSE is TransUNet's preprocessed Synapse folder (train_npz/, test_vol_h5/, lists/lists_Synapse/).
 Steps: :func:`priorsam.data.synapse.prepare` → feature cache of every training case (clean + N
-augmented views; the encoder runs on the GPU when there is one) → :func:`priorsam.training.trainer.train`
-with the recipe defaults → prompt-free inference on the test cases → Dice and HD95 (mm and voxels)
-per organ and case, Synapse averaging, ``WORK/eval/report.md``.
+augmented views) → :func:`priorsam.training.trainer.train` with the recipe defaults → prompt-free inference
+on the test cases → Dice and HD95 (mm and voxels)
+per organ and case, Synapse averaging, ``WORK/eval/report.md``. Encoding, training and inference run on
+``--device`` (auto: a CUDA GPU when one is usable, else the CPU).
 """
 from __future__ import annotations
 
