@@ -182,3 +182,23 @@ def test_the_hd95_tables_give_each_organ_and_count_the_cases_a_run_missed():
     assert cells[2 + names.index("spleen")] == "4.0"                     # (3 + 4 + 5) / 3
     assert cells[2 + names.index("aorta")] == "–"                        # no case holds it
     assert cells[-1] == "5.0"                                           # mean over the organs that have one
+
+
+def test_the_device_is_checked_before_a_case_is_rendered_and_openvino_stays_on_cpus(monkeypatch, tmp_path):
+    """--device: a GPU asked for where none is usable ends the run before the bank is read; a run pinning the
+    CPU-only OpenVINO localiser is refused on a GPU in one line rather than by the loader's traceback."""
+    import pytest
+    import torch
+
+    from priorsam.errors import InputError
+    from priorsam.evaluation.anatomy_holdout import _segmenter, main, measure
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        measure(str(tmp_path / "no_bank"), [{"name": "shipped"}], ["btcv_0005"], ["native"], device="cuda")
+    (tmp_path / "runs.json").write_text('[{"name": "shipped"}]')
+    assert main(["--bank", str(tmp_path / "no_bank"), "--runs", str(tmp_path / "runs.json"), "--cases", "x",
+                 "--out", str(tmp_path / "out"), "--device", "cuda"]) != 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(InputError, match="CPUs only"):
+        _segmenter({"name": "ov", "localiser_runtime": "openvino"}, torch.device("cuda"))

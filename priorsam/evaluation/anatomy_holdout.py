@@ -156,9 +156,14 @@ def rendered(bank: str, cases: list[str], settings: list[str]):
 
 
 def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], log=print,
-            partial: Path | None = None) -> list[dict]:
-    """Every run on every held-out case and setting; ``partial``: rows so far are saved there after each case."""
-    segs = {r["name"]: _segmenter(r) for r in runs}
+            partial: Path | None = None, device: str = "cpu") -> list[dict]:
+    """Every run on every held-out case and setting; ``partial``: rows so far are saved there after each case.
+    ``device``: where the engine runs (the documented figures were measured on CPUs; a GPU's answers agree
+    closely, not to the voxel), kept in every row."""
+    from ..engine.device import resolve_device
+
+    dev = resolve_device(str(device))   # before a case is rendered: a GPU asked for and missing fails at once
+    segs = {r["name"]: _segmenter(r, dev) for r in runs}
     rows = []
     for cid, setting, pp, crop, vol in rendered(bank, cases, settings):
         gt = np.ascontiguousarray(pp.ours[crop])
@@ -179,7 +184,7 @@ def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], 
                 res = seg.segment(vol, show_bar=False)
                 row = {"slices_run": res.slices_run, "slices": int(vol.shape[2]), "localiser": res.localiser,
                        **_scores(res.labels, gt, support, pp.spacing, cid)}
-            row.update(run=run["name"], case=cid, setting=setting, seconds=round(time.time() - t0, 1))
+            row.update(run=run["name"], case=cid, setting=setting, seconds=round(time.time() - t0, 1), device=str(dev))
             rows.append(row)
             mean = np.nanmean([v["dice"] for v in row["organs"].values()])
             log(f"[holdout] {run['name']} {cid} {setting}: mean Dice {mean:.3f}, "
@@ -202,16 +207,21 @@ def _scores(pred: np.ndarray, gt: np.ndarray, support: np.ndarray, spacing, cid:
     return {"organs": case["organs"], "dice_all_voxels": every}
 
 
-def _segmenter(run: dict) -> Segmenter:
-    """The run's engine; ``"localiser_runtime"`` (``torch`` or ``openvino``) overrides where its localiser runs,
-    the encoder's runtime staying the options' (to compare the two localiser runtimes alone)."""
+def _segmenter(run: dict, device="cpu") -> Segmenter:
+    """The run's engine on ``device``; ``"localiser_runtime"`` (``torch`` or ``openvino``) overrides where its
+    localiser runs, the encoder's runtime staying the options' (to compare the two localiser runtimes alone)."""
+    import torch
+
     options = SegmentOptions(**run.get("options", {}))
     if run.get("localiser_runtime") is None:
-        return Segmenter(run_weights(run), "cpu", options)
+        return Segmenter(run_weights(run), str(device), options)
+    if run["localiser_runtime"] == "openvino" and torch.device(device).type != "cpu":
+        raise InputError(f"run {run['name']!r} runs its localiser in OpenVINO, which runs on CPUs only: measure it "
+                         "with --device cpu")
     from ..engine.weights import load_priorsam
 
-    return Segmenter(model=load_priorsam(str(run_weights(run)), "cpu", run["localiser_runtime"]), device="cpu",
-                     options=options)
+    return Segmenter(model=load_priorsam(str(run_weights(run)), str(device), run["localiser_runtime"]),
+                     device=str(device), options=options)
 
 
 def _localiser_only(seg: Segmenter, vol: Volume, gt: np.ndarray, support: np.ndarray, cid: str) -> dict:
@@ -295,6 +305,9 @@ def main(argv=None) -> int:
                     help="appearance settings; a slab may be moved along z, e.g. slab_liver+1 slab_liver-1; "
                          "upper_42mm: 42 mm of the upper abdomen")
     ap.add_argument("--out", required=True, help="output prefix: writes OUT.json and OUT.md")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu (default: where the documented figures were measured), auto, cuda or cuda:N; a GPU is "
+                         "many times faster and agrees closely with the CPU, not to the voxel")
     a = ap.parse_args(argv)
     runs = read_json(a.runs, "runs file")
     if not isinstance(runs, list) or not all(isinstance(r, dict) and "name" in r for r in runs):
@@ -307,7 +320,7 @@ def main(argv=None) -> int:
         cases = list(spec.localiser.holdout)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = measure(a.bank, runs, cases, a.settings, partial=out.with_suffix(".partial.json"))
+    rows = measure(a.bank, runs, cases, a.settings, partial=out.with_suffix(".partial.json"), device=a.device)
     out.with_suffix(".json").write_text(json.dumps({"cases": cases, "settings": a.settings, "runs": runs,
                                                    "rows": rows}, indent=1))
     names = [r["name"] for r in runs]

@@ -96,8 +96,8 @@ def build_from_args(argv=None) -> None:
                     help="scale the share of each view's slices that is encoded (1: every organ slice of view 0)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
-                    help="onnx: ONNX Runtime (≈3× faster on CPU, same features to ~1e-4); torch: PyTorch on --device; "
-                         "auto: onnx on a CPU, torch on a GPU")
+                    help="onnx: ONNX Runtime (≈3× faster on CPU, same features to ~1e-4); torch: PyTorch on "
+                         "--device; auto: onnx on a CPU, torch on a GPU")
     ap.add_argument("--device", default="auto", help="auto (a CUDA GPU when usable), cpu, cuda or cuda:N")
     args = ap.parse_args(argv)
     if args.threads:

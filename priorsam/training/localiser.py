@@ -9,9 +9,9 @@ their label (outside a simulated field of view or slab, organs whose registratio
 ignored by the loss.
 
 Loss: cross-entropy + Dice over the 8 organs (MONAI ``MaskedDiceLoss``), AdamW, cosine decay;
-resumable (``last.pt``), CSV log, the localiser weights exported as ``localiser.pt`` (CPU tensors). The network
-runs on ``device`` (a CUDA GPU when one is usable, by default); the crops are drawn on the CPU. :func:`train_stages` runs
-stages that continue each other (the shipped localiser has three), for the command line and the bundle's
+resumable (``last.pt``), CSV log, the localiser weights exported as ``localiser.pt`` (CPU tensors). The
+network runs on ``device`` (by default a CUDA GPU when one is usable); the crops are drawn on the CPU.
+:func:`train_stages` runs stages that continue each other (the shipped localiser has three), for the command line and the bundle's
 ``train_localiser.json`` alike.
 """
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Train PriorSAM's heads from the on-disk feature cache (frozen encoder, CPU-practical).
 
 One step: a batch of cached (embedding, skips, label) entries → PriorSAM heads →
-PriorSAMLoss, on ``device`` (a CUDA GPU when one is usable, by default; the cache stays on disk and on the CPU). Every ``prompt_every``-th step the batch is also prompted with a jittered box
-of one present organ per slice, so the semantic decoder learns to name a prompted object
-and the cross-mask alignment term ties binary and semantic masks (SEG-SAM).
+PriorSAMLoss, on ``device`` (by default a CUDA GPU when one is usable; the cache is read on the CPU).
+Every ``prompt_every``-th step the batch is also prompted with a jittered box of one present organ per
+slice, so the semantic decoder learns to name a prompted object and the cross-mask alignment term ties
+binary and semantic masks (SEG-SAM).
 AdamW with linear warm-up and poly decay; resumable checkpoints; console and CSV logs.
 """
 from __future__ import annotations
