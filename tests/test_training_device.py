@@ -66,3 +66,24 @@ def test_the_device_reaches_every_localiser_stage_and_is_kept_in_its_config(tmp_
     for k in (1, 2):
         assert json.loads((tmp_path / "run" / f"stage_{k}" / "config.json").read_text())["device"] == "cpu"
     assert sum(line.startswith("[localiser] on CPU") for line in said) == 2
+
+
+def test_a_gpu_out_of_memory_is_one_line_and_other_faults_keep_their_traceback(capsys):
+    """Every command reports PyTorch's out-of-memory error (here raised by hand: this machine may have no GPU)
+    as one line saying what to do; any other unexpected error still raises, with its traceback."""
+    from priorsam.errors import gpu_out_of_memory, one_line_errors
+
+    def out_of_memory():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 3.8 GiB total)\nmore")
+
+    assert one_line_errors(out_of_memory)() == 1
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("error: the GPU ran out of memory (CUDA out of memory. Tried")
+    assert "--device cpu" in said[0]
+    assert gpu_out_of_memory(torch.cuda.OutOfMemoryError("x")) and not gpu_out_of_memory(RuntimeError("x"))
+
+    def fault():
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        one_line_errors(fault)()
