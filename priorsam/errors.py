@@ -41,10 +41,7 @@ def one_line_errors(main):
         except Exception as exc:
             if not gpu_out_of_memory(exc):
                 raise
-            # Not the user's input, but what they can act on: the volume or batch does not fit this GPU.
-            said = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
-            print(f"error: the GPU ran out of memory ({said}); run on the CPU (--device cpu), close what else "
-                  "uses the GPU, or train with a smaller batch_size", file=sys.stderr)
+            print(f"error: {out_of_memory_line(exc)}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
@@ -57,3 +54,10 @@ def gpu_out_of_memory(exc: BaseException) -> bool:
     """PyTorch's out-of-memory error (``torch.OutOfMemoryError``, raised for CUDA), told by its class so that
     this module needs no torch import."""
     return any(c.__name__ == "OutOfMemoryError" and c.__module__.split(".")[0] == "torch" for c in type(exc).__mro__)
+
+
+def out_of_memory_line(exc: BaseException) -> str:
+    """What a user can act on when the volume or batch does not fit the GPU (not their input's fault)."""
+    said = str(exc).strip().splitlines()[0] if str(exc).strip() else "no details"
+    return (f"the GPU ran out of memory ({said}); run on the CPU (--device cpu), close what else uses the GPU, "
+            "or train with a smaller batch_size")

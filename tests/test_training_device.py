@@ -87,3 +87,28 @@ def test_a_gpu_out_of_memory_is_one_line_and_other_faults_keep_their_traceback(c
 
     with pytest.raises(RuntimeError, match="a bug"):
         one_line_errors(fault)()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["train_localiser", "train_heads_bank"])
+def test_the_bundles_training_ends_a_missing_gpu_with_one_line(config, tmp_path):
+    """`python -m monai.bundle run` of a training config with --device cuda where no GPU is visible: one error
+    line and exit 1, no traceback, nothing written."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bundle = Path(__file__).resolve().parents[1] / "bundle"
+    shipped = str(bundle / "models" / "model.pt")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / f"{config}.json"),
+           "--meta_file", str(bundle / "configs" / "metadata.json"), "--bank_dir", str(tmp_path / "bank"),
+           "--output_dir", str(tmp_path / "run"), "--ckpt_path", str(tmp_path / "out.pt"), "--device", "cuda",
+           "--heads_from" if config == "train_localiser" else "--localiser_from", shipped]
+    # An anatomy folder that does not exist: were the device checked after it, the bank build would fail first.
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PRIORSAM_ANATOMY_DIR": str(tmp_path / "no_anatomy")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=bundle.parent, timeout=600, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: device 'cuda' requested but no CUDA GPU is usable here (use --device cpu or auto)"]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "out.pt").exists()

@@ -21,7 +21,7 @@ from monai.transforms import MapTransform
 from ..engine.device import resolve_device
 from ..engine.progress import StdoutProgress
 from ..engine.segment import SegmentOptions
-from ..errors import AssetError, InputError, PriorSAMError
+from ..errors import AssetError, InputError, PriorSAMError, gpu_out_of_memory, out_of_memory_line
 from .io_transforms import volume_of
 
 
@@ -34,8 +34,8 @@ def bundle_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def one_line_errors() -> None:
-    """Make ``python -m monai.bundle run`` end a PriorSAM input/asset error with one ``error: …`` line
-    (exit 1) instead of MONAI's chained traceback; other errors keep their traceback.
+    """Make ``python -m monai.bundle run`` end a PriorSAM input/asset error, or a GPU out of memory, with one
+    ``error: …`` line (exit 1) instead of MONAI's chained traceback; other errors keep their traceback.
 
     Installed as ``sys.excepthook`` from the config's ``initialize``; it only sees exceptions nothing
     caught, so in-process users (ConfigWorkflow in Python, tests) still get the exception itself.
@@ -51,6 +51,9 @@ def one_line_errors() -> None:
         while exc is not None and id(exc) not in seen:
             if isinstance(exc, PriorSAMError):
                 print(f"error: {exc}", file=sys.stderr)
+                return
+            if gpu_out_of_memory(exc):
+                print(f"error: {out_of_memory_line(exc)}", file=sys.stderr)
                 return
             seen.add(id(exc))
             exc = exc.__cause__ or exc.__context__

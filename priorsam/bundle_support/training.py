@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..engine.device import resolve_device
 from ..errors import InputError
 from ..models.image_encoder import EncoderFeatures
 from ..models.losses import PriorSAMLoss
@@ -91,6 +92,8 @@ def train_localiser(bank_dir: str, stage_configs: Sequence, output_dir: str, ckp
     from ..models.spec import compose_checkpoint
     from ..training.localiser import train_stages
 
+    if device:
+        resolve_device(str(device))   # before a bank is built: a GPU asked for and missing fails at once
     heads = Path(heads_from or ckpt_path)
     if not heads.is_file():
         raise InputError(f"no heads to put the new localiser with: {heads} does not exist (set heads_from)")
@@ -116,6 +119,8 @@ def train_heads_bank(bank_dir: str, output_dir: str, ckpt_path: str | os.PathLik
     from ..models.spec import compose_checkpoint, read_checkpoint
     from ..training.heads_bank import train_heads_on_bank
 
+    if device:
+        resolve_device(str(device))   # before a bank is built: a GPU asked for and missing fails at once
     localiser = Path(localiser_from or ckpt_path)
     if not localiser.is_file():
         raise InputError(f"no localiser to put the new heads with: {localiser} does not exist (set localiser_from)")
