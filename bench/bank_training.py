@@ -5,10 +5,11 @@
 * ``bank``: ``python -m priorsam.data.pseudo_patients`` registers the sample CT onto ``--cases`` anatomies
   into a fresh temporary cache (Greedy, every core); seconds per case and the child's peak RSS.
 * ``localiser``: ``python -m priorsam.training.localiser`` runs ``--steps`` steps on that cache (batch 2,
-  48³ crops at 4 mm, SegResNet 16 filters, the full augmentation); seconds per step after the first
-  10 (loading and warm-up excluded) and the child's peak RSS.
+  48³ crops at 4 mm, SegResNet 16 filters, the full augmentation) on ``--device`` (auto: a CUDA GPU when one
+  is usable); seconds per step after the first 10 (loading and warm-up excluded) and the child's peak RSS.
 
-Each part runs in a child process started from a small launcher, so the peak RSS is the child's own.
+Each part runs in a child process started from a small launcher, so the peak RSS is the child's own (host
+memory: on a GPU the device's memory is not measured here).
 The machine is shared: the load average at the start and end is recorded beside every figure.
 """
 from __future__ import annotations
@@ -31,16 +32,25 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", type=int, default=2)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--out", default="bench/results")
+    ap.add_argument("--device", default="auto", help="where the localiser trains: auto, cpu, cuda or cuda:N")
     a = ap.parse_args(argv)
     anatomy = Path(a.anatomy)
     if not anatomy.is_dir():
         print(f"error: anatomy bank not found: {anatomy}", file=sys.stderr)
         return 1
     from priorsam.data.anatomy import discover
+    from priorsam.engine.device import describe_device, resolve_device
+    from priorsam.errors import InputError
+
+    try:
+        device = resolve_device(a.device)   # before minutes of registration
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
     ids = [c.case_id for c in discover(anatomy) if c.source == "btcv_learn2reg"][: a.cases]
     info = machine_info(os.cpu_count() or 1)
-    rows, result = [], {"machine": info, "cases": ids, "steps": a.steps}
+    rows, result = [], {"machine": info, "cases": ids, "steps": a.steps, "device": describe_device(device)}
     with tempfile.TemporaryDirectory(prefix="priorsam-bench-bank-") as tmp:
         cache, run = Path(tmp) / "bank", Path(tmp) / "run"
         load0 = os.getloadavg()[0]
@@ -60,14 +70,15 @@ def main(argv=None) -> int:
         cfg.write_text(json.dumps({"steps": a.steps, "log_every": 1, "ckpt_every": 10 ** 6, "include_sample": True}))
         load0 = os.getloadavg()[0]
         r = run_child_rss([python(), "-m", "priorsam.training.localiser", "--bank", str(cache), "--out_dir", str(run),
-                           "--config", str(cfg)])
+                           "--config", str(cfg), "--device", str(device)])
         if r["rc"] != 0:
             print(f"error: localiser training failed: {r['stderr'][-500:]}", file=sys.stderr)
             return 1
         steps = [float(x["sec_per_step"]) for x in csv.DictReader(open(run / "log.csv"))][10:]
         sps = sorted(steps)[len(steps) // 2] if steps else float("nan")
         result["localiser"] = {**r, "sec_per_step_median": sps, "load_start": load0, "load_end": os.getloadavg()[0]}
-        rows.append(["localiser training step (batch 2, 48³ at 4 mm)", f"{a.steps} steps", f"{sps:.2f} s/step",
+        rows.append([f"localiser training step (batch 2, 48³ at 4 mm; {describe_device(device)})", f"{a.steps} steps",
+                     f"{sps:.2f} s/step",
                      f"{r['peak_rss_mb']:.0f}", f"{load0:.1f} → {os.getloadavg()[0]:.1f}"])
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -122,6 +122,16 @@ def test_gpu_bench_refuses_cuda_without_a_gpu(tmp_path):
     assert not (tmp_path / "g").exists()
 
 
+def test_bank_training_bench_refuses_a_missing_gpu_before_registering(tmp_path, monkeypatch, capsys):
+    torch = pytest.importorskip("torch")
+    import bank_training
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bank_training.main(["--anatomy", str(tmp_path), "--out", str(tmp_path / "out"), "--device", "cuda"]) == 1
+    assert capsys.readouterr().err.startswith("error: device 'cuda' requested but no CUDA GPU")
+    assert not (tmp_path / "out").exists()
+
+
 def test_gpu_bench_compares_with_the_reference_runs_label_maps(tmp_path):
     nib = pytest.importorskip("nibabel")
     import json
