@@ -18,7 +18,7 @@ def no_gpu(monkeypatch):
 
 
 def test_a_gpu_asked_for_where_there_is_none_is_refused_before_anything_is_read(tmp_path, no_gpu):
-    from priorsam.training import heads_bank, localiser
+    from priorsam.training import build_cache, heads_bank, localiser
     from priorsam.training.build_cache import cache_encoder
     from priorsam.training.localiser import LocaliserTrainConfig, train_localiser
     from priorsam.training.trainer import TrainConfig, train
@@ -36,6 +36,8 @@ def test_a_gpu_asked_for_where_there_is_none_is_refused_before_anything_is_read(
     assert not (tmp_path / "heads").exists() and not (tmp_path / "loc").exists()
     assert localiser.main(["--bank", str(tmp_path / "no_bank"), "--out_dir", str(tmp_path / "loc"),
                            "--device", "cuda"]) != 0
+    assert build_cache.main(["--cache", str(tmp_path / "cache"), "--device", "cuda"]) != 0
+    assert not (tmp_path / "cache").exists()
     (tmp_path / "config.json").write_text(json.dumps({"steps": 1}))
     (tmp_path / "parts.json").write_text(json.dumps([{"cases": "sample", "views": 0}]))
     assert heads_bank.main(["--bank", str(tmp_path / "no_bank"), "--work", str(tmp_path / "work"), "--config",

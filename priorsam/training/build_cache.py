@@ -55,7 +55,7 @@ def cache_encoder(backend: str = "onnx", device: str | torch.device = "cpu"):
     ``auto`` (ONNX Runtime on a CPU, PyTorch on a GPU). ``device``: auto, cpu, cuda or cuda:N."""
     from ..engine.device import resolve_device
 
-    dev = resolve_device(str(device))
+    dev = resolve_device(device)
     if backend == "auto":
         backend = "onnx" if dev.type == "cpu" else "torch"
     if backend == "onnx":
@@ -102,10 +102,11 @@ def build_from_args(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    encoder = cache_encoder(args.backend, args.device)   # before the cache folder is made: a missing GPU fails first
     cases = read_cases(args.datalist) if args.datalist else default_cases()
     n = build_cache(cases, view_specs(args.views, args.spacing, args.context, framing=args.framing,
                                          fraction=args.fraction), FeatureCache(args.cache),
-                    cache_encoder(args.backend, args.device), ENCODER_ID, log=lambda m: print(m, flush=True))
+                    encoder, ENCODER_ID, log=lambda m: print(m, flush=True))
     print(f"added {n} entries")
 
 
