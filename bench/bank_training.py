@@ -25,7 +25,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, md_table, python, run_child_rss  # noqa: E402
 
+from priorsam.errors import one_line_errors  # noqa: E402
 
+
+@one_line_errors
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--anatomy", default=os.environ.get("PRIORSAM_ANATOMY_DIR", "../shared/data/anatomy"))
@@ -40,13 +43,8 @@ def main(argv=None) -> int:
         return 1
     from priorsam.data.anatomy import discover
     from priorsam.engine.device import describe_device, resolve_device
-    from priorsam.errors import InputError
 
-    try:
-        device = resolve_device(a.device)   # before minutes of registration
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    device = resolve_device(a.device)   # before minutes of registration
 
     ids = [c.case_id for c in discover(anatomy) if c.source == "btcv_learn2reg"][: a.cases]
     info = machine_info(os.cpu_count() or 1)

@@ -93,7 +93,7 @@ def train_localiser(bank_dir: str, stage_configs: Sequence, output_dir: str, ckp
     from ..training.localiser import train_stages
 
     if device:
-        resolve_device(str(device))   # before a bank is built: a GPU asked for and missing fails at once
+        resolve_device(device)   # before a bank is built: a GPU asked for and missing fails at once
     heads = Path(heads_from or ckpt_path)
     if not heads.is_file():
         raise InputError(f"no heads to put the new localiser with: {heads} does not exist (set heads_from)")
@@ -120,7 +120,7 @@ def train_heads_bank(bank_dir: str, output_dir: str, ckpt_path: str | os.PathLik
     from ..training.heads_bank import train_heads_on_bank
 
     if device:
-        resolve_device(str(device))   # before a bank is built: a GPU asked for and missing fails at once
+        resolve_device(device)   # before a bank is built: a GPU asked for and missing fails at once
     localiser = Path(localiser_from or ckpt_path)
     if not localiser.is_file():
         raise InputError(f"no localiser to put the new heads with: {localiser} does not exist (set localiser_from)")

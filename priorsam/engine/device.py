@@ -6,8 +6,10 @@ import torch
 from ..errors import InputError
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    device = (device or "auto").lower()
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (also None), ``cpu``, ``cuda``/``gpu`` or ``cuda:N`` — or a ``torch.device`` — as the device to
+    use here; a GPU asked for and not usable is an :class:`InputError`."""
+    device = str(device or "auto").lower()
     if device == "auto":
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     if device in ("gpu", "cuda") or device.startswith("cuda:"):

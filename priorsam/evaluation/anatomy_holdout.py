@@ -34,6 +34,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..config_files import read_json
 from ..data import appearance as app
@@ -162,7 +163,7 @@ def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], 
     closely, not to the voxel), kept in every row."""
     from ..engine.device import resolve_device
 
-    dev = resolve_device(str(device))   # before a case is rendered: a GPU asked for and missing fails at once
+    dev = resolve_device(device)   # before a case is rendered: a GPU asked for and missing fails at once
     segs = {r["name"]: _segmenter(r, dev) for r in runs}
     rows = []
     for cid, setting, pp, crop, vol in rendered(bank, cases, settings):
@@ -184,7 +185,8 @@ def measure(bank: str, runs: list[dict], cases: list[str], settings: list[str], 
                 res = seg.segment(vol, show_bar=False)
                 row = {"slices_run": res.slices_run, "slices": int(vol.shape[2]), "localiser": res.localiser,
                        **_scores(res.labels, gt, support, pp.spacing, cid)}
-            row.update(run=run["name"], case=cid, setting=setting, seconds=round(time.time() - t0, 1), device=str(dev))
+            row.update(run=run["name"], case=cid, setting=setting, seconds=round(time.time() - t0, 1),
+                       device=str(dev))
             rows.append(row)
             mean = np.nanmean([v["dice"] for v in row["organs"].values()])
             log(f"[holdout] {run['name']} {cid} {setting}: mean Dice {mean:.3f}, "
@@ -207,15 +209,13 @@ def _scores(pred: np.ndarray, gt: np.ndarray, support: np.ndarray, spacing, cid:
     return {"organs": case["organs"], "dice_all_voxels": every}
 
 
-def _segmenter(run: dict, device="cpu") -> Segmenter:
+def _segmenter(run: dict, device: torch.device = torch.device("cpu")) -> Segmenter:
     """The run's engine on ``device``; ``"localiser_runtime"`` (``torch`` or ``openvino``) overrides where its
     localiser runs, the encoder's runtime staying the options' (to compare the two localiser runtimes alone)."""
-    import torch
-
     options = SegmentOptions(**run.get("options", {}))
     if run.get("localiser_runtime") is None:
         return Segmenter(run_weights(run), str(device), options)
-    if run["localiser_runtime"] == "openvino" and torch.device(device).type != "cpu":
+    if run["localiser_runtime"] == "openvino" and device.type != "cpu":
         raise InputError(f"run {run['name']!r} runs its localiser in OpenVINO, which runs on CPUs only: measure it "
                          "with --device cpu")
     from ..engine.weights import load_priorsam

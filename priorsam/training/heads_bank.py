@@ -106,15 +106,16 @@ def train_heads_on_bank(bank: str, work_dir: str, config: str, parts: str, holdo
         fields["steps"] = int(steps)
     if device:
         fields["device"] = str(device)
+    device = fields.get("device", "auto")
     start = fields.get("init_from")
     if start and not Path(start).is_file():
         raise InputError(f"training config {config}: init_from {start} does not exist (paths are relative to the "
                          "folder the command runs in; the shipped recipe starts from the repository's "
                          "docs/ablation_weights/demo_0.3.0_one_scan.pt)")
-    resolve_device(str(fields.get("device", "auto")))   # a GPU asked for and missing fails before cases are written
+    resolve_device(device)   # a GPU asked for and missing fails before cases are written
     cache = str(cache_dir or work / "cache")
     fill_heads_cache(bank, str(cases_dir or work / "cases"), cache, read_cache_parts(parts),
-                     held_out_anatomies(holdout_from), backend=backend, log=log, device=fields.get("device", "auto"))
+                     held_out_anatomies(holdout_from), backend=backend, log=log, device=device)
     return train(TrainConfig(cache=cache, out_dir=str(work / "heads"), **fields), log=log)
 
 

@@ -11,8 +11,8 @@ ignored by the loss.
 Loss: cross-entropy + Dice over the 8 organs (MONAI ``MaskedDiceLoss``), AdamW, cosine decay;
 resumable (``last.pt``), CSV log, the localiser weights exported as ``localiser.pt`` (CPU tensors). The
 network runs on ``device`` (by default a CUDA GPU when one is usable); the crops are drawn on the CPU.
-:func:`train_stages` runs stages that continue each other (the shipped localiser has three), for the command line and the bundle's
-``train_localiser.json`` alike.
+:func:`train_stages` runs stages that continue each other (the shipped localiser has three), for the command
+line and the bundle's ``train_localiser.json`` alike.
 """
 from __future__ import annotations
 
@@ -320,7 +320,7 @@ def train_localiser(cfg: LocaliserTrainConfig, log=print) -> Path:
     from ..data.samples import totalsegmentator_class_names
     from ..engine.device import describe_device, resolve_device
 
-    device = resolve_device(str(cfg.device))   # before the cases load: a GPU asked for and missing fails at once
+    device = resolve_device(cfg.device)   # before the cases load: a GPU asked for and missing fails at once
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)

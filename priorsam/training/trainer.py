@@ -132,7 +132,7 @@ def select_records(cache: FeatureCache, cfg: TrainConfig) -> list[dict]:
 def train(cfg: TrainConfig, log=print) -> Path:
     from ..engine.device import describe_device, resolve_device
 
-    device = resolve_device(str(cfg.device))   # before anything is read: a GPU asked for and missing fails at once
+    device = resolve_device(cfg.device)   # before anything is read: a GPU asked for and missing fails at once
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
