@@ -199,6 +199,9 @@ def test_the_device_is_checked_before_a_case_is_rendered_and_openvino_stays_on_c
     (tmp_path / "runs.json").write_text('[{"name": "shipped"}]')
     assert main(["--bank", str(tmp_path / "no_bank"), "--runs", str(tmp_path / "runs.json"), "--cases", "x",
                  "--out", str(tmp_path / "out"), "--device", "cuda"]) != 0
+    assert main(["--bank", str(tmp_path / "no_bank"), "--runs", str(tmp_path / "runs.json"),
+                 "--out", str(tmp_path / "new" / "out"), "--device", "cuda"]) != 0
+    assert not (tmp_path / "new").exists()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(InputError, match="CPUs only"):
         _segmenter({"name": "ov", "localiser_runtime": "openvino"}, torch.device("cuda"))

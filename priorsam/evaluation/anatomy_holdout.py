@@ -309,6 +309,9 @@ def main(argv=None) -> int:
                     help="cpu (default: where the documented figures were measured), auto, cuda or cuda:N; a GPU is "
                          "many times faster and agrees closely with the CPU, not to the voxel")
     a = ap.parse_args(argv)
+    from ..engine.device import resolve_device
+
+    resolve_device(a.device)   # before the runs file and weights are read or the output folder is made
     runs = read_json(a.runs, "runs file")
     if not isinstance(runs, list) or not all(isinstance(r, dict) and "name" in r for r in runs):
         raise InputError(f"runs file {a.runs} must hold a JSON list of runs, each with a name")
