@@ -19,7 +19,7 @@ import numpy as np
 
 from .data.samples import sample_ct
 from .errors import one_line_errors
-from .io import read_label_map, read_volume, to_display
+from .io import atomic_path, read_label_map, read_volume, to_display
 from .labels import labels
 from .preview import montage
 
@@ -77,7 +77,8 @@ def main(argv=None) -> int:
               "\\* example_ct is the scan the demo weights were trained on and its labels are TotalSegmentator "
               "output, not manual ground truth: a sanity check, not an accuracy claim. See docs/generalisation.md "
               "for a patient the model never saw.\n")
-    (out / "volumes.md").write_text(report)
+    with atomic_path(out / "volumes.md") as tmp:
+        tmp.write_text(report)
     print(report)
     return 0
 

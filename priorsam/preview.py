@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.preprocess import window
+from .io.writers import atomic_path
 from .labels import labels
 
 
@@ -39,7 +40,9 @@ def montage(ct_display: np.ndarray, lab_display: np.ndarray, path: str | Path, n
     sheet = Image.new("RGB", (cols * w, ((len(tiles) + cols - 1) // cols) * h))
     for i, t in enumerate(tiles):
         sheet.paste(t, ((i % cols) * w, (i // cols) * h))
-    sheet.save(path)
+    # Like every other output: a folder is made on demand, and a failed write leaves no half-written PNG.
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG")
     return Path(path)
 
 

@@ -175,6 +175,58 @@ def test_evaluate_cli_errors_are_one_line(tmp_path, capsys):
     assert "holds 9 to 9, not organ ids" in capsys.readouterr().err
 
 
+def test_evaluate_cli_refuses_an_unusable_report_folder_before_scoring(tmp_path, capsys, monkeypatch):
+    """A report folder that cannot be made is one line and exit 1 before any case is read; a new nested folder
+    is made, and the report files appear whole (no temp file left beside them)."""
+    from priorsam.evaluation import folders
+
+    for d in ("p", "r"):
+        (tmp_path / d).mkdir()
+    lab = np.zeros((6, 6, 3), np.uint8)
+    lab[1:4, 1:4, :] = 5
+    save_nifti(tmp_path / "r" / "a.nii.gz", lab)
+    save_nifti(tmp_path / "p" / "a_seg.nii.gz", lab)
+    (tmp_path / "a_file").write_text("not a folder")
+    real = folders.evaluate_folders
+
+    def must_not_score(*a, **k):
+        raise AssertionError("the cases must not be scored when the report cannot be written")
+
+    monkeypatch.setattr(folders, "evaluate_folders", must_not_score)
+    for bad in (tmp_path / "a_file", tmp_path / "a_file" / "report"):
+        assert _cli(["evaluate", "--pred", str(tmp_path / "p"), "--ref", str(tmp_path / "r"), "--out", str(bad)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: output folder cannot be created: {tmp_path / 'a_file'} is not a folder"], err
+    monkeypatch.setattr(folders, "evaluate_folders", real)
+    out = tmp_path / "new" / "nested"
+    assert _cli(["evaluate", "--pred", str(tmp_path / "p"), "--ref", str(tmp_path / "r"), "--out", str(out)]) == 0
+    assert sorted(f.name for f in out.iterdir()) == ["metrics_per_case.csv", "report.md"]
+
+
+def test_the_preview_makes_its_folder_and_never_leaves_half_a_png(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from priorsam.errors import InputError
+    from priorsam.preview import montage
+
+    ct = np.full((4, 16, 16), 40, np.int16)
+    lab = np.zeros((4, 16, 16), np.uint8)
+    lab[1:3, 4:9, 4:9] = 5
+    png = montage(ct, lab, tmp_path / "new" / "p.png")
+    assert Image.open(png).size == (64, 32)            # two organ slices, each drawn at twice its size
+
+    def disk_full(self, fp, *a, **k):
+        with open(fp, "wb") as fh:
+            fh.write(b"\x89PNG")                           # part of a file, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    with pytest.raises(InputError, match="No space left on device"):
+        montage(ct, lab, tmp_path / "new" / "p.png")
+    assert sorted(f.name for f in (tmp_path / "new").iterdir()) == ["p.png"]   # the earlier preview is kept
+    assert Image.open(png).size == (64, 32)
+
+
 def test_bundle_export_is_complete_and_verifies(tmp_path, capsys):
     from monai.bundle import verify_metadata
 

@@ -279,3 +279,14 @@ def test_segment_options_are_checked_when_the_config_is_parsed():
         "localiser_shifts": 4, "sam_refine": False}
     with pytest.raises(InputError, match="unknown option 'localiser_shift'"):
         SegmentOrgansInferer({"localiser_shift": 4})
+
+
+def test_the_evaluation_handler_checks_its_report_folder_when_the_config_is_built(tmp_path):
+    from priorsam.bundle_support.evaluation import CaseMetricsHandler
+    from priorsam.errors import InputError
+
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(InputError, match="is not a folder"):
+        CaseMetricsHandler(output_dir=str(tmp_path / "a_file" / "eval"))
+    CaseMetricsHandler(output_dir=str(tmp_path / "eval"))
+    assert not (tmp_path / "eval").exists()          # checked, not made: a run that fails later leaves nothing

@@ -58,6 +58,9 @@ class CaseMetricsHandler:
                  title: str = "PriorSAM evaluation", note: str = ""):
         self.output_dir, self.pred_key, self.label_key = Path(output_dir), pred_key, label_key
         self.title, self.note = title, note
+        from ..io import check_writable
+
+        check_writable(self.output_dir / "report.md", suffixes=None)   # when the config is built, not after the run
         self.cases: list[dict] = []
         self.summary: dict | None = None
 

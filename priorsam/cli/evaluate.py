@@ -16,9 +16,13 @@ def evaluate_cli(pred: str, ref: str, labels=None, out: str = "evaluation"):
         labels: organs to evaluate, names or ids, comma-separated (default: all 8).
         out: folder for metrics_per_case.csv and report.md.
     """
+    from pathlib import Path
+
     from ..evaluation.folders import evaluate_folders
     from ..evaluation.metrics import case_means, write_report
+    from ..io import check_writable
 
+    check_writable(Path(out) / "report.md", suffixes=None)   # before the cases are read and scored
     cases, names = evaluate_folders(pred, ref, labels)
     report = write_report(cases, out, title="PriorSAM evaluation", names=names, per_case=True,
                           note=f"Predictions `{pred}`, references `{ref}`.")

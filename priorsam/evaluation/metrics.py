@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
+from ..io.writers import atomic_path
 from ..labels import labels as label_table
 
 
@@ -143,10 +144,10 @@ def write_report(cases: list[dict], out_dir: str | Path, title: str = "PriorSAM 
     and ``intervals`` (:func:`dice_intervals`), so a caller that prints them does not bootstrap again.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     names = list(names) if names is not None else [lab.name for lab in label_table()]
     csv_path = out / "metrics_per_case.csv"
-    with open(csv_path, "w", newline="") as fh:
+    # The folder is made on demand; each file appears whole or not at all (a rerun never meets a cut-off table).
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["case", "organ", "dice", "hd95_mm", "hd95_vox", "gt_voxels", "pred_voxels", "missed",
                     "false_positive"])
@@ -182,5 +183,6 @@ def write_report(cases: list[dict], out_dir: str | Path, title: str = "PriorSAM 
             cm = case_means(c, names)
             lines.append(f"| {c['case']} | {_fmt(cm['dice'], 3)} | {_fmt(cm['hd95_mm'], 1)} |")
     md_path = out / "report.md"
-    md_path.write_text("\n".join(lines) + "\n")
+    with atomic_path(md_path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     return {"csv": csv_path, "markdown": md_path, "summary": s, "intervals": ci}
