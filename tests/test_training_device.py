@@ -46,6 +46,24 @@ def test_a_gpu_asked_for_where_there_is_none_is_refused_before_anything_is_read(
     assert not (tmp_path / "work").exists()
 
 
+def test_a_missing_cache_or_bank_is_one_line_and_leaves_no_folder(tmp_path, capsys):
+    """Until 0.8.6 ``priorsam train`` on a wrong --cache ended in a traceback and left an empty cache folder and
+    run folder behind; the localiser's trainer left its run folder."""
+    from priorsam.cli import main as cli
+    from priorsam.training import localiser
+    from priorsam.training.trainer import TrainConfig, train
+
+    with pytest.raises(InputError, match="no feature cache at"):
+        train(TrainConfig(cache=str(tmp_path / "no_cache"), out_dir=str(tmp_path / "heads"), device="cpu"))
+    assert cli(["train", "--cache", str(tmp_path / "no_cache"), "--out_dir", str(tmp_path / "heads")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no feature cache at"), err
+    assert localiser.main(["--bank", str(tmp_path / "no_bank"), "--out_dir", str(tmp_path / "loc"),
+                           "--device", "cpu"]) == 1
+    assert "holds no pseudo-patients" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_the_cache_encoder_is_onnx_runtime_on_a_cpu_and_pytorch_when_asked(no_gpu):
     from priorsam.models.onnx_encoder import OnnxLiteEncoder
     from priorsam.training.build_cache import EncoderOn, cache_encoder

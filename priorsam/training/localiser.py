@@ -323,13 +323,16 @@ def train_localiser(cfg: LocaliserTrainConfig, log=print) -> Path:
     device = resolve_device(cfg.device)   # before the cases load: a GPU asked for and missing fails at once
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     names = totalsegmentator_class_names()
     organ_chances(organ_ids(), cfg.organ_weights)   # a misspelt organ fails now, not after the cases load
     check_spatial(cfg)
     ids = select_cases(cfg)
+    out = Path(cfg.out_dir)   # made once the bank is known to hold cases: a wrong --bank leaves nothing behind
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"output folder cannot be created: {out} ({exc.strerror})") from exc
     cases = load_cases(cfg, ids, log)
     model = OrganLocaliser(num_classes=len(organ_ids()) + 1, spacing_mm=cfg.spacing_mm,
                            init_filters=cfg.init_filters).to(device)

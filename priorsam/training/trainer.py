@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+from ..errors import InputError
 from ..models.losses import PriorSAMLoss
 from ..models.priorsam import PriorSAM
 from ..models.spec import ModelSpec, build_model, read_checkpoint, spec_for_bank, write_checkpoint
@@ -120,12 +121,12 @@ def select_records(cache: FeatureCache, cfg: TrainConfig) -> list[dict]:
     if cfg.cases is not None:
         recs = [r for r in recs if r["case"] in set(cfg.cases)]
     if not recs:
-        raise RuntimeError(f"no cached entries in {cfg.cache} match the selection")
+        raise InputError(f"no cached entries in {cfg.cache} match the selection (views, augmented, cases)")
     ctx = {r["context"] for r in recs}
     sp = {r["spacing_mm"] for r in recs}
     fr = {r.get("framing", "fixed") for r in recs}
     if len(ctx) > 1 or len(sp) > 1 or len(fr) > 1:
-        raise RuntimeError(f"cache mixes contexts {ctx}, spacings {sp} or framings {fr}; select one")
+        raise InputError(f"cache mixes contexts {ctx}, spacings {sp} or framings {fr}; select one")
     return recs
 
 
@@ -135,12 +136,20 @@ def train(cfg: TrainConfig, log=print) -> Path:
     device = resolve_device(cfg.device)   # before anything is read: a GPU asked for and missing fails at once
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _seed_all(cfg.seed)
-    bank = load_prior_bank(cfg.prior_version)
+    # The cache is read before the run folder is made: a wrong --cache leaves nothing behind (FeatureCache
+    # would otherwise make an empty cache folder there).
+    if not (Path(cfg.cache) / "index.jsonl").is_file():
+        raise InputError(f"no feature cache at {cfg.cache} (it has no index.jsonl): fill it first with python -m "
+                         "priorsam.training.build_cache --cache DIR, or priorsam train --build_views N")
     cache = FeatureCache(cfg.cache)
     recs = select_records(cache, cfg)
+    out = Path(cfg.out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"output folder cannot be created: {out} ({exc.strerror})") from exc
+    _seed_all(cfg.seed)
+    bank = load_prior_bank(cfg.prior_version)
     meta = {"spacing_mm": recs[0]["spacing_mm"], "context": recs[0]["context"],
             "framing": recs[0].get("framing", "fixed"), "n": len(recs),
             "views": sorted({r["view"] for r in recs})}
