@@ -82,6 +82,11 @@ def test_missing_bank_is_a_clear_error(tmp_path, monkeypatch):
         discover(None)
     with pytest.raises(InputError, match="not found"):
         discover(tmp_path / "nowhere")
+    from priorsam.data.pseudo_patients import main as build_main
+
+    # the bank command: one line, and no empty bank folder left behind
+    assert build_main(["--anatomy", str(tmp_path / "nowhere"), "--cache", str(tmp_path / "bank")]) == 1
+    assert not (tmp_path / "bank").exists()
 
 
 def test_registration_qa_on_a_synthetic_pair():

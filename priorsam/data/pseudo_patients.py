@@ -181,8 +181,8 @@ def build_bank(anatomy: str | None, cache: str, cases: list[str] | None = None, 
     from ..assets import sha256_file
 
     root = Path(cache)
+    every = discover(anatomy)   # first: a wrong --anatomy leaves no empty bank folder behind
     root.mkdir(parents=True, exist_ok=True)
-    every = discover(anatomy)
     todo = [c for c in every if c.case_id in set(cases)] if cases else every
     sample = load_sample()
     sample_sha = sha256_file(sample[3].image)[:16]
