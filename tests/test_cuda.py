@@ -255,3 +255,24 @@ def test_the_mirror_check_reads_the_same_on_cuda(organ_slab):
     assert [w.split(":")[0] for w in read["cpu"].warnings] == [w.split(":")[0] for w in read[GPU].warnings]
     assert read[GPU].confidence == pytest.approx(read["cpu"].confidence, abs=0.01)
     assert read[GPU].flipped_confidence == pytest.approx(read["cpu"].flipped_confidence, abs=0.01)
+
+
+def test_the_box_command_answers_with_the_engines_organ_on_cuda(organ_slab, tmp_path, capsys):
+    """``priorsam segment-box --method organs --label auto`` on a GPU: the engine runs there, the boxed organ is
+    matched and named as on the CPU, and the masks agree."""
+    from priorsam.cli import main as cli
+    from priorsam.labels import labels
+
+    path, truth = organ_slab
+    spleen = next(lab.id for lab in labels() if lab.name == "spleen")
+    idx = np.argwhere(truth == spleen)
+    box = ",".join(str(int(v)) for v in (*idx.min(0), *idx.max(0)))
+    masks, printed = {}, {}
+    for dev in ("cpu", GPU):
+        out = tmp_path / f"spleen_{dev}.nii.gz"
+        assert cli(["segment-box", "--image", str(path), "--box", box, "--label", "auto", "--method", "organs",
+                    "--out", str(out), "--device", dev]) == 0
+        printed[dev] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("PRIORSAM_LABEL")]
+        masks[dev] = np.asarray(nib.load(str(out)).dataobj)
+    assert printed["cpu"] == printed[GPU] == [f"PRIORSAM_LABEL spleen {spleen}"]
+    assert dice(masks["cpu"], masks[GPU], spleen) >= 0.97
