@@ -37,13 +37,41 @@ def montage(ct_display: np.ndarray, lab_display: np.ndarray, path: str | Path, n
         tiles.append(img)
     cols = min(4, len(tiles))
     w, h = tiles[0].size
-    sheet = Image.new("RGB", (cols * w, ((len(tiles) + cols - 1) // cols) * h))
+    present = set(np.unique(lab_display).tolist())
+    key = legend([lab for lab in labels() if lab.id in present], cols * w)
+    rows_h = ((len(tiles) + cols - 1) // cols) * h
+    sheet = Image.new("RGB", (cols * w, rows_h + (key.size[1] if key else 0)))
     for i, t in enumerate(tiles):
         sheet.paste(t, ((i % cols) * w, (i // cols) * h))
+    if key:
+        sheet.paste(key, (0, rows_h))
     # Like every other output: a folder is made on demand, and a failed write leaves no half-written PNG.
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
     return Path(path)
+
+
+def legend(organs, width: int, row_h: int = 20):
+    """A strip naming each organ drawn beside its colour (wrapped to ``width`` px), or None for no organ: the
+    colours alone do not say which organ is which (the liver, kidneys and aorta are all shades of red)."""
+    from PIL import Image, ImageDraw
+
+    if not organs:
+        return None
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    places, x, y = [], 6, 0
+    for lab in organs:
+        span = 14 + 4 + int(probe.textlength(lab.display)) + 14
+        if x > 6 and x + span > width:
+            x, y = 6, y + row_h
+        places.append((lab, x, y))
+        x += span
+    strip = Image.new("RGB", (width, y + row_h), (0, 0, 0))
+    draw = ImageDraw.Draw(strip)
+    for lab, x, y in places:
+        draw.rectangle((x, y + 3, x + 13, y + 16), fill=tuple(int(c) for c in lab.color))
+        draw.text((x + 18, y + 3), lab.display, fill=(255, 255, 255))
+    return strip
 
 
 def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:

@@ -207,13 +207,17 @@ def test_the_preview_makes_its_folder_and_never_leaves_half_a_png(tmp_path, monk
     from PIL import Image
 
     from priorsam.errors import InputError
+    from priorsam.labels import labels
     from priorsam.preview import montage
 
     ct = np.full((4, 16, 16), 40, np.int16)
     lab = np.zeros((4, 16, 16), np.uint8)
     lab[1:3, 4:9, 4:9] = 5
     png = montage(ct, lab, tmp_path / "new" / "p.png")
-    assert Image.open(png).size == (64, 32)            # two organ slices, each drawn at twice its size
+    assert Image.open(png).size == (64, 32 + 20)       # two organ slices drawn at twice their size, the legend
+    liver = next(x for x in labels() if x.name == "liver")
+    key = np.asarray(Image.open(png).convert("RGB"))[32:]
+    assert (key == liver.color).all(-1).sum() >= 100    # the liver's swatch (no other organ is drawn)
 
     def disk_full(self, fp, *a, **k):
         with open(fp, "wb") as fh:
@@ -224,7 +228,7 @@ def test_the_preview_makes_its_folder_and_never_leaves_half_a_png(tmp_path, monk
     with pytest.raises(InputError, match="No space left on device"):
         montage(ct, lab, tmp_path / "new" / "p.png")
     assert sorted(f.name for f in (tmp_path / "new").iterdir()) == ["p.png"]   # the earlier preview is kept
-    assert Image.open(png).size == (64, 32)
+    assert Image.open(png).size == (64, 52)
 
 
 def test_bundle_export_is_complete_and_verifies(tmp_path, capsys):
