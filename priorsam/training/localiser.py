@@ -35,6 +35,7 @@ from ..data.pseudo_patients import image_support
 from ..errors import InputError, one_line_errors
 from ..labels import labels, organ_ids
 from ..models.localiser import OrganLocaliser
+from .run_log import open_run_log
 
 IGNORE = 255
 
@@ -362,11 +363,7 @@ def train_localiser(cfg: LocaliserTrainConfig, log=print) -> Path:
         log(f"[localiser] resumed at step {step}")
     (out / "config.json").write_text(json.dumps({**asdict(cfg), "cases": ids}, indent=1))
     rng = np.random.default_rng(cfg.seed + step)
-    log_path = out / "log.csv"
-    fh = open(log_path, "a" if step else "w", newline="")
-    w = csv.writer(fh)
-    if not step:
-        w.writerow(["step", "lr", "loss", "ce", "dice", "sec_per_step"])
+    fh, w = open_run_log(out / "log.csv", ["step", "lr", "loss", "ce", "dice", "sec_per_step"], step)
     model.train()
     t_last, acc = time.time(), []
     try:

@@ -9,7 +9,6 @@ AdamW with linear warm-up and poly decay; resumable checkpoints; console and CSV
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import random
@@ -27,6 +26,7 @@ from ..models.priorsam import PriorSAM
 from ..models.spec import ModelSpec, build_model, read_checkpoint, spec_for_bank, write_checkpoint
 from ..priors.bank import load_prior_bank
 from .cache import CachedSlices, FeatureCache, collate
+from .run_log import open_run_log
 
 
 @dataclass
@@ -181,13 +181,8 @@ def train(cfg: TrainConfig, log=print) -> Path:
         return iter(DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=0))
 
     loader = make_loader(recs)
-    log_path = out / "log.csv"
-    new_log = not log_path.is_file() or step == 0
-    fh = open(log_path, "w" if new_log else "a", newline="")
-    writer = csv.writer(fh)
-    if new_log:
-        writer.writerow(["step", "lr", "loss", "full", "low", "presence", "contrast", "align", "prompt_class",
-                         "sec_per_step"])
+    fh, writer = open_run_log(out / "log.csv", ["step", "lr", "loss", "full", "low", "presence", "contrast", "align",
+                                                "prompt_class", "sec_per_step"], step)
     model.train()
     t_last = time.time()
     try:
