@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..assets import sha256_file
 from ..errors import AssetError, InputError, PriorSAMError
+from ..io import make_folder
 from . import report
 from .discover import LABEL_MAP_OUTPUT, SEG_OUTPUT, Case, discover_cases, hash_input, partition, resolve_input_files
 from .lock import FolderLock
@@ -387,10 +388,7 @@ class BatchJob:
     def run(self) -> BatchResult:
         from tqdm.auto import tqdm
 
-        try:
-            self.output.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise InputError(f"output folder cannot be created: {self.output} ({exc.strerror})") from exc
+        make_folder(self.output)
         dist = _Distributed(self.device, self.timeout_hours)
         lock = None
         try:

@@ -52,14 +52,21 @@ def check_not_inputs(outputs, inputs) -> None:
                                  "it (choose another output path)")
 
 
+def make_folder(folder: str | Path) -> Path:
+    """Create ``folder`` (and its parents) for outputs; a failure is one :class:`InputError` line."""
+    p = Path(folder)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"output folder cannot be created: {p} ({exc.strerror})") from exc
+    return p
+
+
 @contextmanager
 def atomic_path(path: str | Path):
     """Yield a temp path beside ``path``; rename it over ``path`` only if the block succeeds."""
     p = check_writable(path, suffixes=None)
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"output folder cannot be created: {p.parent} ({exc.strerror})") from exc
+    make_folder(p.parent)
     suffix = "".join(p.suffixes[-2:]) if p.name.endswith(".nii.gz") else p.suffix
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=f".part{suffix}", dir=p.parent)

@@ -33,6 +33,7 @@ from ..data import appearance as app
 from ..data.framed_volume import resample_labels, resample_to_grid
 from ..data.pseudo_patients import image_support
 from ..errors import InputError, one_line_errors
+from ..io import make_folder
 from ..labels import labels, organ_ids
 from ..models.localiser import OrganLocaliser
 from .run_log import open_run_log
@@ -329,11 +330,7 @@ def train_localiser(cfg: LocaliserTrainConfig, log=print) -> Path:
     organ_chances(organ_ids(), cfg.organ_weights)   # a misspelt organ fails now, not after the cases load
     check_spatial(cfg)
     ids = select_cases(cfg)
-    out = Path(cfg.out_dir)   # made once the bank is known to hold cases: a wrong --bank leaves nothing behind
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"output folder cannot be created: {out} ({exc.strerror})") from exc
+    out = make_folder(cfg.out_dir)   # once the bank is known to hold cases: a wrong --bank leaves nothing behind
     cases = load_cases(cfg, ids, log)
     model = OrganLocaliser(num_classes=len(organ_ids()) + 1, spacing_mm=cfg.spacing_mm,
                            init_filters=cfg.init_filters).to(device)

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from ..errors import InputError
+from ..io import make_folder
 from ..models.losses import PriorSAMLoss
 from ..models.priorsam import PriorSAM
 from ..models.spec import ModelSpec, build_model, read_checkpoint, spec_for_bank, write_checkpoint
@@ -143,11 +144,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
                          "priorsam.training.build_cache --cache DIR, or priorsam train --build_views N")
     cache = FeatureCache(cfg.cache)
     recs = select_records(cache, cfg)
-    out = Path(cfg.out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"output folder cannot be created: {out} ({exc.strerror})") from exc
+    out = make_folder(cfg.out_dir)
     _seed_all(cfg.seed)
     bank = load_prior_bank(cfg.prior_version)
     meta = {"spacing_mm": recs[0]["spacing_mm"], "context": recs[0]["context"],
