@@ -313,6 +313,43 @@ def test_multimask_tokens_scores_each_token_and_both_iou_rules():
     assert row[4] == 1.0 and row[5] == 1.0                                     # token 0 overall, token 3 among 1–3
 
 
+def test_decoder_finetune_trains_the_decoder_alone_and_scores_both_decoders_on_the_same_boxes():
+    """bench/decoder_finetune.py: the dev anatomies (and their arms-and-table copies) never reach training; a
+    training step changes the mask decoder and nothing else and leaves it frozen after; the measurement gives
+    every decoder the same cross-sections, and skips those under MIN_PIXELS."""
+    import copy
+
+    import torch
+
+    import decoder_finetune as dft
+    from priorsam.models.binary_path import BinaryPromptPath
+
+    assert dft.is_dev("pseudo_btcv_0001") and dft.is_dev("pseudo_btcv_0001_arms_table")
+    assert not dft.is_dev("pseudo_btcv_0002") and not dft.is_dev("example_ct")
+
+    label = torch.zeros(256, 256, dtype=torch.uint8)
+    label[40:90, 60:120] = 5                                  # a liver cross-section
+    label[150:154, 150:154] = 4                               # 16 pixels: under MIN_PIXELS, never prompted
+    entries = [(torch.randn(256, 64, 64).half(), label, {"case": "x"})]
+    torch.manual_seed(0)
+    path = BinaryPromptPath(pretrained=False)
+    before_dec = copy.deepcopy(path.mask_decoder.state_dict())
+    before_prompt = copy.deepcopy(path.prompt_encoder.state_dict())
+    curve = dft.train(path, entries, steps=2, lr=1e-3, batch=2, seed=0, n_organs=8, max_margin=4, jitter=1,
+                      log=lambda s: None)
+    assert [r["step"] for r in curve] == [2]
+    assert any(not torch.equal(before_dec[k], v) for k, v in path.mask_decoder.state_dict().items())
+    assert all(torch.equal(before_prompt[k], v) for k, v in path.prompt_encoder.state_dict().items())
+    assert not any(p.requires_grad for p in path.parameters()) and not path.mask_decoder.training
+
+    scores = dft.evaluate({"a": path, "b": path}, entries, n_organs=8)
+    for margin in map(str, dft.EVAL_MARGINS_PX):
+        assert len(scores["a"][margin][5]) == 1 and scores["a"][margin][4] == []
+        assert scores["a"][margin][5] == scores["b"][margin][5]
+    table = dft.summarise(scores, ["o%d" % i for i in range(1, 9)])
+    assert table["a"]["3.0"]["cross_sections"] == 1 and list(table["a"]["3.0"]["per_organ"]) == ["o5"]
+
+
 def test_localiser_mirror_check_flips_left_right_and_counts_per_setting():
     """bench/localiser_mirror_check.py: the flipped copy mirrors the canonical x axis under the same header, and the
     table's columns come from the rows of each orientation (a flipped row's difference is the as-given one's negated)."""
