@@ -7,7 +7,8 @@ feature cache the heads train on (fp16 embeddings of the frozen encoder, labels 
 
 * trains the mask decoder alone (the prompt encoder and the image encoder stay frozen) on the cache entries of
   every case except the nine dev anatomies, from box prompts as the engine gives them: each organ present in a
-  slice, its label's box grown by a random margin and jittered per side;
+  slice, its label's box grown by a random margin and jittered per side (see :func:`label_boxes` for the one
+  pixel in which its boxes differ from the engine's);
 * prompts every organ cross-section of the dev anatomies with the reference box grown by 3 px (the engine's
   margin around the localiser's mask) and 10 px (around the heads' masks), frozen and fine-tuned, and reports
   Dice per organ in the model frame.
@@ -21,7 +22,6 @@ measured separately (``--validation-from``), never used to choose anything.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -39,6 +39,7 @@ from priorsam.evaluation.generalisation import DEFAULT_VALIDATION, MEASURE_OPTIO
 from priorsam.evaluation.metrics import organ_metrics  # noqa: E402
 from priorsam.labels import labels  # noqa: E402
 from priorsam.models.binary_path import BinaryPromptPath  # noqa: E402
+from priorsam.models.refinement import boxes_from_masks  # noqa: E402
 from priorsam.training.cache import FeatureCache  # noqa: E402
 
 DEV = tuple(f"pseudo_btcv_{n}" for n in ("0001", "0004", "0008", "0022", "0026", "0029", "0033", "0036", "0040"))
@@ -59,9 +60,15 @@ def load_entries(cache: FeatureCache, records: list[dict]) -> list[tuple[torch.T
     return out
 
 
-def label_box(mask: torch.Tensor) -> torch.Tensor:
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    return torch.stack([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]).float()
+def is_dev_plain(record: dict) -> bool:
+    """An unaugmented slice of a dev anatomy itself (not of its arms-and-table copy): the primary measurement."""
+    return record["case"] in DEV and record["view"] == 0
+
+
+def label_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """(K, H, W) non-empty masks → (K, 4) boxes. Unlike the engine's :func:`boxes_from_masks`, the right and
+    bottom edges lie one pixel past the last mask pixel (the runs in bench/results were made this way)."""
+    return boxes_from_masks(masks)[0] + torch.tensor([0.0, 0.0, 1.0, 1.0])
 
 
 def decode(binary: BinaryPromptPath, embedding: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -99,7 +106,7 @@ def train(binary: BinaryPromptPath, entries, steps: int, lr: float, batch: int, 
         for i, organs in by_entry.items():
             emb, lab, _ = entries[i]
             targets = torch.stack([(lab == o).float() for o in organs])
-            boxes = torch.stack([label_box(lab == o) for o in organs])
+            boxes = label_boxes(targets.bool())
             grow = torch.rand(len(organs), 1, generator=gen) * max_margin
             shake = (torch.rand(len(organs), 4, generator=gen) * 2 - 1) * jitter
             boxes = (boxes + torch.tensor([-1.0, -1.0, 1.0, 1.0]) * grow + shake).clamp(0, 256)
@@ -128,7 +135,7 @@ def evaluate(models: dict[str, BinaryPromptPath], entries, n_organs: int) -> dic
         if not organs:
             continue
         refs = torch.stack([lab == o for o in organs])
-        base = torch.stack([label_box(r) for r in refs])
+        base = label_boxes(refs)
         for g in EVAL_MARGINS_PX:
             boxes = (base + torch.tensor([-1.0, -1.0, 1.0, 1.0]) * g).clamp(0, 256)
             for name, binary in models.items():
@@ -209,6 +216,7 @@ def main(argv=None) -> None:
                     help="instead of training: run priorsam.evaluation.anatomy_holdout (the arguments after --) "
                          "with this decoder in place of LiteMedSAM's, in every model the engine builds")
     args, rest = ap.parse_known_args(argv)
+    command = " ".join(["python", "bench/decoder_finetune.py"] + (argv or sys.argv[1:]))
     if args.holdout_with:
         from priorsam.assets import load_litemedsam
         from priorsam.evaluation import anatomy_holdout
@@ -224,7 +232,7 @@ def main(argv=None) -> None:
         ap.error("--cache is needed to train")
     if args.validation_from:
         result = measure_validation(args.validation_from, Path(args.validation), args.weights)
-        result["command"] = " ".join(["python", "bench/decoder_finetune.py"] + (argv or sys.argv[1:]))
+        result["command"] = command
         result["machine"] = machine_info(torch.get_num_threads())
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
         for r in result["rows"]:
@@ -236,8 +244,8 @@ def main(argv=None) -> None:
     cache = FeatureCache(args.cache)
     records = cache.records()
     train_recs = [r for r in records if not is_dev(r["case"])]
-    dev_plain = [r for r in records if r["case"] in DEV and r["view"] == 0][::args.plain_every]
-    dev_aug = [r for r in records if is_dev(r["case"]) and not (r["case"] in DEV and r["view"] == 0)][::args.augmented_every]
+    dev_plain = [r for r in records if is_dev_plain(r)][::args.plain_every]
+    dev_aug = [r for r in records if is_dev(r["case"]) and not is_dev_plain(r)][::args.augmented_every]
     t = time.time()
     train_entries = load_entries(cache, train_recs)
     dev_entries = load_entries(cache, dev_plain)
@@ -252,14 +260,14 @@ def main(argv=None) -> None:
                   args.max_margin, args.jitter, log=lambda s: print(s, flush=True))
     train_s = time.time() - t
     if args.save:
-        torch.save(copy.deepcopy(tuned.mask_decoder.state_dict()), args.save)
+        torch.save(tuned.mask_decoder.state_dict(), args.save)
 
     models = {"frozen (LiteMedSAM)": frozen, "fine-tuned": tuned}
     t = time.time()
     plain = summarise(evaluate(models, dev_entries, len(names)), names)
     aug = summarise(evaluate(models, aug_entries, len(names)), names)
     eval_s = time.time() - t
-    result = {"command": " ".join(["python", "bench/decoder_finetune.py"] + (argv or sys.argv[1:])),
+    result = {"command": command,
               "machine": machine_info(torch.get_num_threads()),
               "dev_anatomies": list(DEV), "training_cases": sorted({r["case"] for r in train_recs}),
               "training_entries": len(train_entries), "train_seconds": round(train_s, 1),
