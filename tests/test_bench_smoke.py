@@ -335,8 +335,9 @@ def test_decoder_finetune_trains_the_decoder_alone_and_scores_both_decoders_on_t
     path = BinaryPromptPath(pretrained=False)
     before_dec = copy.deepcopy(path.mask_decoder.state_dict())
     before_prompt = copy.deepcopy(path.prompt_encoder.state_dict())
-    curve = dft.train(path, entries, steps=2, lr=1e-3, batch=2, seed=0, n_organs=8, max_margin=4, jitter=1,
-                      log=lambda s: None)
+    cfg = dft.BoxDecoderTrainConfig(cache="", out_dir="", steps=2, lr=1e-3, batch_size=2, max_margin_px=4,
+                                    jitter_px=1, box_edge_px=dft.STOP54_EDGE_PX, min_pixels=dft.MIN_PIXELS)
+    curve = dft.train(path, entries, cfg, n_organs=8, log=lambda s: None)
     assert [r["step"] for r in curve] == [2]
     assert any(not torch.equal(before_dec[k], v) for k, v in path.mask_decoder.state_dict().items())
     assert all(torch.equal(before_prompt[k], v) for k, v in path.prompt_encoder.state_dict().items())

@@ -50,13 +50,15 @@ def build_training_cache(items: Sequence[Mapping[str, str]], cache_dir: str, vie
 def train_heads(config, ckpt_path: str | os.PathLike, init_from: str | None = None) -> Path:
     """Run the library trainer with ``config`` (a ``TrainConfig``) and publish its weights at ``ckpt_path``.
 
-    ``init_from``: start from these heads (e.g. the shipped ones) instead of random ones. A localiser
-    in ``init_from`` is carried over unchanged, so fine-tuned heads keep the 3D context.
+    ``init_from``: start from these heads (e.g. the shipped ones) instead of random ones. A localiser and a
+    fine-tuned box decoder in ``init_from`` are carried over unchanged, so fine-tuned heads keep the 3D context
+    and the decoder.
     """
     import shutil
     from dataclasses import replace
 
-    from ..models.spec import read_checkpoint, write_checkpoint
+    from ..models.spec import (BOX_DECODER_PREFIX, LOCALISER_PREFIX, part_state, read_checkpoint,
+                               write_checkpoint)
     from ..training.trainer import train
 
     if init_from and Path(init_from).is_file():
@@ -66,12 +68,13 @@ def train_heads(config, ckpt_path: str | os.PathLike, init_from: str | None = No
     dest.parent.mkdir(parents=True, exist_ok=True)
     if config.init_from:
         base_state, base_spec = read_checkpoint(config.init_from)
-        if base_spec.localiser is not None:
+        if base_spec.localiser is not None or base_spec.box_decoder is not None:
+            # The trainer writes heads only; the parts it did not train go on with them unchanged.
             heads, spec = read_checkpoint(out)
-            loc = {k[len("localiser."):]: v for k, v in base_state.items() if k.startswith("localiser.")}
-            spec = replace(spec, localiser=base_spec.localiser,
+            spec = replace(spec, localiser=base_spec.localiser, box_decoder=base_spec.box_decoder,
                            data_sources=spec.data_sources or base_spec.data_sources)
-            return write_checkpoint(dest, heads, spec, loc)
+            return write_checkpoint(dest, heads, spec, part_state(base_state, LOCALISER_PREFIX) or None,
+                                    part_state(base_state, BOX_DECODER_PREFIX) or None)
     tmp = dest.with_name(dest.name + ".part")
     shutil.copyfile(out, tmp)
     os.replace(tmp, dest)
@@ -134,7 +137,9 @@ def train_heads_bank(bank_dir: str, output_dir: str, ckpt_path: str | os.PathLik
     sources = list(loc_spec.data_sources) + list(data_sources or [])
     dest = Path(ckpt_path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    return compose_checkpoint(heads, localiser, dest, data_sources=sources)
+    # A fine-tuned box decoder goes on with the localiser's checkpoint (the heads trainer writes heads only).
+    return compose_checkpoint(heads, localiser, dest, data_sources=sources,
+                              box_decoder_from=localiser if loc_spec.box_decoder is not None else None)
 
 
 def cached_training_dataset(items: Sequence[Mapping[str, str]], cache_dir: str, views: int = 0,

