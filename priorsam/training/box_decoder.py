@@ -15,6 +15,12 @@ exported as ``box_decoder.pt`` (CPU tensors and a :class:`~priorsam.models.spec.
 digest), which :func:`priorsam.models.spec.compose_checkpoint` puts into a checkpoint (``box_decoder_from``).
 
     python -m priorsam.training.box_decoder --cache CACHE --out_dir RUN [--config CONFIG.json] [--exclude ID ...]
+    python -m priorsam.training.box_decoder --bank BANK --work DIR --parts PARTS.json [--config CONFIG.json]
+
+The second form first writes the bank's pseudo-patients as cases and fills the cache in parts as the heads'
+recipe does (:func:`priorsam.training.heads_bank.fill_heads_cache`; the anatomies the shipped localiser holds
+out are never written), then trains in ``DIR/box_decoder``. The shipped recipe's files are
+bundle/docs/training/box_decoder_config.json and box_decoder_cache.json.
 """
 from __future__ import annotations
 
@@ -239,27 +245,66 @@ def export_box_decoder(binary: BinaryPromptPath, cfg: BoxDecoderTrainConfig, cas
     return path
 
 
+def read_config(config: str | None, cache: str, out_dir: str, **overrides) -> BoxDecoderTrainConfig:
+    """A config from a JSON file of :class:`BoxDecoderTrainConfig` fields (one-line errors) and overrides
+    (None: keep the file's)."""
+    from ..config_files import read_settings
+
+    fields = read_settings(config, BoxDecoderTrainConfig, "box decoder config", fixed=("cache", "out_dir")) if config else {}
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return BoxDecoderTrainConfig(cache=str(cache), out_dir=str(out_dir), **fields)
+
+
+def train_box_decoder_on_bank(bank: str, work_dir: str, parts: str, config: str | None = None,
+                              holdout_from: str | None = None, cases_dir: str | None = None,
+                              cache_dir: str | None = None, steps: int | None = None, device: str | None = None,
+                              log=print) -> Path:
+    """Cases, cache and decoder under ``work_dir`` (``cases/``, ``cache/``, ``box_decoder/``; the first two may
+    live elsewhere, e.g. the heads' recipe's); returns the exported ``box_decoder.pt``."""
+    from ..engine.device import resolve_device
+    from .heads_bank import fill_heads_cache, read_cache_parts
+    from .pseudo_cases import held_out_anatomies
+
+    work = Path(work_dir)
+    cache = str(cache_dir or work / "cache")
+    cfg = read_config(config, cache, work / "box_decoder", steps=steps, device=device)
+    resolve_device(cfg.device)   # a GPU asked for and missing fails before cases are written
+    fill_heads_cache(bank, str(cases_dir or work / "cases"), cache, read_cache_parts(parts),
+                     held_out_anatomies(holdout_from), log=log, device=cfg.device)
+    return train_box_decoder(cfg, log=log)
+
+
 @one_line_errors
 def main(argv=None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(description="Fine-tune SAM's box decoder on the feature cache (resumable).")
-    ap.add_argument("--cache", required=True)
-    ap.add_argument("--out_dir", required=True)
-    ap.add_argument("--config", help="JSON with BoxDecoderTrainConfig fields")
+    ap.add_argument("--cache", help="a filled feature cache (with --out_dir)")
+    ap.add_argument("--out_dir")
+    ap.add_argument("--bank", help="the pseudo-patient bank: write its cases and fill the cache first (with --work)")
+    ap.add_argument("--work", help="folder for cases/, cache/ and box_decoder/ (with --bank)")
+    ap.add_argument("--parts", help="JSON list of cache parts {cases, views, fraction} (with --bank)")
+    ap.add_argument("--holdout_from", default=None,
+                    help="checkpoint whose spec lists the held-out anatomies (default: the bundle's weights)")
+    ap.add_argument("--cases_dir", default=None)
+    ap.add_argument("--cache_dir", default=None)
+    ap.add_argument("--config", help="JSON file of BoxDecoderTrainConfig fields")
     ap.add_argument("--exclude", nargs="*", default=None, help="case ids kept out (with their copies)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     a = ap.parse_args(argv)
-    settings = json.loads(Path(a.config).read_text()) if a.config else {}
-    for k, v in (("exclude", a.exclude), ("steps", a.steps), ("device", a.device)):
-        if v is not None:
-            settings[k] = v
-    try:
-        cfg = BoxDecoderTrainConfig(cache=a.cache, out_dir=a.out_dir, **settings)
-    except TypeError as exc:
-        raise InputError(f"{a.config}: {exc}") from exc
-    train_box_decoder(cfg)
+    say = lambda m: print(m, flush=True)   # noqa: E731
+    if a.bank:
+        if not (a.work and a.parts):
+            ap.error("--bank needs --work and --parts")
+        out = train_box_decoder_on_bank(a.bank, a.work, a.parts, a.config, a.holdout_from, a.cases_dir,
+                                        a.cache_dir, a.steps, a.device, log=say)
+    else:
+        if not (a.cache and a.out_dir):
+            ap.error("give --cache and --out_dir, or --bank, --work and --parts")
+        out = train_box_decoder(read_config(a.config, a.cache, a.out_dir, exclude=a.exclude, steps=a.steps,
+                                            device=a.device), log=say)
+    print(f"box decoder: {out}")
     return 0
 
 
