@@ -17,7 +17,7 @@ BUNDLE = REPO / "bundle"
 
 def test_bundle_files_present():
     for rel in ["configs/metadata.json", "configs/inference.json", "configs/train.json", "configs/train_localiser.json",
-                "configs/train_heads_bank.json", "configs/evaluate.json",
+                "configs/train_heads_bank.json", "configs/train_box_decoder.json", "configs/evaluate.json",
                 "configs/multi_gpu_train.json", "configs/multi_gpu_evaluate.json", "configs/logging.conf",
                 "configs/schema/meta_schema_priorsam.json", "large_files.yml", "docs/README.md",
                 "docs/data_license.txt", "LICENSE"]:

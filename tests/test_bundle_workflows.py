@@ -229,6 +229,49 @@ def test_train_heads_bank_workflow_trains_the_heads_on_pseudo_patients_and_keeps
                             str(tmp_path / "parts.json"), str(with_loc), log=said.append)
 
 
+def test_train_box_decoder_workflow_fine_tunes_the_decoder_and_keeps_the_heads_and_localiser(random_checkpoint,
+                                                                                             tmp_path, monkeypatch):
+    """train_box_decoder.json: the bank's pseudo-patients (never the anatomies the localiser holds out) as cases,
+    the feature cache in parts, the library's decoder trainer, then one checkpoint: the heads and localiser of
+    base_from unchanged, the new decoder in the engine's binary path; run again, it trains nothing more."""
+    from dataclasses import replace
+
+    from test_pseudo_cases import _bank
+
+    from priorsam.models.spec import (LocaliserSpec, build_localiser, load_model, read_box_decoder_checkpoint,
+                                      read_checkpoint, write_checkpoint)
+    from priorsam.training.box_decoder import train_box_decoder_on_bank
+
+    monkeypatch.chdir(REPO)
+    bank = _bank(tmp_path, ["a", "b", "held"])
+    heads, spec = read_checkpoint(random_checkpoint)
+    loc_spec = LocaliserSpec(init_filters=8, holdout=["held"], trained_on=["a", "b"], steps=3)
+    loc_state = build_localiser(loc_spec).state_dict()
+    base = write_checkpoint(tmp_path / "base.pt", heads, replace(spec, localiser=loc_spec), loc_state)
+    (tmp_path / "parts.json").write_text(json.dumps([{"cases": "plain", "views": 0, "fraction": 0.3}]))
+    (tmp_path / "config.json").write_text(json.dumps({"steps": 2, "batch_size": 2, "lr": 1e-4, "log_every": 1,
+                                                      "ckpt_every": 1, "threads": 1}))
+    out = tmp_path / "new.pt"
+    wf = _workflow("bundle/configs/train_box_decoder.json", None, bank_dir=str(bank), anatomy_dir=None,
+                   output_dir=str(tmp_path / "run"), ckpt_path=str(out), base_from=str(base),
+                   decoder_config=str(tmp_path / "config.json"), cache_parts=str(tmp_path / "parts.json"))
+    wf.run()
+    wf.finalize()
+    decoder, dspec = read_box_decoder_checkpoint(tmp_path / "run" / "box_decoder" / "box_decoder.pt")
+    assert dspec.trained_on == ["pseudo_a", "pseudo_b"] and dspec.steps == 2
+    state, new_spec = read_checkpoint(out)
+    assert new_spec.box_decoder == dspec and new_spec.localiser == loc_spec
+    assert all(torch.equal(state[k], v) for k, v in heads.items() if not k.startswith("meta."))
+    assert all(torch.equal(state["localiser." + k], v) for k, v in loc_state.items())
+    model = load_model(out, encoder=None)
+    assert all(torch.equal(model.binary.mask_decoder.state_dict()[k], v) for k, v in decoder.items())
+    said = []
+    again = train_box_decoder_on_bank(str(bank), str(tmp_path / "run"), str(tmp_path / "parts.json"),
+                                      str(tmp_path / "config.json"), str(base), log=said.append)
+    assert not any(line.startswith("[box_decoder] step") for line in said)
+    assert read_box_decoder_checkpoint(again)[1] == dspec
+
+
 def test_bundle_equals_python_api_on_sample_ct(random_checkpoint, tmp_path):
     """4 slices through the kidneys of the sample CT: the bundle's label map equals the library's
     voxel for voxel and carries the input's exact affine."""

@@ -142,6 +142,34 @@ def train_heads_bank(bank_dir: str, output_dir: str, ckpt_path: str | os.PathLik
                               box_decoder_from=localiser if loc_spec.box_decoder is not None else None)
 
 
+def train_box_decoder(bank_dir: str, output_dir: str, ckpt_path: str | os.PathLike, config: str, cache_parts: str,
+                      base_from: str | None = None, anatomy_dir: str | None = None, steps: int | None = None,
+                      cases_dir: str | None = None, cache_dir: str | None = None, device: str | None = None) -> Path:
+    """``train_box_decoder.json``: SAM's box decoder fine-tuned from LiteMedSAM's by the library's trainer
+    (:func:`priorsam.training.box_decoder.train_box_decoder_on_bank`: the bank's pseudo-patients as cases, never
+    the anatomies the localiser of ``base_from`` holds out, the feature cache in ``cache_parts``, ``config``'s
+    recipe) on the bank ``bank_dir``, built first from ``anatomy_dir`` when given and not complete; then one
+    checkpoint at ``ckpt_path`` (atomically): the heads and localiser of ``base_from`` (default ``ckpt_path``
+    itself, i.e. the shipped ones) with the new decoder."""
+    from ..data.pseudo_patients import build_bank
+    from ..models.spec import compose_checkpoint, read_checkpoint
+    from ..training.box_decoder import train_box_decoder_on_bank
+
+    if device:
+        resolve_device(device)   # before a bank is built: a GPU asked for and missing fails at once
+    base = Path(base_from or ckpt_path)
+    if not base.is_file():
+        raise InputError(f"no model to put the new box decoder in: {base} does not exist (set base_from)")
+    _, base_spec = read_checkpoint(base)
+    if anatomy_dir and not (Path(bank_dir) / "bank.json").is_file():
+        build_bank(str(anatomy_dir), str(bank_dir))
+    decoder = train_box_decoder_on_bank(str(bank_dir), str(output_dir), str(cache_parts), str(config), str(base),
+                                        cases_dir, cache_dir, steps, device)
+    dest = Path(ckpt_path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return compose_checkpoint(base, base if base_spec.localiser is not None else None, dest, box_decoder_from=decoder)
+
+
 def cached_training_dataset(items: Sequence[Mapping[str, str]], cache_dir: str, views: int = 0,
                             spacing_mm: float = 1.5, context: int = 0, label_map: str | None = None,
                             device: str | torch.device = "cpu", seed: int = 1234) -> CachedSlices:

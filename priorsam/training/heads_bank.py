@@ -68,7 +68,7 @@ def fill_heads_cache(bank: str, cases_dir: str, cache_dir: str, parts: list[Cach
     the cache at ``cache_dir``; returns how many entries were added (0 when the cache already holds them)."""
     rows = write_cases(bank, cases_dir, exclude, arms=any(p.cases == "arms_table" for p in parts), log=log)
     if not rows and any(p.cases != "sample" for p in parts):
-        raise InputError(f"the bank {bank} has no pseudo-patients to train the heads on (build it first: "
+        raise InputError(f"the bank {bank} has no pseudo-patients to train on (build it first: "
                          "python -m priorsam.data.pseudo_patients)")
     by_kind = {"sample": default_cases(),
                "plain": [Case(**r) for r in rows if not r["case_id"].endswith("_arms_table")],
