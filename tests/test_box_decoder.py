@@ -204,3 +204,22 @@ def test_a_box_decoder_that_does_not_fit_is_a_clear_error(heads, shifted_decoder
     for p, message in cases:
         with pytest.raises(AssetError, match=message):
             load_model(p, encoder=None)
+
+
+def test_the_bundles_network_loads_the_box_decoder_as_the_engine_does(heads, shifted_decoder, tmp_path):
+    """inference.json's network_def + CheckpointLoader (MONAI's load_state_dict) put a fine-tuned decoder into
+    the binary path, and refuse a tampered one, like load_model."""
+    from priorsam.bundle_support.network import build_semantic_network
+    from priorsam.models.spec import BOX_DECODER_PREFIX, write_checkpoint
+
+    path, spec, state = heads
+    dec, dspec = shifted_decoder
+    with_dec = write_checkpoint(tmp_path / "d.pt", state, replace(spec, box_decoder=dspec), box_decoder_state=dec)
+    net = build_semantic_network(str(with_dec), encoder=None, binary_path=True)
+    raw = torch.load(with_dec, weights_only=True)
+    net.load_state_dict(raw)
+    assert all(torch.equal(net.binary.mask_decoder.state_dict()[k], dec[k]) for k in dec)
+    key = BOX_DECODER_PREFIX + next(iter(dec))
+    raw[key] = raw[key] + 1.0
+    with pytest.raises(AssetError, match="digest"):
+        build_semantic_network(str(with_dec), encoder=None, binary_path=True).load_state_dict(raw)

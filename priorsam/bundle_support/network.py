@@ -44,14 +44,19 @@ class PriorSAMSemanticNet(PriorSAM):
         return super().forward(images=x)["semantic_logits"]
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """A bundle checkpoint (it has ``meta.spec``) loads through :meth:`load_trainable_state_dict`,
-        which checks the prior version/hash and the architecture; the frozen pretrained parts are
-        already in place. MONAI's ``ckpt_export`` loads strictly, so this is where that happens."""
-        from ..models.spec import LEGACY_CONFIG_KEY, SPEC_KEY
+        """A bundle checkpoint (it has ``meta.spec``) loads through :func:`priorsam.models.spec.load_state`,
+        which checks the prior version/hash and the architecture and puts a fine-tuned box decoder into the
+        binary path; the frozen pretrained parts are already in place. MONAI's ``ckpt_export`` loads strictly,
+        so this is where that happens."""
+        from ..models.spec import LEGACY_CONFIG_KEY, SPEC_KEY, ModelSpec, decode_json, load_state
 
         if SPEC_KEY in state_dict or LEGACY_CONFIG_KEY in state_dict:
-            self.load_trainable_state_dict({k: v for k, v in state_dict.items()
-                                            if k not in (SPEC_KEY, LEGACY_CONFIG_KEY)})
+            spec = (ModelSpec.from_dict(decode_json(state_dict[SPEC_KEY])) if SPEC_KEY in state_dict
+                    else ModelSpec.from_legacy_config(decode_json(state_dict[LEGACY_CONFIG_KEY])))
+            # As the engine's loader does: heads and localiser checked by name, a fine-tuned box decoder (its
+            # digest checked) into the binary path.
+            load_state(self, {k: v for k, v in state_dict.items() if k not in (SPEC_KEY, LEGACY_CONFIG_KEY)}, spec,
+                       getattr(self, "weights_path", None) or "checkpoint")
             return nn.modules.module._IncompatibleKeys([], [])
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 

@@ -293,21 +293,12 @@ def load_model(path: str | os.PathLike, device: str = "cpu", encoder: str | None
     if spec.encoder == "lite":
         check_encoder(spec, LITEMEDSAM_SHA256)
     compiled = localiser_runtime == "openvino" and spec.localiser is not None
-    decoder_state = check_box_decoder(path, state, spec)
+    check_box_decoder(path, state, spec)   # before the model is built: a bad file fails at once
     model = build_model(spec, encoder=encoder, device=device, binary_path=binary_path, localiser=not compiled)
     loc_state = part_state(state, LOCALISER_PREFIX)
     if spec.localiser is not None and not loc_state:
         raise AssetError(f"{path}: the spec names a localiser but the checkpoint holds no localiser weights")
-    # A PyTorch localiser is a child module, so its weights are checked and loaded with the heads'; a compiled
-    # localiser and the box decoder (part of the frozen-by-default binary path) load on their own.
-    own_parts = (BOX_DECODER_PREFIX, LOCALISER_PREFIX) if compiled else (BOX_DECODER_PREFIX,)
-    model.load_trainable_state_dict({k: v for k, v in state.items() if not k.startswith(own_parts)}, None)
-    if decoder_state is not None and model.binary is not None:
-        try:
-            model.binary.mask_decoder.load_state_dict(decoder_state)
-        except RuntimeError as exc:
-            raise AssetError(f"{path}: its box decoder does not fit SAM's mask decoder "
-                             f"({str(exc).splitlines()[0]})") from exc
+    load_state(model, state, spec, path, with_localiser=not compiled)
     model.weights_path = str(path)
     model.config = {"spacing_mm": spec.spacing_mm, "context": spec.context, "framing": spec.framing,
                     "prior_version": spec.prior_version, "model": spec.heads}
@@ -344,6 +335,22 @@ def check_box_decoder(path, state: dict, spec: ModelSpec) -> dict | None:
         raise AssetError(f"{path}: its box decoder was fine-tuned from LiteMedSAM weights {base[:12]}… but "
                          f"{LITEMEDSAM_SHA256[:12]}… are installed")
     return decoder
+
+
+def load_state(model, state: dict, spec: ModelSpec, path, with_localiser: bool = True) -> None:
+    """Load a checkpoint's tensors (meta keys removed) into a model built from ``spec``: the heads, and the
+    localiser when ``with_localiser`` (a PyTorch localiser is a child module, checked and loaded with the heads;
+    a compiled one loads on its own), by ``load_trainable_state_dict``; a fine-tuned box decoder into the binary
+    path, when the model has one. The engine's loader and the bundle's network both load this way."""
+    decoder = check_box_decoder(path, state, spec)
+    skip = (BOX_DECODER_PREFIX,) if with_localiser else (BOX_DECODER_PREFIX, LOCALISER_PREFIX)
+    model.load_trainable_state_dict({k: v for k, v in state.items() if not k.startswith(skip)}, None)
+    if decoder is not None and getattr(model, "binary", None) is not None:
+        try:
+            model.binary.mask_decoder.load_state_dict(decoder)
+        except RuntimeError as exc:
+            raise AssetError(f"{path}: its box decoder does not fit SAM's mask decoder "
+                             f"({str(exc).splitlines()[0]})") from exc
 
 
 def compose_checkpoint(heads_path: str | os.PathLike, localiser_path: str | os.PathLike | None,
