@@ -81,6 +81,25 @@ def train_heads(config, ckpt_path: str | os.PathLike, init_from: str | None = No
     return dest
 
 
+def _checked_start(device: str | None, checkpoint: str | os.PathLike, missing: str, setting: str) -> Path:
+    """Before a bank run does anything: the device (a GPU asked for and missing fails at once) and the checkpoint
+    the new part goes with (``missing``: the error's start, ``setting``: the config key that names it)."""
+    if device:
+        resolve_device(device)
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise InputError(f"{missing}: {path} does not exist (set {setting})")
+    return path
+
+
+def _ensure_bank(bank_dir: str, anatomy_dir: str | None) -> None:
+    """The pseudo-patient bank, built from the label maps in ``anatomy_dir`` when given and not complete."""
+    from ..data.pseudo_patients import build_bank
+
+    if anatomy_dir and not (Path(bank_dir) / "bank.json").is_file():
+        build_bank(str(anatomy_dir), str(bank_dir))
+
+
 def train_localiser(bank_dir: str, stage_configs: Sequence, output_dir: str, ckpt_path: str | os.PathLike,
                     heads_from: str | None = None, anatomy_dir: str | None = None, steps: int | None = None,
                     data_sources: list | None = None, device: str | None = None) -> Path:
@@ -91,17 +110,11 @@ def train_localiser(bank_dir: str, stage_configs: Sequence, output_dir: str, ckp
     ``ckpt_path`` itself, i.e. the shipped heads) with the new localiser, ``data_sources`` added to the spec's.
     ``steps``: every stage's steps instead of its config's (a quick try); ``device``: where every stage trains
     (auto, cpu, cuda, cuda:N; default: each config's own, else auto)."""
-    from ..data.pseudo_patients import build_bank
     from ..models.spec import compose_checkpoint
     from ..training.localiser import train_stages
 
-    if device:
-        resolve_device(device)   # before a bank is built: a GPU asked for and missing fails at once
-    heads = Path(heads_from or ckpt_path)
-    if not heads.is_file():
-        raise InputError(f"no heads to put the new localiser with: {heads} does not exist (set heads_from)")
-    if anatomy_dir and not (Path(bank_dir) / "bank.json").is_file():
-        build_bank(str(anatomy_dir), str(bank_dir))
+    heads = _checked_start(device, heads_from or ckpt_path, "no heads to put the new localiser with", "heads_from")
+    _ensure_bank(bank_dir, anatomy_dir)
     localiser = train_stages(str(bank_dir), list(stage_configs), str(output_dir), steps, device=device)
     dest = Path(ckpt_path)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -118,20 +131,15 @@ def train_heads_bank(bank_dir: str, output_dir: str, ckpt_path: str | os.PathLik
     then one checkpoint at ``ckpt_path`` (atomically): the new heads with the localiser of ``localiser_from``
     (default ``ckpt_path`` itself, i.e. the shipped localiser), whose held-out anatomies the heads never see;
     its data sources and ``data_sources`` go into the spec. ``init_from``/``steps``/``device`` override the config's."""
-    from ..data.pseudo_patients import build_bank
     from ..models.spec import compose_checkpoint, read_checkpoint
     from ..training.heads_bank import train_heads_on_bank
 
-    if device:
-        resolve_device(device)   # before a bank is built: a GPU asked for and missing fails at once
-    localiser = Path(localiser_from or ckpt_path)
-    if not localiser.is_file():
-        raise InputError(f"no localiser to put the new heads with: {localiser} does not exist (set localiser_from)")
+    localiser = _checked_start(device, localiser_from or ckpt_path, "no localiser to put the new heads with",
+                               "localiser_from")
     _, loc_spec = read_checkpoint(localiser)
     if loc_spec.localiser is None:
         raise InputError(f"{localiser} has no localiser to put the new heads with (set localiser_from)")
-    if anatomy_dir and not (Path(bank_dir) / "bank.json").is_file():
-        build_bank(str(anatomy_dir), str(bank_dir))
+    _ensure_bank(bank_dir, anatomy_dir)
     heads = train_heads_on_bank(str(bank_dir), str(output_dir), str(heads_config), str(cache_parts), str(localiser),
                                 cases_dir, cache_dir, init_from, steps, device=device)
     sources = list(loc_spec.data_sources) + list(data_sources or [])
@@ -151,18 +159,12 @@ def train_box_decoder(bank_dir: str, output_dir: str, ckpt_path: str | os.PathLi
     recipe) on the bank ``bank_dir``, built first from ``anatomy_dir`` when given and not complete; then one
     checkpoint at ``ckpt_path`` (atomically): the heads and localiser of ``base_from`` (default ``ckpt_path``
     itself, i.e. the shipped ones) with the new decoder."""
-    from ..data.pseudo_patients import build_bank
     from ..models.spec import compose_checkpoint, read_checkpoint
     from ..training.box_decoder import train_box_decoder_on_bank
 
-    if device:
-        resolve_device(device)   # before a bank is built: a GPU asked for and missing fails at once
-    base = Path(base_from or ckpt_path)
-    if not base.is_file():
-        raise InputError(f"no model to put the new box decoder in: {base} does not exist (set base_from)")
+    base = _checked_start(device, base_from or ckpt_path, "no model to put the new box decoder in", "base_from")
     _, base_spec = read_checkpoint(base)
-    if anatomy_dir and not (Path(bank_dir) / "bank.json").is_file():
-        build_bank(str(anatomy_dir), str(bank_dir))
+    _ensure_bank(bank_dir, anatomy_dir)
     decoder = train_box_decoder_on_bank(str(bank_dir), str(output_dir), str(cache_parts), str(config), str(base),
                                         cases_dir, cache_dir, steps, device)
     dest = Path(ckpt_path)

@@ -35,10 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError, one_line_errors
-from ..io.writers import make_folder
 from ..models.binary_path import BinaryPromptPath
 from ..models.refinement import boxes_from_masks
-from .cache import FeatureCache
+from .cache import FeatureCache, open_run
 from .run_log import open_run_log
 
 
@@ -169,18 +168,11 @@ def select_records(cache: FeatureCache, cfg: BoxDecoderTrainConfig) -> list[dict
 
 def train_box_decoder(cfg: BoxDecoderTrainConfig, log=print) -> Path:
     """Train (or resume) the run in ``cfg.out_dir``; returns the exported ``box_decoder.pt``."""
-    from ..engine.device import describe_device, resolve_device
+    from ..engine.device import describe_device
     from ..labels import labels
 
-    device = resolve_device(cfg.device)   # before anything is read: a GPU asked for and missing fails at once
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if not (Path(cfg.cache) / "index.jsonl").is_file():
-        raise InputError(f"no feature cache at {cfg.cache} (it has no index.jsonl): fill it first with python -m "
-                         "priorsam.training.build_cache --cache DIR")
-    cache = FeatureCache(cfg.cache)
-    recs = select_records(cache, cfg)
-    out = make_folder(cfg.out_dir)
+    device, cache, recs, out = open_run(cfg, "python -m priorsam.training.build_cache --cache DIR, or this "
+                                             "command's --bank form", select_records)
     t = time.time()
     entries = CachedEmbeddings(cache, recs)
     pool = organ_pool(entries.labels, len(labels()), cfg.min_pixels)

@@ -25,6 +25,32 @@ def entry_key(case_hash: str, spec: ViewSpec, z: int, encoder_id: str) -> str:
     return hashlib.sha256(parts.encode()).hexdigest()[:24]
 
 
+def open_filled_cache(root: str | Path, how_to_fill: str) -> "FeatureCache":
+    """The cache at ``root`` for a trainer to read; one :class:`InputError` line, saying ``how_to_fill`` it, when
+    there is none (checked first: :class:`FeatureCache` makes its folder, which a wrong path must not leave)."""
+    from ..errors import InputError
+
+    if not (Path(root) / "index.jsonl").is_file():
+        raise InputError(f"no feature cache at {root} (it has no index.jsonl): fill it first with {how_to_fill}")
+    return FeatureCache(root)
+
+
+def open_run(cfg, how_to_fill: str, select) -> tuple[torch.device, "FeatureCache", list[dict], Path]:
+    """The start the cache trainers share, for a config with ``device``, ``threads``, ``cache`` and ``out_dir``:
+    the device resolved before anything is read (a GPU asked for and missing fails at once), the thread count,
+    the filled cache and the records ``select(cache, cfg)`` keeps, then the run folder, made only once those are
+    found. Returns (device, cache, records, run folder)."""
+    from ..engine.device import resolve_device
+    from ..io.writers import make_folder
+
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cache = open_filled_cache(cfg.cache, how_to_fill)
+    records = select(cache, cfg)
+    return device, cache, records, make_folder(cfg.out_dir)
+
+
 class FeatureCache:
     def __init__(self, root: str | Path):
         self.root = Path(root)

@@ -21,12 +21,11 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from ..errors import InputError
-from ..io import make_folder
 from ..models.losses import PriorSAMLoss
 from ..models.priorsam import PriorSAM
 from ..models.spec import ModelSpec, build_model, heads_only, read_checkpoint, spec_for_bank, write_checkpoint
 from ..priors.bank import load_prior_bank
-from .cache import CachedSlices, FeatureCache, collate
+from .cache import CachedSlices, FeatureCache, collate, open_run
 from .run_log import open_run_log
 
 
@@ -132,19 +131,10 @@ def select_records(cache: FeatureCache, cfg: TrainConfig) -> list[dict]:
 
 
 def train(cfg: TrainConfig, log=print) -> Path:
-    from ..engine.device import describe_device, resolve_device
+    from ..engine.device import describe_device
 
-    device = resolve_device(cfg.device)   # before anything is read: a GPU asked for and missing fails at once
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    # The cache is read before the run folder is made: a wrong --cache leaves nothing behind (FeatureCache
-    # would otherwise make an empty cache folder there).
-    if not (Path(cfg.cache) / "index.jsonl").is_file():
-        raise InputError(f"no feature cache at {cfg.cache} (it has no index.jsonl): fill it first with python -m "
-                         "priorsam.training.build_cache --cache DIR, or priorsam train --build_views N")
-    cache = FeatureCache(cfg.cache)
-    recs = select_records(cache, cfg)
-    out = make_folder(cfg.out_dir)
+    device, cache, recs, out = open_run(cfg, "python -m priorsam.training.build_cache --cache DIR, or priorsam "
+                                             "train --build_views N", select_records)
     _seed_all(cfg.seed)
     bank = load_prior_bank(cfg.prior_version)
     meta = {"spacing_mm": recs[0]["spacing_mm"], "context": recs[0]["context"],
