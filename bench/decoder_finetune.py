@@ -124,6 +124,15 @@ def summarise(scores: dict, names: list[str]) -> dict:
     return table
 
 
+def decoder_state(path: str) -> dict:
+    """A mask decoder's state dict from ``--save``'s file (tensors only, as stop 54 wrote it) or from the library
+    trainer's ``box_decoder.pt`` (digest checked)."""
+    from priorsam.models.spec import BOX_DECODER_SPEC_KEY, read_box_decoder_checkpoint
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return read_box_decoder_checkpoint(path)[0] if BOX_DECODER_SPEC_KEY in state else state
+
+
 def measure_validation(decoder_path: str, validation: Path, weights: str) -> dict:
     """The validation patient's liver, end to end as docs/generalisation.md measures it and from the reference
     liver's box, with LiteMedSAM's decoder and with the fine-tuned one. Measurement only."""
@@ -133,7 +142,7 @@ def measure_validation(decoder_path: str, validation: Path, weights: str) -> dic
     from priorsam.models.spec import read_checkpoint
     from validation_box_ceiling import MARGINS_MM, reference_box_masks, score
 
-    tuned_state = torch.load(decoder_path, map_location="cpu", weights_only=True)
+    tuned_state = decoder_state(decoder_path)
     vol, gt = _validation_case(validation)
     _, spec = read_checkpoint(weights)
     framing = Framing(framing=spec.framing, spacing_mm=spec.spacing_mm, context=spec.context)
@@ -174,6 +183,7 @@ def main(argv=None) -> None:
     ap.add_argument("--augmented-every", type=int, default=6, help="score every n-th augmented dev entry")
     ap.add_argument("--out", required=True, help="results JSON (with --holdout-with: anatomy_holdout's prefix)")
     ap.add_argument("--save", help="write the fine-tuned mask decoder's state dict here")
+    # DECODER.pt: --save's file, or box_decoder.pt of python -m priorsam.training.box_decoder
     ap.add_argument("--validation-from", metavar="DECODER.pt",
                     help="instead of training: measure the validation patient with this fine-tuned decoder")
     ap.add_argument("--validation", default=str(DEFAULT_VALIDATION))
@@ -189,8 +199,7 @@ def main(argv=None) -> None:
 
         # Every binary path copies the cached LiteMedSAM's decoder when it is built (the OpenVINO one is
         # compiled from that copy and cached under a digest of its weights), so replacing it here reaches all.
-        load_litemedsam("cpu").mask_decoder.load_state_dict(torch.load(args.holdout_with, map_location="cpu",
-                                                                       weights_only=True))
+        load_litemedsam("cpu").mask_decoder.load_state_dict(decoder_state(args.holdout_with))
         raise SystemExit(anatomy_holdout.main([a for a in rest if a != "--"] + ["--out", args.out]))
     if rest:
         ap.error(f"unrecognised arguments: {' '.join(rest)}")
