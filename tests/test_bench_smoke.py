@@ -525,6 +525,23 @@ def test_candidate_rule_adopts_only_a_large_enough_gain_with_no_setting_fallen(t
     cr.main(candidate(0.848, 0.86, 0.6))
     got = json.loads((tmp_path / "o.json").read_text())
     assert not got["adopt"] and got["mean_gain"] == pytest.approx(0.004)
+    # A setting's own allowance: the slab may fall by 0.02 where the others may not fall by 0.005.
+    cr.main(candidate(0.86, 0.86, 0.59)[:-2] + ["--worst-for", "slab_liver", "0.02", "--out", str(tmp_path / "o")])
+    assert json.loads((tmp_path / "o.json").read_text())["adopt"]
+    # An organ averaged over the settings: the candidate's spleen 0.03 lower in native alone (0.015 over two).
+    args = candidate(0.86, 0.86, 0.6)
+    rows = json.loads((tmp_path / "cand.json").read_text())["rows"]
+    for r in rows:
+        if r["setting"] == "native":
+            r["organs"]["spleen"]["dice"] = 0.81
+    (tmp_path / "cand.json").write_text(json.dumps({"rows": rows}))
+    cr.main(args + ["--organ-worst", "0.01"])
+    got = json.loads((tmp_path / "o.json").read_text())
+    assert not got["adopt"] and got["organs_lower_than_allowed"] == ["spleen"]
+    assert got["organs_over_averaged"]["spleen"]["difference"] == pytest.approx(-0.015)
+    assert got["organs_over_averaged"]["liver"]["difference"] == pytest.approx(0.01)
+    cr.main(args + ["--organ-worst", "0.02"])
+    assert json.loads((tmp_path / "o.json").read_text())["adopt"]
     # A candidate missing a pair the base has is not judged.
     args = candidate(0.86, 0.86, 0.6)
     (tmp_path / "cand.json").write_text(json.dumps({"rows": _holdout_rows("cand", {("a", "native"): 0.9})}))
