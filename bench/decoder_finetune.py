@@ -137,6 +137,7 @@ def measure_validation(decoder_path: str, validation: Path, weights: str) -> dic
     """The validation patient's liver, end to end as docs/generalisation.md measures it and from the reference
     liver's box, with LiteMedSAM's decoder and with the fine-tuned one. Measurement only."""
     from priorsam.data.framed_volume import Framing
+    from priorsam.assets import load_litemedsam
     from priorsam.engine.segment import SegmentOptions, Segmenter
     from priorsam.models.encoder_backend import cpu_encoder
     from priorsam.models.spec import read_checkpoint
@@ -152,11 +153,12 @@ def measure_validation(decoder_path: str, validation: Path, weights: str) -> dic
         seg = Segmenter(weights, "cpu", SegmentOptions(**MEASURE_OPTIONS))
         seg.feature_memo = memo
         binary = BinaryPromptPath(pretrained=True).eval()
-        if name == "fine-tuned":
-            # With the ONNX encoder the engine's refinement runs the model's own PyTorch box decoder (seg.binary None).
-            assert seg.binary is None
-            seg.model.binary.mask_decoder.load_state_dict(tuned_state)
-            binary.mask_decoder.load_state_dict(tuned_state)
+        # With the ONNX encoder the engine's refinement runs the model's own PyTorch box decoder (seg.binary None).
+        # Set in both arms: since bundle 0.9.0 the checkpoint carries a fine-tuned decoder of its own.
+        assert seg.binary is None
+        state = tuned_state if name == "fine-tuned" else load_litemedsam("cpu").mask_decoder.state_dict()
+        seg.model.binary.mask_decoder.load_state_dict(state)
+        binary.mask_decoder.load_state_dict(state)
         t = time.time()
         pred = seg.segment(vol, show_bar=False).labels == 5
         m = organ_metrics(pred, gt, vol.spacing)
@@ -197,8 +199,18 @@ def main(argv=None) -> None:
         from priorsam.assets import load_litemedsam
         from priorsam.evaluation import anatomy_holdout
 
+        from priorsam.config_files import read_json
+        from priorsam.evaluation.runs import run_weights
+        from priorsam.models.spec import read_checkpoint
+
+        runs_file = rest[rest.index("--runs") + 1] if "--runs" in rest else None
+        for run in read_json(runs_file, "runs file") if runs_file else []:
+            if read_checkpoint(run_weights(run))[1].box_decoder is not None:
+                ap.error(f"{run_weights(run)} carries a box decoder of its own, which the engine loads over this one; "
+                         "compose a checkpoint instead: compose_checkpoint(W, W, OUT, box_decoder_from=DECODER.pt)")
         # Every binary path copies the cached LiteMedSAM's decoder when it is built (the OpenVINO one is
-        # compiled from that copy and cached under a digest of its weights), so replacing it here reaches all.
+        # compiled from that copy and cached under a digest of its weights), so replacing it here reaches all
+        # checkpoints without a decoder of their own.
         load_litemedsam("cpu").mask_decoder.load_state_dict(decoder_state(args.holdout_with))
         raise SystemExit(anatomy_holdout.main([a for a in rest if a != "--"] + ["--out", args.out]))
     if rest:

@@ -1,4 +1,5 @@
-"""Binary path: LiteMedSAM's pretrained prompt encoder + mask decoder for box prompts.
+"""Binary path: LiteMedSAM's pretrained prompt encoder + mask decoder for box prompts (a checkpoint with a
+fine-tuned decoder replaces the mask decoder's weights when it loads: :func:`priorsam.models.spec.load_state`).
 
 Sizes for LiteMedSAM: image embedding 256×64×64; prompt coordinates in the 256-px model
 frame; the dense mask prompt is 4× the embedding grid, (B, 1, 256, 256) logits
