@@ -248,7 +248,20 @@ def test_missing_weights_fail_the_batch_before_any_case(tmp_path, capsys):
     rc = run_cli(["--input", str(inputs), "--output", str(tmp_path / "o"), "--weights", str(tmp_path / "no.pt"),
                   "--quiet"])
     assert rc == 1 and "PriorSAM weights missing" in capsys.readouterr().err
-    assert not (tmp_path / "o" / "a.json").exists()
+    assert not (tmp_path / "o").exists()        # the folder this refused run created is gone again
+
+
+def test_refused_case_list_leaves_no_new_folder_and_logs_why_in_an_old_one(tmp_path, capsys):
+    bad = tmp_path / "cases.csv"
+    bad.write_text('case_id,path\n"a,b\n')
+    assert run_cli(["--input", str(bad), "--output", str(tmp_path / "new"), "--quiet"]) == 1
+    assert "empty path" in capsys.readouterr().err and not (tmp_path / "new").exists()
+    kept = tmp_path / "old"
+    (kept / "notes.txt").parent.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    assert run_cli(["--input", str(bad), "--output", str(kept), "--quiet"]) == 1
+    assert (kept / "notes.txt").read_text() == "mine"
+    assert "batch refused before any case" in (kept / "batch.log").read_text()
 
 
 # ---------------------------------------------------------------- the real 3-case batch

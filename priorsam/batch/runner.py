@@ -160,6 +160,19 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _remove_logs_only_folder(folder: Path) -> None:
+    """Remove an output folder this run created if it holds nothing but the run's logs: a batch refused
+    before its first case (bad input list, missing weights) then leaves nothing behind."""
+    try:
+        entries = list(folder.iterdir())
+        if all(e.is_file() and e.name.startswith("batch") and e.suffix == ".log" for e in entries):
+            for e in entries:
+                e.unlink()
+            folder.rmdir()
+    except OSError:
+        pass  # best effort: what stays is a log that names the refusal
+
+
 class _TqdmHandler(logging.Handler):
     """Console log lines that do not break the progress bars."""
 
@@ -388,17 +401,23 @@ class BatchJob:
     def run(self) -> BatchResult:
         from tqdm.auto import tqdm
 
+        created = not self.output.exists()
         make_folder(self.output)
         dist = _Distributed(self.device, self.timeout_hours)
-        lock = None
+        lock, started = None, False
         try:
             rank, world = dist.rank, dist.world_size
             device = dist.device_for(self.device)
             lock = self._take_folder(rank, dist)
             with _logging(self.output, rank, world, console=True) as log_path:
-                cases = self._discover(rank, dist)
-                self._weights = self._weights_path()
-                self._weights_sha = sha256_file(self._weights)
+                try:
+                    cases = self._discover(rank, dist)
+                    self._weights = self._weights_path()
+                    self._weights_sha = sha256_file(self._weights)
+                except PriorSAMError as exc:
+                    log.error("batch refused before any case: %s", exc)
+                    raise
+                started = True
                 mine = partition(cases, rank, world)
                 log.info("batch %s -> %s: %d cases, this rank (%d of %d) has %d; format %s; device %s",
                          self.input, self.output, len(cases), rank, world, len(mine), self.format, device)
@@ -449,6 +468,8 @@ class BatchJob:
             if lock is not None:
                 lock.release()
             dist.close()
+            if created and not started and dist.rank == 0:
+                _remove_logs_only_folder(self.output)
         if self.raise_on_failure and not result.ok:
             raise BatchIncomplete(f"{result.total_failed} of {result.cases} cases failed; "
                                   f"see {self.output / 'failures.csv'}")
