@@ -168,6 +168,20 @@ def test_train_localiser_workflow_runs_the_library_stages_and_composes_one_check
     assert load_priorsam(str(out), "cpu").localiser is not None
 
 
+def _bank_and_localiser(tmp_path: Path, checkpoint: Path):
+    """A tiny synthetic bank of anatomies "a", "b" and "held", the heads and spec of ``checkpoint``, and a random
+    localiser that trained on "a" and "b" and holds "held" out (its spec and state): what the bank-trained
+    workflows start from."""
+    from test_pseudo_cases import _bank
+
+    from priorsam.models.spec import LocaliserSpec, build_localiser, read_checkpoint
+
+    bank = _bank(tmp_path, ["a", "b", "held"])
+    heads, spec = read_checkpoint(checkpoint)
+    loc_spec = LocaliserSpec(init_filters=8, holdout=["held"], trained_on=["a", "b"], steps=3)
+    return bank, heads, spec, loc_spec, build_localiser(loc_spec).state_dict()
+
+
 def test_train_heads_bank_workflow_trains_the_heads_on_pseudo_patients_and_keeps_the_localiser(random_checkpoint,
                                                                                               tmp_path, monkeypatch):
     """train_heads_bank.json: the bank's pseudo-patients (never the anatomies the localiser holds out) as cases,
@@ -175,18 +189,13 @@ def test_train_heads_bank_workflow_trains_the_heads_on_pseudo_patients_and_keeps
     with the localiser of localiser_from unchanged; run again, it encodes and trains nothing more."""
     from dataclasses import replace
 
-    from test_pseudo_cases import _bank
-
     from priorsam.errors import InputError
-    from priorsam.models.spec import LocaliserSpec, build_localiser, read_checkpoint, write_checkpoint
+    from priorsam.models.spec import read_checkpoint, write_checkpoint
     from priorsam.training.cache import FeatureCache
     from priorsam.training.heads_bank import train_heads_on_bank
 
     monkeypatch.chdir(REPO)
-    bank = _bank(tmp_path, ["a", "b", "held"])
-    heads, spec = read_checkpoint(random_checkpoint)
-    loc_spec = LocaliserSpec(init_filters=8, holdout=["held"], trained_on=["a", "b"], steps=3)
-    loc_state = build_localiser(loc_spec).state_dict()
+    bank, heads, spec, loc_spec, loc_state = _bank_and_localiser(tmp_path, random_checkpoint)
     source = {"name": "a test bank", "licence": "none", "use": "localiser and heads"}
     with_loc = write_checkpoint(tmp_path / "with_localiser.pt", heads,
                                 replace(spec, localiser=loc_spec, data_sources=[source]), loc_state)
@@ -236,17 +245,11 @@ def test_train_box_decoder_workflow_fine_tunes_the_decoder_and_keeps_the_heads_a
     base_from unchanged, the new decoder in the engine's binary path; run again, it trains nothing more."""
     from dataclasses import replace
 
-    from test_pseudo_cases import _bank
-
-    from priorsam.models.spec import (LocaliserSpec, build_localiser, load_model, read_box_decoder_checkpoint,
-                                      read_checkpoint, write_checkpoint)
+    from priorsam.models.spec import load_model, read_box_decoder_checkpoint, read_checkpoint, write_checkpoint
     from priorsam.training.box_decoder import train_box_decoder_on_bank
 
     monkeypatch.chdir(REPO)
-    bank = _bank(tmp_path, ["a", "b", "held"])
-    heads, spec = read_checkpoint(random_checkpoint)
-    loc_spec = LocaliserSpec(init_filters=8, holdout=["held"], trained_on=["a", "b"], steps=3)
-    loc_state = build_localiser(loc_spec).state_dict()
+    bank, heads, spec, loc_spec, loc_state = _bank_and_localiser(tmp_path, random_checkpoint)
     base = write_checkpoint(tmp_path / "base.pt", heads, replace(spec, localiser=loc_spec), loc_state)
     (tmp_path / "parts.json").write_text(json.dumps([{"cases": "plain", "views": 0, "fraction": 0.3}]))
     (tmp_path / "config.json").write_text(json.dumps({"steps": 2, "batch_size": 2, "lr": 1e-4, "log_every": 1,
