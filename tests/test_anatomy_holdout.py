@@ -3,6 +3,7 @@ voxels left where they are in space (synthetic pseudo-patient, no bank needed)."
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from priorsam.data.pseudo_patients import PseudoPatient
 from priorsam.evaluation.anatomy_holdout import CTA_FOV_MM, SLAB_SLICES, as_volume, field_of_view, render
@@ -140,6 +141,38 @@ def test_a_run_can_name_weights_as_committed_at_an_earlier_revision(tmp_path, mo
                       ("git:model.pt", "git:REV:PATH")):
         with pytest.raises(ValueError, match=said):
             run_file(bad, repo)
+
+
+def test_committed_weights_come_with_the_box_decoder_file_committed_beside_them(tmp_path, monkeypatch):
+    """``git:REV:PATH`` of a checkpoint whose decoder ships beside it brings both files from that commit."""
+    import subprocess
+
+    from priorsam.evaluation.runs import run_file
+    from priorsam.models.cpu_runtime import state_digest
+    from priorsam.models.spec import BoxDecoderSpec, ModelSpec, read_checkpoint, write_checkpoint
+
+    monkeypatch.setenv("PRIORSAM_CACHE", str(tmp_path / "cache"))
+    repo = tmp_path / "repo"
+    (repo / "bundle" / "models").mkdir(parents=True)
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    def commit(scale):
+        dec = {"w": torch.full((3,), scale)}
+        write_checkpoint(repo / "bundle" / "models" / "model.pt", {"aligner.w": torch.ones(2)},
+                         ModelSpec(box_decoder=BoxDecoderSpec(sha256=state_digest(dec))), box_decoder_state=dec)
+        git("add", "-A")
+        git("commit", "-qm", str(scale))
+        return git("rev-parse", "HEAD")
+
+    git("init", "-q")
+    old = commit(1.0)
+    commit(2.0)
+    got = run_file(f"git:{old}:bundle/models/model.pt", repo)
+    state, spec = read_checkpoint(got)
+    assert torch.equal(state["box_decoder.w"], torch.full((3,), 1.0)) and spec.box_decoder.file == "model.box_decoder.pt"
 
 
 def test_a_localiser_only_row_where_the_localiser_gives_nothing_scores_nothing():

@@ -148,13 +148,17 @@ def test_a_checkpoint_with_a_box_decoder_loads_it_into_the_binary_path_and_compo
         heads, shifted_decoder, tmp_path):
     from priorsam.models.openvino_binary_path import weights_digest
     from priorsam.models.spec import (BOX_DECODER_SPEC_KEY, compose_checkpoint, encode_json, load_model,
-                                      read_checkpoint, write_checkpoint)
+                                      read_box_decoder_checkpoint, read_checkpoint, write_checkpoint)
 
     path, spec, state = heads
     dec, dspec = shifted_decoder
     with_dec = write_checkpoint(tmp_path / "d.pt", state, replace(spec, box_decoder=dspec), box_decoder_state=dec)
     _, back = read_checkpoint(with_dec)
-    assert back.box_decoder == dspec
+    assert back.box_decoder == replace(dspec, file="d.box_decoder.pt")
+    # the decoder is its own file beside the checkpoint, in the trainer's export format; model.pt holds none of it
+    assert not any(k.startswith("box_decoder.") for k in torch.load(with_dec, weights_only=True))
+    alone, alone_spec = read_box_decoder_checkpoint(tmp_path / "d.box_decoder.pt")
+    assert alone_spec == dspec and all(torch.equal(alone[k], dec[k]) for k in dec)
     tuned = load_model(with_dec, encoder=None)
     plain = load_model(path, encoder=None)
     assert all(torch.equal(tuned.binary.mask_decoder.state_dict()[k], dec[k]) for k in dec)
@@ -166,12 +170,12 @@ def test_a_checkpoint_with_a_box_decoder_loads_it_into_the_binary_path_and_compo
 
     # compose: the heads checkpoint's own decoder goes on; box_decoder_from (a box_decoder.pt) replaces it
     kept = compose_checkpoint(with_dec, None, tmp_path / "kept.pt")
-    assert read_checkpoint(kept)[1].box_decoder == dspec
+    assert read_checkpoint(kept)[1].box_decoder == replace(dspec, file="kept.box_decoder.pt")
     exported = dict(dec)
     exported[BOX_DECODER_SPEC_KEY] = encode_json(dspec.__dict__)
     torch.save(exported, tmp_path / "box_decoder.pt")
     added = compose_checkpoint(path, None, tmp_path / "added.pt", box_decoder_from=tmp_path / "box_decoder.pt")
-    assert read_checkpoint(added)[1].box_decoder == dspec
+    assert read_checkpoint(added)[1].box_decoder == replace(dspec, file="added.box_decoder.pt")
     assert all(torch.equal(load_model(added, encoder=None).binary.mask_decoder.state_dict()[k], dec[k]) for k in dec)
 
 
@@ -210,16 +214,55 @@ def test_the_bundles_network_loads_the_box_decoder_as_the_engine_does(heads, shi
     """inference.json's network_def + CheckpointLoader (MONAI's load_state_dict) put a fine-tuned decoder into
     the binary path, and refuse a tampered one, like load_model."""
     from priorsam.bundle_support.network import build_semantic_network
-    from priorsam.models.spec import BOX_DECODER_PREFIX, write_checkpoint
+    from priorsam.models.spec import write_checkpoint
 
     path, spec, state = heads
     dec, dspec = shifted_decoder
     with_dec = write_checkpoint(tmp_path / "d.pt", state, replace(spec, box_decoder=dspec), box_decoder_state=dec)
     net = build_semantic_network(str(with_dec), encoder=None, binary_path=True)
-    raw = torch.load(with_dec, weights_only=True)
+    raw = torch.load(with_dec, weights_only=True)     # what CheckpointLoader hands over: model.pt alone
     net.load_state_dict(raw)
     assert all(torch.equal(net.binary.mask_decoder.state_dict()[k], dec[k]) for k in dec)
-    key = BOX_DECODER_PREFIX + next(iter(dec))
-    raw[key] = raw[key] + 1.0
+    beside = tmp_path / "d.box_decoder.pt"
+    tampered = torch.load(beside, weights_only=True)
+    key = next(iter(dec))
+    tampered[key] = tampered[key] + 1.0
+    torch.save(tampered, beside)
     with pytest.raises(AssetError, match="digest"):
         build_semantic_network(str(with_dec), encoder=None, binary_path=True).load_state_dict(raw)
+
+
+def test_a_box_decoder_file_missing_or_from_another_checkpoint_is_refused_and_an_inline_one_still_loads(
+        heads, shifted_decoder, tmp_path):
+    """The decoder ships beside the checkpoint: copying model.pt alone, or pairing it with another checkpoint's
+    decoder, is one clear line; bundle 0.9.0's layout (the decoder inline, ``box_decoder.*``) still loads."""
+    import shutil
+
+    from priorsam.models.cpu_runtime import state_digest
+    from priorsam.models.spec import BOX_DECODER_PREFIX, SPEC_KEY, encode_json, load_model, write_checkpoint
+
+    path, spec, state = heads
+    dec, dspec = shifted_decoder
+    (tmp_path / "a").mkdir()
+    write_checkpoint(tmp_path / "a" / "model.pt", state, replace(spec, box_decoder=dspec), box_decoder_state=dec)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(tmp_path / "a" / "model.pt", alone / "model.pt")
+    with pytest.raises(AssetError, match="model.box_decoder.pt is missing; it ships beside the checkpoint"):
+        load_model(alone / "model.pt", encoder=None)
+
+    other = {k: v.clone() for k, v in dec.items()}
+    other[next(iter(other))] -= 0.25
+    (tmp_path / "b").mkdir()
+    write_checkpoint(tmp_path / "b" / "model.pt", state,
+                     replace(spec, box_decoder=replace(dspec, sha256=state_digest(other))), box_decoder_state=other)
+    shutil.copy(tmp_path / "b" / "model.box_decoder.pt", alone / "model.box_decoder.pt")
+    with pytest.raises(AssetError, match="is not the box decoder its checkpoint names"):
+        load_model(alone / "model.pt", encoder=None)
+
+    inline = dict(state)
+    inline.update({BOX_DECODER_PREFIX + k: v for k, v in dec.items()})
+    inline[SPEC_KEY] = encode_json(replace(spec, box_decoder=dspec).to_dict())
+    torch.save(inline, tmp_path / "inline.pt")
+    loaded = load_model(tmp_path / "inline.pt", encoder=None)
+    assert all(torch.equal(loaded.binary.mask_decoder.state_dict()[k], dec[k]) for k in dec)

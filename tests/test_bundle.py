@@ -57,6 +57,21 @@ def test_metadata_channels_match_label_table():
     assert any("2503.18227" in r for r in meta["references"]) and any("SEG-SAM" in r for r in meta["references"])
 
 
+def test_shipped_weights_are_two_files_each_small_enough_for_git_and_the_spec_names_the_decoder():
+    """models/ holds the checkpoint and, beside it, the fine-tuned box decoder its spec names (digest checked
+    by reading them); each under 25 MB, so neither needs LFS or an external download."""
+    from priorsam.models.spec import read_checkpoint
+
+    files = sorted(p.name for p in (BUNDLE / "models").iterdir() if p.is_file())
+    assert files == ["model.box_decoder.pt", "model.pt"]
+    for name in files:
+        assert (BUNDLE / "models" / name).stat().st_size < 25 * 1024 * 1024, name
+    state, spec = read_checkpoint(BUNDLE / "models" / "model.pt")
+    assert spec.box_decoder.file == "model.box_decoder.pt"
+    assert any(k.startswith("box_decoder.") for k in state)
+    assert not any(k.startswith("box_decoder.") for k in torch.load(BUNDLE / "models" / "model.pt", weights_only=True))
+
+
 def test_large_files_names_sam_vit_b():
     import yaml
 

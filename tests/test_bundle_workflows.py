@@ -263,7 +263,8 @@ def test_train_box_decoder_workflow_fine_tunes_the_decoder_and_keeps_the_heads_a
     decoder, dspec = read_box_decoder_checkpoint(tmp_path / "run" / "box_decoder" / "box_decoder.pt")
     assert dspec.trained_on == ["pseudo_a", "pseudo_b"] and dspec.steps == 2
     state, new_spec = read_checkpoint(out)
-    assert new_spec.box_decoder == dspec and new_spec.localiser == loc_spec
+    assert new_spec.box_decoder == replace(dspec, file="new.box_decoder.pt") and new_spec.localiser == loc_spec
+    assert (tmp_path / "new.box_decoder.pt").is_file()        # the decoder ships beside the checkpoint
     assert all(torch.equal(state[k], v) for k, v in heads.items() if not k.startswith("meta."))
     assert all(torch.equal(state["localiser." + k], v) for k, v in loc_state.items())
     model = load_model(out, encoder=None)

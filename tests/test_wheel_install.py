@@ -60,6 +60,7 @@ def test_distributions_carry_weights_priors_labels_and_bundle(installed):
     with tarfile.open(installed["sdist"]) as tar:
         members = tar.getnames()
     assert any(m.endswith("/bundle/models/model.pt") for m in members)
+    assert any(m.endswith("/bundle/models/model.box_decoder.pt") for m in members)
     assert any(m.endswith("/prior_text/v1/embeddings.safetensors") for m in members)
 
 

@@ -17,7 +17,8 @@ from .paths import _is_our_bundle, packaged_bundle
 
 # what a bundle folder must hold to run and be verified (a test checks the export has each)
 REQUIRED = ("configs/metadata.json", "configs/inference.json", "configs/schema/meta_schema_priorsam.json",
-            "configs/logging.conf", "models/model.pt", "docs/README.md", "LICENSE")
+            "configs/logging.conf", "models/model.pt", "models/model.box_decoder.pt", "docs/README.md",
+            "LICENSE")
 
 
 def export_bundle(dest: str | os.PathLike) -> Path:

