@@ -32,17 +32,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import last_json, machine_info, python, run_child, run_child_rss  # noqa: E402
 
 HERE = Path(__file__).resolve()
-LEAD_WEIGHTS = Path("/work/runs/main/model.pt")
 
 
 def default_weights() -> str | None:
-    """``--weights``, else $PRIORSAM_WEIGHTS, else the bundle's model.pt, else the lead's run (this machine)."""
+    """$PRIORSAM_WEIGHTS, else the bundle's model.pt (None when neither is there)."""
     from priorsam.engine.weights import default_weights_path
 
-    for p in (default_weights_path(), LEAD_WEIGHTS):
-        if p.is_file():
-            return str(p)
-    return None
+    p = default_weights_path()
+    return str(p) if p.is_file() else None
+
+
+def weights_label(path: str) -> str:
+    """The weights as the report names them: relative to the repository when inside it (a report read on
+    another machine should not carry this one's folders), with the checkpoint's sha256."""
+    from priorsam.assets import sha256_file
+
+    p = Path(path).resolve()
+    shown = p.relative_to(HERE.parents[1]) if p.is_relative_to(HERE.parents[1]) else p
+    return f"{shown} (sha256 {sha256_file(p)[:16]}…)"
 
 
 def random_weights(path: Path) -> str:
@@ -229,7 +236,7 @@ def main() -> None:
     weights = args.weights or default_weights()
     tmpdir = tempfile.TemporaryDirectory(prefix="priorsam-bench-")
     work = Path(tmpdir.name)
-    weights_note = weights
+    weights_note = weights and weights_label(weights)
     if weights is None:
         weights = random_weights(work / "random_heads.pt")
         weights_note = "none found: random heads (timings valid, Dice meaningless)"

@@ -15,9 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_CACHE = Path("/work/cache/feat_s15_c0")
-
-
 def _small_cache(root: Path, n: int):
     """A cache of ``n`` real sample-CT slices (ONNX Runtime encoder) when no training cache exists here."""
     import numpy as np
@@ -54,15 +51,16 @@ def run(threads: int, runs: int, batch: int, cache_root: str | None) -> dict:
     set_threads(threads)
     torch.manual_seed(0)
     bank = load_prior_bank("v1")
-    root = Path(cache_root) if cache_root else DEFAULT_CACHE
+    root = Path(cache_root) if cache_root else None
     tmp = None
-    if (root / "index.jsonl").is_file():
+    if root is not None and (root / "index.jsonl").is_file():
         cache = FeatureCache(root)
         source = str(root)
     else:
         tmp = tempfile.TemporaryDirectory()
         cache, _ = _small_cache(Path(tmp.name), max(batch, 8))
-        source = f"temporary cache of {max(batch, 8)} sample-CT slices (no training cache at {root})"
+        source = (f"temporary cache of {max(batch, 8)} sample-CT slices "
+                  f"({'no training cache at ' + str(root) if root else 'no --cache given'})")
     records = cache.records()
     ds = CachedSlices(cache, records)
     g = torch.Generator().manual_seed(0)
