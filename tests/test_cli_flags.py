@@ -113,6 +113,8 @@ def test_cli_refuses_bad_flags_in_one_line(tmp_path, args, said):
     ("priorsam.evaluation.anatomy_holdout", ["--bank", "bank", "--runs", "runs.json", "--out", "o"],
      {"runs.json": '{"name": "x"}'}, "must hold a JSON list of runs"),
     ("priorsam.evaluation.generalisation", ["--runs", "runs.json", "--out", "g.md"], {}, "runs file runs.json: no such file"),
+    ("priorsam.evaluation.generalisation", ["--runs", "runs.json", "--out", "g.md", "--device", "tpu"], {},
+     "unknown device 'tpu'"),
     ("priorsam.training.build_cache", ["--cache", "cache", "--datalist", "d.json"],
      {"d.json": '[{"case_id": "a", "imagez": "x"}]'}, "datalist d.json: unknown setting(s) imagez"),
 ])

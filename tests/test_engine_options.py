@@ -54,6 +54,8 @@ def test_generalisation_report_renders_every_run():
     md = render(rows, "cmd")
     assert "| a | x | 0.900 | 3.0 | 0.800 | 5.0 |" in md
     assert "| b | y | n/a |" in md and "Do not edit by hand" in md
+    assert "rows measured on cpu)" in md                      # rows stored before they named a device: CPU runs
+    assert "rows measured on cpu, cuda)" in render([*rows, {"name": "c", "what": "z", "device": "cuda"}], "cmd")
 
 
 def test_generalisation_measures_only_what_a_stored_row_lacks(monkeypatch, tmp_path):

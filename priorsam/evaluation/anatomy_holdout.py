@@ -305,11 +305,10 @@ def main(argv=None) -> int:
                     help="appearance settings; a slab may be moved along z, e.g. slab_liver+1 slab_liver-1; "
                          "upper_42mm: 42 mm of the upper abdomen")
     ap.add_argument("--out", required=True, help="output prefix: writes OUT.json and OUT.md")
-    ap.add_argument("--device", default="cpu",
-                    help="cpu (default: where the documented figures were measured), auto, cuda or cuda:N; a GPU is "
-                         "many times faster and agrees closely with the CPU, not to the voxel")
+    from ..engine.device import MEASURE_DEVICE_HELP, resolve_device
+
+    ap.add_argument("--device", default="cpu", help=MEASURE_DEVICE_HELP)
     a = ap.parse_args(argv)
-    from ..engine.device import resolve_device
 
     resolve_device(a.device)   # before the runs file and weights are read or the output folder is made
     runs = read_json(a.runs, "runs file")

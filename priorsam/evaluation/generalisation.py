@@ -107,6 +107,7 @@ def measure(runs: list[dict], validation: Path | None, device: str = "cpu", trai
             continue
         if not stored or "code" in stored:
             row["code"] = code              # every part of this row is measured with this code
+        row["device"] = device              # rows stored before this field were all measured on the CPU
         seg = Segmenter(run_weights(run), device, SegmentOptions(**{**MEASURE_OPTIONS, **run.get("options", {})}))
         seg.feature_memo = memo
         if need_val:
@@ -152,7 +153,8 @@ def render(results: list[dict], command: str, notes: str = "") -> str:
         "# Generalisation report",
         "",
         f"Produced by `{command}` on {dt.date.today().isoformat()} "
-        f"({platform.machine()}, {os.cpu_count()} CPU cores, no GPU). Do not edit by hand.",
+        f"({platform.machine()}, {os.cpu_count()} CPU cores; rows measured on "
+        f"{', '.join(sorted({str(r.get('device', 'cpu')) for r in results}))}). Do not edit by hand.",
         "",
         "* **Validation patient** (`../shared/data/validation/patient_d`): 3 axial slices of another",
         "  patient's non-contrast CT (512², 0.81 mm, 1 mm apart), manual liver label. Never used for",
@@ -191,7 +193,11 @@ def main(argv=None) -> None:
     ap.add_argument("--only", nargs="+", default=None, metavar="NAME",
                     help="measure only these runs; keep every other run's stored result as it was measured")
     ap.add_argument("--fresh", action="store_true", help="re-measure runs already stored in OUT.json")
+    from ..engine.device import MEASURE_DEVICE_HELP, resolve_device
+
+    ap.add_argument("--device", default="cpu", help=MEASURE_DEVICE_HELP)
     args = ap.parse_args(argv)
+    device = str(resolve_device(args.device))   # before the runs are read: a GPU asked for and missing fails at once
     runs = read_json(args.runs, "runs file")
     if not isinstance(runs, list):
         raise InputError(f"runs file {args.runs} must hold a JSON list of runs")
@@ -200,11 +206,13 @@ def main(argv=None) -> None:
     out = Path(args.out)
     stored = out.with_suffix(".json")
     previous = {r["key"]: r for r in json.loads(stored.read_text())} if stored.is_file() and not args.fresh else {}
-    results = measure(runs, Path(args.validation), train_case=not args.no_train_case, previous=previous,
-                      only=args.only)
+    results = measure(runs, Path(args.validation), device=device, train_case=not args.no_train_case,
+                      previous=previous, only=args.only)
     command = "python -m priorsam.evaluation.generalisation --runs " + args.runs
     if args.only:
         command += " --only " + " ".join(shlex.quote(n) for n in args.only)
+    if args.device != "cpu":
+        command += " --device " + args.device
     notes = Path(args.notes).read_text() if args.notes else (notes_of(out.read_text()) if out.is_file() else "")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".part")
