@@ -259,6 +259,9 @@ def test_a_box_decoder_file_missing_or_from_another_checkpoint_is_refused_and_an
     shutil.copy(tmp_path / "b" / "model.box_decoder.pt", alone / "model.box_decoder.pt")
     with pytest.raises(AssetError, match="is not the box decoder its checkpoint names"):
         load_model(alone / "model.pt", encoder=None)
+    (alone / "model.box_decoder.pt").write_bytes(b"\x1f\x8b truncated")
+    with pytest.raises(AssetError, match="box decoder weights unreadable: .*model.box_decoder.pt"):
+        load_model(alone / "model.pt", encoder=None)
 
     inline = dict(state)
     inline.update({BOX_DECODER_PREFIX + k: v for k, v in dec.items()})

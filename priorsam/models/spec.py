@@ -267,7 +267,13 @@ def read_box_decoder_checkpoint(path: str | os.PathLike, expect_sha256: str = ""
     p = Path(path)
     if not p.is_file():
         raise AssetError(f"box decoder weights missing: {p} not found")
-    state = dict(torch.load(p, map_location="cpu", weights_only=True))
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AssetError(f"box decoder weights unreadable: {p} ({type(exc).__name__})") from exc
+    if not isinstance(state, dict):
+        raise AssetError(f"{p} is not a box decoder checkpoint (no {BOX_DECODER_SPEC_KEY})")
+    state = dict(state)
     if BOX_DECODER_SPEC_KEY not in state and SPEC_KEY in state:
         full, spec = read_checkpoint(p)
         if spec.box_decoder is None:
