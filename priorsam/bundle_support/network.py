@@ -48,12 +48,10 @@ class PriorSAMSemanticNet(PriorSAM):
         which checks the prior version/hash and the architecture and puts a fine-tuned box decoder (its file
         found beside ``net.weights_path``) into the binary path; the frozen pretrained parts are already in
         place. MONAI's ``ckpt_export`` loads strictly, so this is where that happens."""
-        from ..models.spec import (LEGACY_CONFIG_KEY, SPEC_KEY, ModelSpec, decode_json, load_state,
-                                   with_box_decoder_file)
+        from ..models.spec import LEGACY_CONFIG_KEY, SPEC_KEY, load_state, spec_of, with_box_decoder_file
 
-        if SPEC_KEY in state_dict or LEGACY_CONFIG_KEY in state_dict:
-            spec = (ModelSpec.from_dict(decode_json(state_dict[SPEC_KEY])) if SPEC_KEY in state_dict
-                    else ModelSpec.from_legacy_config(decode_json(state_dict[LEGACY_CONFIG_KEY])))
+        spec = spec_of(state_dict)
+        if spec is not None:
             # As the engine's loader does: heads and localiser checked by name, a fine-tuned box decoder (read
             # from its file beside the checkpoint, its digest checked) into the binary path.
             path = getattr(self, "weights_path", None)

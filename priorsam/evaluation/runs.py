@@ -63,16 +63,14 @@ def _box_decoder_file(checkpoint: Path) -> str:
     """The box decoder file a PriorSAM checkpoint's spec names beside it ("" for any other file)."""
     import torch
 
-    from ..models.spec import SPEC_KEY, ModelSpec, decode_json
+    from ..models.spec import spec_of
 
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception:       # not a checkpoint (any committed file may be asked for): nothing beside it
         return ""
-    if not isinstance(state, dict) or SPEC_KEY not in state:
-        return ""
-    dec = ModelSpec.from_dict(decode_json(state[SPEC_KEY])).box_decoder
-    return dec.file if dec is not None else ""
+    spec = spec_of(state) if isinstance(state, dict) else None
+    return spec.box_decoder.file if spec is not None and spec.box_decoder is not None else ""
 
 
 def run_weights(run: dict) -> str:

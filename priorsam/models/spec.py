@@ -157,14 +157,20 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, ModelSpec]:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise AssetError(f"PriorSAM weights unreadable: {p} ({type(exc).__name__})") from exc
-    if not isinstance(state, dict) or not (SPEC_KEY in state or LEGACY_CONFIG_KEY in state):
+    spec = spec_of(state) if isinstance(state, dict) else None
+    if spec is None:
         raise AssetError(f"{p} is not a PriorSAM checkpoint (no {SPEC_KEY})")
-    state = dict(state)
-    if SPEC_KEY in state:
-        spec = ModelSpec.from_dict(decode_json(state.pop(SPEC_KEY)))
-    else:
-        spec = ModelSpec.from_legacy_config(decode_json(state.pop(LEGACY_CONFIG_KEY)))
+    state = {k: v for k, v in state.items() if k not in (SPEC_KEY, LEGACY_CONFIG_KEY)}
     return with_box_decoder_file(state, spec, p), spec
+
+
+def spec_of(state: dict) -> ModelSpec | None:
+    """The spec a checkpoint's raw state dict carries (``meta.spec``, or a legacy ``meta.config``); None if neither."""
+    if SPEC_KEY in state:
+        return ModelSpec.from_dict(decode_json(state[SPEC_KEY]))
+    if LEGACY_CONFIG_KEY in state:
+        return ModelSpec.from_legacy_config(decode_json(state[LEGACY_CONFIG_KEY]))
+    return None
 
 
 def box_decoder_path(checkpoint: str | os.PathLike) -> Path:
