@@ -186,10 +186,10 @@ def test_train_heads_bank_workflow_trains_the_heads_on_pseudo_patients_and_keeps
                                                                                               tmp_path, monkeypatch):
     """train_heads_bank.json: the bank's pseudo-patients (never the anatomies the localiser holds out) as cases,
     the feature cache in parts with their own views, the library trainer from given heads, then one checkpoint
-    with the localiser of localiser_from unchanged; run again, it encodes and trains nothing more."""
+    with the localiser of localiser_from unchanged; run again, it encodes and trains nothing more. A cache folder
+    shared with another recipe's parts (same cases, other shares of slices) trains the same heads."""
     from dataclasses import replace
 
-    from priorsam.errors import InputError
     from priorsam.models.spec import read_checkpoint, write_checkpoint
     from priorsam.training.cache import FeatureCache
     from priorsam.training.heads_bank import train_heads_on_bank
@@ -230,19 +230,31 @@ def test_train_heads_bank_workflow_trains_the_heads_on_pseudo_patients_and_keeps
     assert not any(line.startswith("[train] step") for line in said)
     again_state, _ = read_checkpoint(again)
     assert all(torch.equal(again_state[k], trained[k]) for k in trained)
-    # A cache that holds another run's cases is refused: the trainer would take them silently.
-    other = FeatureCache(tmp_path / "run" / "cache")
-    other.index_path.write_text(other.index_path.read_text().replace('"case": "pseudo_a"', '"case": "someone_else"'))
-    with pytest.raises(InputError, match="other case"):
-        train_heads_on_bank(str(bank), str(tmp_path / "run"), str(tmp_path / "config.json"),
-                            str(tmp_path / "parts.json"), str(with_loc), log=said.append)
+    # Another recipe fills the same cache folder (stop 58's heads ran in the box decoder's cache and trained on
+    # both recipes' entries): each recipe still trains on its own entries, in its own order.
+    (tmp_path / "other_parts.json").write_text(json.dumps([{"cases": "plain", "views": 2, "fraction": 0.5}]))
+    shared = dict(cases_dir=str(tmp_path / "run" / "cases"), cache_dir=str(tmp_path / "run" / "cache"))
+    other = train_heads_on_bank(str(bank), str(tmp_path / "other"), str(tmp_path / "config.json"),
+                                str(tmp_path / "other_parts.json"), str(with_loc), log=said.append, **shared)
+    everything = FeatureCache(tmp_path / "run" / "cache").records()
+    assert len(everything) > len(records)
+    _, other_spec = read_checkpoint(other)
+    assert 0 < other_spec.training["cache_entries"] < len(everything)
+    said.clear()
+    same = train_heads_on_bank(str(bank), str(tmp_path / "same"), str(tmp_path / "config.json"),
+                               str(tmp_path / "parts.json"), str(with_loc), log=said.append, **shared)
+    assert any(f"also holds {len(everything) - len(records)} entries of other recipes" in line for line in said)
+    same_state, same_spec = read_checkpoint(same)
+    assert same_spec.training["cache_entries"] == len(records)
+    assert all(torch.equal(same_state[k], trained[k]) for k in trained)
 
 
 def test_train_box_decoder_workflow_fine_tunes_the_decoder_and_keeps_the_heads_and_localiser(random_checkpoint,
                                                                                              tmp_path, monkeypatch):
     """train_box_decoder.json: the bank's pseudo-patients (never the anatomies the localiser holds out) as cases,
     the feature cache in parts, the library's decoder trainer, then one checkpoint: the heads and localiser of
-    base_from unchanged, the new decoder in the engine's binary path; run again, it trains nothing more."""
+    base_from unchanged, the new decoder in the engine's binary path; run again, it trains nothing more; in a cache
+    folder another recipe has filled too, it trains the same decoder."""
     from dataclasses import replace
 
     from priorsam.models.spec import load_model, read_box_decoder_checkpoint, read_checkpoint, write_checkpoint
@@ -274,6 +286,15 @@ def test_train_box_decoder_workflow_fine_tunes_the_decoder_and_keeps_the_heads_a
                                       str(tmp_path / "config.json"), str(base), log=said.append)
     assert not any(line.startswith("[box_decoder] step") for line in said)
     assert read_box_decoder_checkpoint(again)[1] == dspec
+    (tmp_path / "other_parts.json").write_text(json.dumps([{"cases": "plain", "views": 1, "fraction": 0.5}]))
+    shared = dict(cases_dir=str(tmp_path / "run" / "cases"), cache_dir=str(tmp_path / "run" / "cache"))
+    train_box_decoder_on_bank(str(bank), str(tmp_path / "other"), str(tmp_path / "other_parts.json"),
+                              str(tmp_path / "config.json"), str(base), log=said.append, **shared)
+    same = train_box_decoder_on_bank(str(bank), str(tmp_path / "same"), str(tmp_path / "parts.json"),
+                                     str(tmp_path / "config.json"), str(base), log=said.append, **shared)
+    same_decoder, _ = read_box_decoder_checkpoint(same)
+    assert all(torch.equal(same_decoder[k], v) for k, v in decoder.items())
+    assert any("entries of other recipes, which this training leaves out" in line for line in said)
 
 
 def test_bundle_equals_python_api_on_sample_ct(random_checkpoint, tmp_path):

@@ -32,3 +32,19 @@ def test_a_bad_cache_parts_file_is_refused_in_one_line(tmp_path, content, says):
     with pytest.raises(InputError, match=None) as err:
         read_cache_parts(path)
     assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_recipe_takes_its_own_entries_of_a_shared_cache_in_its_parts_order():
+    """Whatever order the index lists them in (sittings, another recipe filling the folder between), a recipe's
+    entries come back pair by pair in its order and by slice within each, and nobody else's."""
+    from priorsam.training.cache import entries_of
+
+    pairs = [("sample", "v0"), ("sample", "v1"), ("pseudo_a", "w0")]
+    index = [{"case": "pseudo_a", "view_key": "w0", "z": 7}, {"case": "pseudo_a", "view_key": "decoder", "z": 1},
+             {"case": "sample", "view_key": "v1", "z": 3}, {"case": "sample", "view_key": "v0", "z": 9},
+             {"case": "sample", "view_key": "v0", "z": 2}, {"case": "pseudo_b", "view_key": "w0", "z": 4},
+             {"case": "pseudo_a", "view_key": "w0", "z": 5}]
+    got = [(r["case"], r["view_key"], r["z"]) for r in entries_of(index, pairs)]
+    assert got == [("sample", "v0", 2), ("sample", "v0", 9), ("sample", "v1", 3), ("pseudo_a", "w0", 5),
+                   ("pseudo_a", "w0", 7)]
+    assert entries_of(index, []) == []

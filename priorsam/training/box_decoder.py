@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from ..errors import InputError, one_line_errors
 from ..models.binary_path import BinaryPromptPath
 from ..models.refinement import boxes_from_masks
-from .cache import FeatureCache, open_run
+from .cache import FeatureCache, entries_of, open_run
 from .run_log import open_run_log
 
 
@@ -157,8 +157,12 @@ def make_optimizer(binary: BinaryPromptPath, cfg: BoxDecoderTrainConfig) -> torc
     return torch.optim.AdamW(decoder_params(binary), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def select_records(cache: FeatureCache, cfg: BoxDecoderTrainConfig) -> list[dict]:
-    recs = [r for r in cache.records() if not is_excluded(r["case"], cfg.exclude)]
+def select_records(cache: FeatureCache, cfg: BoxDecoderTrainConfig,
+                   entries: list[tuple[str, str]] | None = None) -> list[dict]:
+    """The cached entries the decoder learns from: ``entries`` ((case id, view key) pairs, in their order: a
+    recipe's own in a cache it may share) or else every entry, less the excluded cases."""
+    recs = cache.records() if entries is None else entries_of(cache.records(), entries)
+    recs = [r for r in recs if not is_excluded(r["case"], cfg.exclude)]
     if not recs:
         raise InputError(f"no cached entries in {cfg.cache} outside the excluded cases")
     framings = {(r["spacing_mm"], r.get("framing", "fixed")) for r in recs}
@@ -167,13 +171,14 @@ def select_records(cache: FeatureCache, cfg: BoxDecoderTrainConfig) -> list[dict
     return recs
 
 
-def train_box_decoder(cfg: BoxDecoderTrainConfig, log=print) -> Path:
-    """Train (or resume) the run in ``cfg.out_dir``; returns the exported ``box_decoder.pt``."""
+def train_box_decoder(cfg: BoxDecoderTrainConfig, log=print, entries: list[tuple[str, str]] | None = None) -> Path:
+    """Train (or resume) the run in ``cfg.out_dir`` on the cache's entries (``entries``: only these (case id,
+    view key) pairs, in their order; :func:`select_records`); returns the exported ``box_decoder.pt``."""
     from ..engine.device import describe_device
     from ..labels import labels
 
     device, cache, recs, out = open_run(cfg, "python -m priorsam.training.build_cache --cache DIR, or this "
-                                             "command's --bank form", select_records)
+                                             "command's --bank form", lambda c, f: select_records(c, f, entries))
     t = time.time()
     entries = CachedEmbeddings(cache, recs)
     pool = organ_pool(entries.labels, len(labels()), cfg.min_pixels)
@@ -253,7 +258,8 @@ def train_box_decoder_on_bank(bank: str, work_dir: str, parts: str, config: str 
                               cache_dir: str | None = None, steps: int | None = None, device: str | None = None,
                               log=print) -> Path:
     """Cases, cache and decoder under ``work_dir`` (``cases/``, ``cache/``, ``box_decoder/``; the first two may
-    live elsewhere, e.g. the heads' recipe's); returns the exported ``box_decoder.pt``."""
+    live elsewhere, e.g. the heads' recipe's: the decoder learns from its own parts' entries only); returns the
+    exported ``box_decoder.pt``."""
     from ..engine.device import resolve_device
     from .heads_bank import fill_heads_cache, read_cache_parts
     from .pseudo_cases import held_out_anatomies
@@ -262,9 +268,9 @@ def train_box_decoder_on_bank(bank: str, work_dir: str, parts: str, config: str 
     cache = str(cache_dir or work / "cache")
     cfg = read_config(config, cache, work / "box_decoder", steps=steps, device=device)
     resolve_device(cfg.device)   # a GPU asked for and missing fails before cases are written
-    fill_heads_cache(bank, str(cases_dir or work / "cases"), cache, read_cache_parts(parts),
-                     held_out_anatomies(holdout_from), log=log, device=cfg.device)
-    return train_box_decoder(cfg, log=log)
+    pairs = fill_heads_cache(bank, str(cases_dir or work / "cases"), cache, read_cache_parts(parts),
+                             held_out_anatomies(holdout_from), log=log, device=cfg.device)
+    return train_box_decoder(cfg, log=log, entries=pairs)
 
 
 @one_line_errors

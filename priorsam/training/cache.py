@@ -51,6 +51,22 @@ def open_run(cfg, how_to_fill: str, select) -> tuple[torch.device, "FeatureCache
     return device, cache, records, make_folder(cfg.out_dir)
 
 
+def view_pairs(cases: list[Case], specs: list[ViewSpec]) -> list[tuple[str, str]]:
+    """The (case id, view key) pairs of ``cases`` × ``specs``, in the order :func:`build_cache` encodes them."""
+    return [(case.case_id, spec.key()) for case in cases for spec in specs]
+
+
+def entries_of(records: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
+    """The cached ``records`` of these (case id, view key) pairs, pair by pair in the given order and by slice
+    within each: what an empty folder's index would list after encoding them. A cache folder may be shared by
+    recipes (the same cases at other shares of slices, or the sample CT's views both use), so a trainer takes
+    exactly its own entries, in an order that does not depend on how or in how many sittings the folder was
+    filled (the order decides which entries a seeded sampler draws)."""
+    rank = {pair: i for i, pair in enumerate(pairs)}
+    mine = [r for r in records if (r["case"], r["view_key"]) in rank]
+    return sorted(mine, key=lambda r: (rank[(r["case"], r["view_key"])], r["z"]))
+
+
 class FeatureCache:
     def __init__(self, root: str | Path):
         self.root = Path(root)

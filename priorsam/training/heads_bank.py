@@ -22,7 +22,7 @@ from ..config_files import check_setting_names, read_json, read_settings
 from ..engine.device import resolve_device
 from ..errors import InputError, one_line_errors
 from .build_cache import ENCODER_ID, cache_encoder, default_cases, view_specs
-from .cache import FeatureCache, build_cache
+from .cache import FeatureCache, build_cache, view_pairs
 from .pseudo_cases import held_out_anatomies, write_cases
 from .trainer import TrainConfig, train
 from .views import Case
@@ -63,9 +63,11 @@ def read_cache_parts(path: str | Path) -> list[CachePart]:
 
 def fill_heads_cache(bank: str, cases_dir: str, cache_dir: str, parts: list[CachePart], exclude: set[str],
                      spacing_mm: float = 1.5, context: int = 0, backend: str = "auto", log=print,
-                     device: str = "auto") -> int:
+                     device: str = "auto") -> list[tuple[str, str]]:
     """Write the bank's pseudo-patients (not ``exclude``) as cases in ``cases_dir`` and encode every part into
-    the cache at ``cache_dir``; returns how many entries were added (0 when the cache already holds them)."""
+    the cache at ``cache_dir`` (what it already holds is not encoded again); returns the parts' (case id, view
+    key) pairs in their order, the entries a trainer of this recipe takes
+    (:func:`priorsam.training.cache.entries_of`) whatever else the folder holds."""
     rows = write_cases(bank, cases_dir, exclude, arms=any(p.cases == "arms_table" for p in parts), log=log)
     if not rows and any(p.cases != "sample" for p in parts):
         raise InputError(f"the bank {bank} has no pseudo-patients to train on (build it first: "
@@ -74,19 +76,18 @@ def fill_heads_cache(bank: str, cases_dir: str, cache_dir: str, parts: list[Cach
                "plain": [Case(**r) for r in rows if not r["case_id"].endswith("_arms_table")],
                "arms_table": [Case(**r) for r in rows if r["case_id"].endswith("_arms_table")]}
     cache = FeatureCache(cache_dir)
-    wanted = {c.case_id for p in parts for c in by_kind[p.cases]}
-    others = sorted({r["case"] for r in cache.records()} - wanted)
-    if others:
-        # The trainer takes every entry in its cache; another run's cases would train these heads silently.
-        raise InputError(f"the cache {cache_dir} also holds entries of {len(others)} other case(s) ({', '.join(others[:3])}"
-                         f"{', …' if len(others) > 3 else ''}); give this recipe a cache folder of its own")
-    encoder, added = cache_encoder(backend, device), 0
+    encoder, added, pairs = cache_encoder(backend, device), 0, []
     for part in parts:
         log(f"[heads-bank] cache part {part.cases}: {len(by_kind[part.cases])} case(s), clean view + "
             f"{part.views} augmented, fraction {part.fraction}")
-        added += build_cache(by_kind[part.cases], view_specs(part.views, spacing_mm, context, fraction=part.fraction),
-                             cache, encoder, ENCODER_ID, log=log)
-    return added
+        specs = view_specs(part.views, spacing_mm, context, fraction=part.fraction)
+        added += build_cache(by_kind[part.cases], specs, cache, encoder, ENCODER_ID, log=log)
+        pairs += view_pairs(by_kind[part.cases], specs)
+    mine = set(pairs)
+    others = sum((r["case"], r["view_key"]) not in mine for r in cache.records())
+    log(f"[heads-bank] {added} entries encoded" + (f"; the cache also holds {others} entries of other recipes, "
+                                                   "which this training leaves out" if others else ""))
+    return pairs
 
 
 def train_heads_on_bank(bank: str, work_dir: str, config: str, parts: str, holdout_from: str | None = None,
@@ -114,9 +115,9 @@ def train_heads_on_bank(bank: str, work_dir: str, config: str, parts: str, holdo
                          "docs/ablation_weights/demo_0.3.0_one_scan.pt)")
     resolve_device(device)   # a GPU asked for and missing fails before cases are written
     cache = str(cache_dir or work / "cache")
-    fill_heads_cache(bank, str(cases_dir or work / "cases"), cache, read_cache_parts(parts),
-                     held_out_anatomies(holdout_from), backend=backend, log=log, device=device)
-    return train(TrainConfig(cache=cache, out_dir=str(work / "heads"), **fields), log=log)
+    pairs = fill_heads_cache(bank, str(cases_dir or work / "cases"), cache, read_cache_parts(parts),
+                             held_out_anatomies(holdout_from), backend=backend, log=log, device=device)
+    return train(TrainConfig(cache=cache, out_dir=str(work / "heads"), **fields), log=log, entries=pairs)
 
 
 @one_line_errors

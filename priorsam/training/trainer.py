@@ -25,7 +25,7 @@ from ..models.losses import PriorSAMLoss
 from ..models.priorsam import PriorSAM
 from ..models.spec import ModelSpec, build_model, heads_only, read_checkpoint, spec_for_bank, write_checkpoint
 from ..priors.bank import load_prior_bank
-from .cache import CachedSlices, FeatureCache, collate, open_run
+from .cache import CachedSlices, FeatureCache, collate, entries_of, open_run
 from .run_log import open_run_log
 
 
@@ -112,8 +112,11 @@ def export_weights(model: PriorSAM, cfg: TrainConfig, records_meta: dict, path: 
                                                                           records_meta))
 
 
-def select_records(cache: FeatureCache, cfg: TrainConfig) -> list[dict]:
-    recs = cache.records()
+def select_records(cache: FeatureCache, cfg: TrainConfig, entries: list[tuple[str, str]] | None = None) -> list[dict]:
+    """The cached entries this run trains on: ``entries`` ((case id, view key) pairs, in their order: a recipe's
+    own in a cache it may share, :func:`priorsam.training.cache.entries_of`) or else every entry in the index's
+    order, then narrowed by the config's views, augmented and cases."""
+    recs = cache.records() if entries is None else entries_of(cache.records(), entries)
     if cfg.views is not None:
         recs = [r for r in recs if r["view"] in set(cfg.views)]
     if cfg.augmented is not None:
@@ -130,11 +133,14 @@ def select_records(cache: FeatureCache, cfg: TrainConfig) -> list[dict]:
     return recs
 
 
-def train(cfg: TrainConfig, log=print) -> Path:
+def train(cfg: TrainConfig, log=print, entries: list[tuple[str, str]] | None = None) -> Path:
+    """Train (or resume) the run in ``cfg.out_dir`` on the cache's entries (``entries``: only these (case id,
+    view key) pairs, in their order; :func:`select_records`); returns the exported ``model.pt``."""
     from ..engine.device import describe_device
 
+    select = lambda c, f: select_records(c, f, entries)
     device, cache, recs, out = open_run(cfg, "python -m priorsam.training.build_cache --cache DIR, or priorsam "
-                                             "train --build_views N", select_records)
+                                             "train --build_views N", select)
     _seed_all(cfg.seed)
     bank = load_prior_bank(cfg.prior_version)
     meta = {"spacing_mm": recs[0]["spacing_mm"], "context": recs[0]["context"],
@@ -175,7 +181,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
     try:
         while step < cfg.steps:
             if cfg.refresh_every and step and step % cfg.refresh_every == 0:
-                fresh = select_records(cache, cfg)
+                fresh = select(cache, cfg)
                 if len(fresh) != len(recs):
                     recs = fresh
                     meta.update(n=len(recs), views=sorted({r["view"] for r in recs}))
