@@ -217,6 +217,30 @@ def test_the_hd95_tables_give_each_organ_and_count_the_cases_a_run_missed():
     assert cells[-1] == "5.0"                                           # mean over the organs that have one
 
 
+def test_the_dice_tables_count_the_organs_drawn_where_the_reference_has_none():
+    """An organ drawn where the reference has none has no Dice and is left out of the means; the table says how
+    many there were and how large, so a setting's mean cannot hide them."""
+    from priorsam.evaluation.anatomy_holdout import tables
+    from priorsam.labels import labels as label_table
+
+    nan = float("nan")
+
+    def row(case, kidney_drawn):
+        organs = {lab.name: {"dice": 0.9, "hd95_mm": 3.0, "hd95_vox": 3.0, "gt_voxels": 50, "pred_voxels": 50,
+                             "missed": False, "false_positive": False} for lab in label_table()}
+        organs["kidney_left"] = {"dice": nan, "hd95_mm": nan, "hd95_vox": nan, "gt_voxels": 0,
+                                 "pred_voxels": kidney_drawn, "missed": False, "false_positive": kidney_drawn > 0}
+        return {"run": "r", "case": case, "setting": "slab_liver", "organs": organs}
+
+    def last_cell(rows):
+        line = [ln for ln in tables(rows, ["r"], ["slab_liver"]).splitlines() if ln.startswith("| slab_liver")][0]
+        return [c.strip() for c in line.strip("|").split("|")][-1]
+
+    assert last_cell([row("a", 133), row("b", 0), row("c", 37)]) == "2 (37–133 vox)"
+    assert last_cell([row("a", 40)]) == "1 (40 vox)"
+    assert last_cell([row("a", 0), row("b", 0)]) == "0"
+
+
 def test_the_device_is_checked_before_a_case_is_rendered_and_openvino_stays_on_cpus(monkeypatch, tmp_path):
     """--device: a GPU asked for where none is usable ends the run before the bank is read; a run pinning the
     CPU-only OpenVINO localiser is refused on a GPU in one line rather than by the loader's traceback."""

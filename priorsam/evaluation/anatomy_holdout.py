@@ -245,22 +245,34 @@ def per_setting(rows: list[dict], run: str, settings: list[str], organs: list[st
             yield st, mine, summarise([{"case": r["case"], "organs": r["organs"]} for r in mine], organs)
 
 
+def drawn_where_absent(rows: list[dict]) -> str:
+    """The organs these rows' answers drew where the reference has none (``false_positive``): they have no Dice,
+    so the means leave them out, and this cell says how many there were and how large (voxels)."""
+    sizes = sorted(m["pred_voxels"] for r in rows for m in r["organs"].values() if m["false_positive"])
+    if not sizes:
+        return "0"
+    return f"{len(sizes)} ({sizes[0]}–{sizes[-1]} vox)" if len(sizes) > 1 else f"1 ({sizes[0]} vox)"
+
+
 def tables(rows: list[dict], runs: list[str], settings: list[str]) -> str:
+    """Per run, the mean Dice of each organ per setting, the mean over organs (Dice, HD95, Dice over every
+    voxel) and the organs drawn where the reference has none (:func:`drawn_where_absent`)."""
     from ..labels import labels as label_table
 
     organs = [lab.name for lab in label_table()]
     lines = []
     for run in runs:
         lines += [f"### {run}", "", "| setting | cases | " + " | ".join(organs)
-                  + " | mean Dice | mean HD95 mm | mean Dice, all voxels |",
-                  "|---|---|" + "---|" * (len(organs) + 3)]
+                  + " | mean Dice | mean HD95 mm | mean Dice, all voxels | drawn where absent |",
+                  "|---|---|" + "---|" * (len(organs) + 4)]
         for st, mine, s in per_setting(rows, run, settings, organs):
             every = [r["dice_all_voxels"] for r in mine if "dice_all_voxels" in r]
             # Same averaging as the main figure: per organ over cases, then over organs.
             all_mean = (f"{np.nanmean([np.nanmean([e[o] for e in every]) for o in organs]):.3f}"
                         if len(every) == len(mine) else "–")
             lines.append(f"| {st} | {len(mine)} | " + " | ".join(f"{s['organs'][o]['dice']:.3f}" for o in organs)
-                         + f" | **{s['mean']['dice']:.3f}** | {s['mean']['hd95_mm']:.1f} | {all_mean} |")
+                         + f" | **{s['mean']['dice']:.3f}** | {s['mean']['hd95_mm']:.1f} | {all_mean} | "
+                         f"{drawn_where_absent(mine)} |")
         lines.append("")
     return "\n".join(lines)
 
