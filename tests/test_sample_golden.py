@@ -2,7 +2,7 @@
 restructuring the code must not change what a user gets.
 
 The reference is the label map itself (``tests/data/sample_ct_labels_fp32.npz``), made with the shipped
-``bundle/models/model.pt`` with its box decoder file (bundle 0.9.2) and the engine's defaults (runtime
+``bundle/models/model.pt`` with its box decoder file (bundle 0.9.2; 0.9.3 gives the same map voxel for voxel) and the engine's defaults (runtime
 ``auto``: OpenVINO for the encoder and the box decoder on CPU) with the option ``cpu_precision=fp32``, as
 OpenVINO computes on a CPU without bf16 (the AMD EPYC machines with AVX2 only). A CPU with AVX-512 bf16 or AMX (an AMD EPYC Zen 5, this project's Intel Xeon
 machines) runs the encoder and the box decoder in bf16 and gets a map that differs by tens of voxels (counts
