@@ -180,8 +180,8 @@ def train_box_decoder(cfg: BoxDecoderTrainConfig, log=print, entries: list[tuple
     device, cache, recs, out = open_run(cfg, "python -m priorsam.training.build_cache --cache DIR, or this "
                                              "command's --bank form", lambda c, f: select_records(c, f, entries))
     t = time.time()
-    entries = CachedEmbeddings(cache, recs)
-    pool = organ_pool(entries.labels, len(labels()), cfg.min_pixels)
+    embeddings = CachedEmbeddings(cache, recs)
+    pool = organ_pool(embeddings.labels, len(labels()), cfg.min_pixels)
     cases = sorted({r["case"] for r in recs})
     log(f"[box_decoder] {len(recs)} cache entries of {len(cases)} cases, {len(pool)} organ cross-sections "
         f"({time.time() - t:.0f} s to read the labels); on {describe_device(device)}")
@@ -217,7 +217,7 @@ def train_box_decoder(cfg: BoxDecoderTrainConfig, log=print, entries: list[tuple
             os.replace(tmp, state)
 
     try:
-        run_steps(binary, entries, pool, opt, gen, cfg, step + 1, cfg.steps, on_step)
+        run_steps(binary, embeddings, pool, opt, gen, cfg, step + 1, cfg.steps, on_step)
     finally:
         fh.close()
     return export_box_decoder(binary, cfg, cases, out / "box_decoder.pt", recs[0])
