@@ -25,7 +25,7 @@ from ..models.image_encoder import EncoderFeatures
 from ..models.losses import PriorSAMLoss
 from ..models.priorsam import PriorSAM
 from ..training.build_cache import ENCODER_ID, cache_encoder, view_specs
-from ..training.cache import CachedSlices, FeatureCache, build_cache, collate, entries_of, view_pairs
+from ..training.cache import CachedSlices, FeatureCache, build_cache, collate, view_pairs
 from ..training.views import Case, content_hash
 from .paths import case_name
 
@@ -181,7 +181,7 @@ def cached_training_dataset(items: Sequence[Mapping[str, str]], cache_dir: str, 
     specs = view_specs(int(views), float(spacing_mm), int(context), seed=int(seed))
     cache = FeatureCache(cache_dir)
     build_cache(cases, specs, cache, cache_encoder("torch", device), ENCODER_ID)
-    records = entries_of(cache.records(), view_pairs(cases, specs))
+    records = cache.records(view_pairs(cases, specs))
     if not records:
         raise InputError(f"no training slices were produced for {len(cases)} case(s)")
     return CachedSlices(cache, records)

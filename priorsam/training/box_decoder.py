@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from ..errors import InputError, one_line_errors
 from ..models.binary_path import BinaryPromptPath
 from ..models.refinement import boxes_from_masks
-from .cache import FeatureCache, entries_of, open_run
+from .cache import FeatureCache, open_run
 from .run_log import open_run_log
 
 
@@ -161,8 +161,7 @@ def select_records(cache: FeatureCache, cfg: BoxDecoderTrainConfig,
                    entries: list[tuple[str, str]] | None = None) -> list[dict]:
     """The cached entries the decoder learns from: ``entries`` ((case id, view key) pairs, in their order: a
     recipe's own in a cache it may share) or else every entry, less the excluded cases."""
-    recs = cache.records() if entries is None else entries_of(cache.records(), entries)
-    recs = [r for r in recs if not is_excluded(r["case"], cfg.exclude)]
+    recs = [r for r in cache.records(entries) if not is_excluded(r["case"], cfg.exclude)]
     if not recs:
         raise InputError(f"no cached entries in {cfg.cache} outside the excluded cases")
     framings = {(r["spacing_mm"], r.get("framing", "fixed")) for r in recs}

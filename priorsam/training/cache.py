@@ -92,7 +92,9 @@ class FeatureCache:
         with open(self.index_path, "a") as fh:
             fh.write(json.dumps({"key": key, **record}) + "\n")
 
-    def records(self) -> list[dict]:
+    def records(self, pairs: list[tuple[str, str]] | None = None) -> list[dict]:
+        """The cached entries in the index's order, or with ``pairs`` only those (case id, view key) pairs' in
+        theirs (:func:`entries_of`)."""
         if not self.index_path.is_file():
             return []
         seen, out = set(), []
@@ -101,7 +103,7 @@ class FeatureCache:
             if r["key"] not in seen and self.has(r["key"]):
                 seen.add(r["key"])
                 out.append(r)
-        return out
+        return out if pairs is None else entries_of(out, pairs)
 
     def load(self, key: str) -> tuple[EncoderFeatures, torch.Tensor]:
         blob = torch.load(self.path(key), map_location="cpu", weights_only=True)

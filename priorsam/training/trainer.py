@@ -25,7 +25,7 @@ from ..models.losses import PriorSAMLoss
 from ..models.priorsam import PriorSAM
 from ..models.spec import ModelSpec, build_model, heads_only, read_checkpoint, spec_for_bank, write_checkpoint
 from ..priors.bank import load_prior_bank
-from .cache import CachedSlices, FeatureCache, collate, entries_of, open_run
+from .cache import CachedSlices, FeatureCache, collate, open_run
 from .run_log import open_run_log
 
 
@@ -116,7 +116,7 @@ def select_records(cache: FeatureCache, cfg: TrainConfig, entries: list[tuple[st
     """The cached entries this run trains on: ``entries`` ((case id, view key) pairs, in their order: a recipe's
     own in a cache it may share, :func:`priorsam.training.cache.entries_of`) or else every entry in the index's
     order, then narrowed by the config's views, augmented and cases."""
-    recs = cache.records() if entries is None else entries_of(cache.records(), entries)
+    recs = cache.records(entries)
     if cfg.views is not None:
         recs = [r for r in recs if r["view"] in set(cfg.views)]
     if cfg.augmented is not None:
