@@ -2,18 +2,18 @@
 restructuring the code must not change what a user gets.
 
 The reference is the label map itself (``tests/data/sample_ct_labels_fp32.npz``), made with the shipped
-``bundle/models/model.pt`` with its box decoder file (bundle 0.9.2; 0.9.3 gives the same map voxel for voxel) and the engine's defaults (runtime
-``auto``: OpenVINO for the encoder and the box decoder on CPU) with the option ``cpu_precision=fp32``, as
-OpenVINO computes on a CPU without bf16 (the AMD EPYC machines with AVX2 only). A CPU with AVX-512 bf16 or AMX (an AMD EPYC Zen 5, this project's Intel Xeon
-machines) runs the encoder and the box decoder in bf16 and gets a map that differs by tens of voxels (counts
-below, 0.9.2's weights on an Intel Xeon with AMX: up to 0.3 % of an organ's voxels, the gallbladder's; 0.9.0's
-there differed by up to 0.5 %, the pancreas's; 0.8.0's on a
-Zen 5 differed by up to 0.3 %, 2.3 % of the pancreas), so
-the test allows CPU rounding and no more: every organ's Dice against the reference ≥ 0.95, their mean ≥ 0.98,
-every organ's voxel count within 3 %. Changes the test has caught at that level: bundle 0.6.1's localiser
-masks (aorta −4.3 %, pancreas −7.8 % of voxels). A change that is meant to alter the output (new weights, new
-defaults) writes a new reference in the same commit and says so in its message: `python
-bench/golden_reference.py --write` makes it, and the same script without `--write` on a bf16 CPU gives the counts.
+``bundle/models/model.pt`` with its box decoder file (bundle 0.9.2; 0.9.3 gives the same map voxel for voxel) and
+the engine's defaults (runtime ``auto``: OpenVINO for the encoder and the box decoder on CPU) with the option
+``cpu_precision=fp32``, as OpenVINO computes on a CPU without bf16 (the AMD EPYC machines with AVX2 only). A CPU
+with AVX-512 bf16 or AMX (an AMD EPYC Zen 5, this project's Intel Xeon machines) runs the encoder and the box
+decoder in bf16 and gets a map that differs by tens of voxels (counts below, 0.9.2's weights on an Intel Xeon with
+AMX: up to 0.3 % of an organ's voxels, the gallbladder's; 0.9.0's there differed by up to 0.5 %, the pancreas's;
+0.8.0's on a Zen 5 differed by up to 0.3 %, 2.3 % of the pancreas), so the test allows CPU rounding and no more:
+every organ's Dice against the reference ≥ 0.95, their mean ≥ 0.98, every organ's voxel count within 3 %. Changes
+the test has caught at that level: bundle 0.6.1's localiser masks (aorta −4.3 %, pancreas −7.8 % of voxels). A
+change that is meant to alter the output (new weights, new defaults) writes a new reference in the same commit and
+says so in its message: `python bench/golden_reference.py --write` makes it, and the same script without `--write`
+on a bf16 CPU gives the counts.
 """
 from __future__ import annotations
 
